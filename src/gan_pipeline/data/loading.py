@@ -1,0 +1,81 @@
+"""Reading the prepared HDF5 file back, and converting uint8 images to and from model tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+import torch
+
+from gan_pipeline.data.sources import IMAGE_SHAPE
+from gan_pipeline.errors import DataError
+
+
+def _check_prepared(path: Path, f: h5py.File) -> tuple[int, int]:
+    """(n_train, n_test) of a prepared file, after checking its datasets and attrs agree."""
+    for name in ("images", "labels"):
+        if not isinstance(f.get(name), h5py.Dataset):
+            raise DataError(f"{path}: no '{name}' dataset (not written by the prepare stage)")
+    images, labels = f["images"], f["labels"]
+    for name, dataset in (("images", images), ("labels", labels)):
+        if dataset.dtype != np.uint8:
+            raise DataError(f"{path}: '{name}' has dtype {dataset.dtype}, expected uint8")
+    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        raise DataError(f"{path}: 'images' has shape {images.shape}, expected (N, 28, 28)")
+    if labels.shape != images.shape[:1]:
+        raise DataError(
+            f"{path}: 'labels' has shape {labels.shape}, expected ({images.shape[0]},) like 'images'"
+        )
+    counts = []
+    for key in ("n_train", "n_test"):
+        value = f.attrs.get(key)
+        if value is None or not np.issubdtype(np.asarray(value).dtype, np.integer) or value < 0:
+            raise DataError(f"{path}: attribute {key} is {value!r}, expected an int >= 0")
+        counts.append(int(value))
+    n_train, n_test = counts
+    if n_train + n_test != images.shape[0]:
+        raise DataError(f"{path}: n_train {n_train} + n_test {n_test} != {images.shape[0]} images")
+    return n_train, n_test
+
+
+def load_split(path: str | Path, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 images (n, 28, 28) and uint8 labels (n,) of one split of a prepared HDF5 file."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: prepared data not found (run the prepare stage first)")
+    if not h5py.is_hdf5(path):
+        raise DataError(f"{path}: not an HDF5 file")
+    with h5py.File(path, "r") as f:
+        n_train, _ = _check_prepared(path, f)
+        rows = slice(0, n_train) if split == "train" else slice(n_train, None)
+        return f["images"][rows], f["labels"][rows]
+
+
+def _bounds(value_range: tuple[float, float]) -> tuple[float, float]:
+    low, high = value_range
+    if not high > low:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
+    return low, high
+
+
+def to_float(images_u8: np.ndarray | torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
+    """uint8 (n, H, W) in 0..255 → float32 (n, 1, H, W) mapped linearly onto value_range, same device."""
+    images = torch.as_tensor(images_u8)
+    if images.dtype != torch.uint8 or images.ndim != 3:
+        raise ValueError(f"expected uint8 images (n, H, W), got {images.dtype} {tuple(images.shape)}")
+    low, high = _bounds(value_range)
+    # Dividing first keeps 0 and 255 exactly on low and high.
+    return images.unsqueeze(1).to(torch.float32) / 255 * (high - low) + low
+
+
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
+    """float (n, 1, H, W) in value_range → uint8 (n, H, W), rounded and clamped to 0..255; same device."""
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"expected images (n, 1, H, W), got {tuple(images.shape)}")
+    low, high = _bounds(value_range)
+    pixels = ((images.detach().squeeze(1).to(torch.float32) - low) / (high - low) * 255).round()
+    return pixels.clamp(0, 255).to(torch.uint8)

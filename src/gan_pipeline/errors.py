@@ -1,0 +1,36 @@
+"""The one exception type that stage scripts turn into a one-line message and a non-zero exit."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+class PipelineError(Exception):
+    """A user-facing error: the message names the file or key and what was expected."""
+
+
+class ParamsError(PipelineError):
+    """A value in params.yaml is missing, unknown or of the wrong type or range."""
+
+
+class DataError(PipelineError):
+    """A raw or prepared data file is missing, unreadable or of the wrong shape, dtype or range."""
+
+
+def exit_on_error(main: F) -> F:
+    """Run a stage's main(); a PipelineError becomes `error: <message>` on stderr and exit status 1."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]

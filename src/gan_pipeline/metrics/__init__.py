@@ -1,0 +1,1 @@
+"""Scores of generated digits: classifier FID (`metrics.fid`) and digit coverage (`metrics.coverage`)."""

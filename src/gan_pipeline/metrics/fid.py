@@ -1,0 +1,77 @@
+"""Classifier FID: the Fréchet distance between Gaussians fitted to digit-classifier features.
+
+This is not Inception FID and is not comparable with it (PITFALLS 9): the features are the penultimate
+layer of our own DigitClassifier, fed the 28x28 images as they are (float in [-1, 1], no resize, no
+uint8 quantisation). Like every FID it is biased for small N, so record the sample sizes beside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import scipy.linalg
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+FID_CLASSIFIER_IMPLEMENTATION = (
+    "torchmetrics FrechetInceptionDistance with DigitClassifier penultimate features; "
+    "28x28 float input in [-1, 1], no resize, no uint8; covariances with N - 1"
+)
+
+
+class _Float64Features(nn.Module):
+    """Passes images straight to `features` and returns float64, since torchmetrics casts FID to its dtype."""
+
+    def __init__(self, features: nn.Module):
+        super().__init__()
+        if not isinstance(getattr(features, "num_features", None), int):
+            raise TypeError(
+                f"{type(features).__name__}: a feature module needs an int `num_features` attribute "
+                "(otherwise torchmetrics probes it with a 299x299 uint8 image)"
+            )
+        self.features = features
+        self.num_features = features.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).double()
+
+
+def fid_classifier(
+    features: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 500
+) -> float:
+    """Fréchet distance between the `features` statistics of `real` and `fake`, (N, 1, 28, 28) in [-1, 1].
+
+    `features` maps images to (N, num_features) and has an int `num_features` (e.g. ClassifierFeatures).
+    Images go in batches to the device of `features`' parameters (the CPU when it has none).
+    """
+    if len(real) < 2 or len(fake) < 2:
+        raise ValueError(f"FID needs at least 2 real and 2 fake samples, got {len(real)} and {len(fake)}")
+    first = next(features.parameters(), None)
+    dev = first.device if first is not None else torch.device("cpu")
+    # With a custom feature module, `update` hands the images over unchanged (no resize, no * 255 uint8).
+    metric = FrechetInceptionDistance(feature=_Float64Features(features)).to(dev)
+    for images, is_real in ((real, True), (fake, False)):
+        for batch in images.split(batch_size):
+            metric.update(batch.to(dev), real=is_real)
+    return metric.compute().item()
+
+
+def frechet_distance(
+    mu1: npt.ArrayLike, sigma1: npt.ArrayLike, mu2: npt.ArrayLike, sigma2: npt.ArrayLike
+) -> float:
+    """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)) in float64, with scipy's sqrtm.
+
+    The reference that fid_classifier is tested against; arguments are arrays or CPU tensors.
+    """
+    mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, dtype=np.float64), np.asarray(sigma2, dtype=np.float64)
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        # A singular product (fewer samples than features) can defeat sqrtm; nudge both off singularity.
+        offset = np.eye(len(sigma1)) * 1e-6
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    # For covariance matrices the square root is real; an imaginary part is round-off.
+    covmean = np.real(covmean)
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))

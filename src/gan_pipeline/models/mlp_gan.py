@@ -1,0 +1,66 @@
+"""The MLP GAN of the MNIST tutorials: fully connected G and D on flattened 28x28 images."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gan_pipeline.models.registry import GanSpec, register
+
+PIXELS = 28 * 28
+
+
+class MlpGenerator(nn.Module):
+    def __init__(self, latent_dim: int = 100):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, 256),
+            nn.LeakyReLU(0.2),
+            # (N, 256)
+            nn.Linear(256, 512),
+            nn.LeakyReLU(0.2),
+            # (N, 512)
+            nn.Linear(512, 1024),
+            nn.LeakyReLU(0.2),
+            # (N, 1024)
+            nn.Linear(1024, PIXELS),
+            nn.Tanh(),
+            # (N, 784) in [-1, 1]
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, latent_dim) -> (N, 1, 28, 28) in [-1, 1]."""
+        return self.net(z).view(-1, 1, 28, 28)
+
+
+class MlpDiscriminator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(PIXELS, 1024),
+            nn.LeakyReLU(0.2),
+            # (N, 1024)
+            nn.Linear(1024, 512),
+            nn.LeakyReLU(0.2),
+            # (N, 512)
+            nn.Linear(512, 256),
+            nn.LeakyReLU(0.2),
+            # (N, 256)
+            nn.Linear(256, 1),
+            # (N, 1) logits
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 28, 28) -> (N,) logits."""
+        return self.net(x.flatten(1)).squeeze(1)
+
+
+register(
+    GanSpec(
+        name="mlp_gan",
+        build=lambda latent_dim, n_classes, label_embedding: (MlpGenerator(latent_dim), MlpDiscriminator()),
+        conditional=False,
+        value_range=(-1.0, 1.0),
+        image_shape=(1, 28, 28),
+    )
+)

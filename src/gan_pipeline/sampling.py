@@ -1,0 +1,88 @@
+"""Fixed-seed samples from a trained generator, and image grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from gan_pipeline.data.loading import to_uint8
+from gan_pipeline.io import atomic_path, load_module
+from gan_pipeline.models import GAN_MODELS, GanSpec, build_gan
+
+
+def balanced_labels(n: int, n_classes: int = 10) -> torch.Tensor:
+    """Labels 0, 1, ..., 9, 0, 1, ... so that every digit is asked for equally often."""
+    return torch.arange(n) % n_classes
+
+
+@torch.inference_mode()
+def generate(
+    generator: nn.Module,
+    spec: GanSpec,
+    latent_dim: int,
+    n: int,
+    seed: int,
+    labels: torch.Tensor | None = None,
+    batch_size: int = 1000,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`n` samples as uint8 (n, 28, 28) from latents drawn with `seed`, and the labels asked for.
+
+    Conditional models get `labels` (default: balanced_labels(n)); unconditional ones get None back.
+    """
+    generator.eval()
+    dev = next(generator.parameters()).device
+    z = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
+    if spec.conditional and labels is None:
+        labels = balanced_labels(n)
+    out = []
+    for start in range(0, n, batch_size):
+        cond = (labels[start : start + batch_size].to(dev),) if spec.conditional else ()
+        fake = generator(z[start : start + batch_size].to(dev), *cond).float().cpu()
+        out.append(to_uint8(fake, spec.value_range))
+    images = torch.cat(out).numpy()
+    return images, (labels.numpy() if spec.conditional else None)
+
+
+def grid_image(images: np.ndarray, rows: int, pad: int = 2, scale: int = 2) -> Image.Image:
+    """Tile uint8 images (n, H, W) or (n, H, W, 3) row by row into one picture, `rows` rows high."""
+    n, h, w = images.shape[:3]
+    cols = -(-n // rows)
+    channels = images.shape[3:] if images.ndim == 4 else ()
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, *channels), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[
+            pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w
+        ] = img
+    picture = Image.fromarray(canvas)
+    return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+
+
+def save_grid(images: np.ndarray, rows: int, path: str | Path) -> None:
+    """Write a PNG grid of `images` atomically."""
+    with atomic_path(path) as tmp:
+        grid_image(images, rows).save(tmp, format="PNG")
+
+
+def save_samples(path: str | Path, images: np.ndarray, labels: np.ndarray | None) -> None:
+    """The raw samples for evaluate: an .npz with `images` uint8 (n, 28, 28) and, if conditional, `labels`."""
+    arrays = {"images": images}
+    if labels is not None:
+        arrays["labels"] = labels.astype(np.int64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_generator(path: str | Path) -> tuple[nn.Module, GanSpec, dict]:
+    """A trained generator from its weights file, the registry entry of its model, and its model config."""
+
+    def build(config: dict) -> nn.Module:
+        model = config["model"]
+        return build_gan(model["name"], model["latent_dim"], model["label_embedding"])[0]
+
+    generator, config = load_module(path, build)
+    return generator, GAN_MODELS[config["model"]["name"]], config["model"]

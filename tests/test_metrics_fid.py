@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gan_pipeline.metrics.fid import fid_classifier, frechet_distance
+from gan_pipeline.models.classifier import ClassifierFeatures, DigitClassifier
+
+
+class Pixels(nn.Module):
+    """A feature module that is the identity on three pixels."""
+
+    num_features = 3
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x)
+        return x.flatten(1)[:, [0, 300, 783]].double()
+
+
+def test_frechet_distance_of_equal_gaussians_is_zero():
+    a = np.random.default_rng(0).normal(size=(4, 4))
+    sigma = a @ a.T + np.eye(4)
+    mu = np.array([1.0, -2.0, 0.5, 3.0])
+
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_with_identity_covariances_is_the_squared_mean_shift():
+    assert frechet_distance(np.zeros(3), np.eye(3), np.array([1.0, 2.0, 2.0]), np.eye(3)) == pytest.approx(
+        9.0
+    )
+
+
+def test_frechet_distance_with_diagonal_covariances_sums_squared_root_differences():
+    a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.25])
+    # (1 - 2)^2 + (2 - 1)^2 + (3 - 0.5)^2 = 8.25, plus the squared mean shift 1
+    distance = frechet_distance(np.zeros(3), np.diag(a), np.array([1.0, 0.0, 0.0]), np.diag(b))
+
+    assert distance == pytest.approx(9.25)
+
+
+def test_frechet_distance_accepts_tensors():
+    assert frechet_distance(torch.zeros(2), torch.eye(2), torch.ones(2), 4 * torch.eye(2)) == pytest.approx(
+        4.0
+    )
+
+
+def test_fid_classifier_matches_the_reference_on_the_same_features():
+    torch.manual_seed(0)
+    real = torch.randn(200, 1, 28, 28).clamp(-1, 1)
+    fake = (0.5 * torch.randn(150, 1, 28, 28) + 0.3).clamp(-1, 1)
+    pick = [0, 300, 783]
+    real_f, fake_f = (x.flatten(1)[:, pick].double().numpy() for x in (real, fake))
+
+    expected = frechet_distance(
+        real_f.mean(0), np.cov(real_f, rowvar=False), fake_f.mean(0), np.cov(fake_f, rowvar=False)
+    )
+
+    assert expected > 0.1
+    assert fid_classifier(Pixels(), real, fake, batch_size=64) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_classifier_feeds_the_images_unchanged():
+    torch.manual_seed(0)
+    real, fake = torch.rand(10, 1, 28, 28) * 2 - 1, torch.rand(6, 1, 28, 28) * 2 - 1
+    features = Pixels()
+
+    fid_classifier(features, real, fake, batch_size=4)
+
+    # No resize to 299x299, no uint8: the module sees our float images in [-1, 1], batch by batch.
+    assert [len(x) for x in features.seen] == [4, 4, 2, 4, 2]
+    assert torch.equal(torch.cat(features.seen), torch.cat([real, fake]))
+
+
+def test_fid_classifier_of_a_set_against_itself_is_zero_and_of_shifted_sets_positive():
+    torch.manual_seed(0)
+    features = ClassifierFeatures(DigitClassifier(feature_dim=8))
+    images = torch.rand(64, 1, 28, 28) * 2 - 1
+
+    assert fid_classifier(features, images, images, batch_size=20) == pytest.approx(0.0, abs=1e-6)
+    assert fid_classifier(features, images, (images + 0.5).clamp(-1, 1)) > 1e-3
+
+
+def test_fid_classifier_needs_num_features_and_two_samples_per_side():
+    images = torch.zeros(3, 1, 28, 28)
+    with pytest.raises(TypeError, match="num_features"):
+        fid_classifier(nn.Flatten(), images, images)
+    with pytest.raises(ValueError, match="at least 2"):
+        fid_classifier(Pixels(), images, images[:1])

