@@ -1,0 +1,136 @@
+"""The stage scripts as users meet them: --help explains, bad input is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["prepare", "classifier", "train", "sample", "evaluate"]
+
+
+def stage(name: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GAN_PIPELINE_PROGRESS": "0"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / f"{name}.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_help_explains_the_stage(name):
+    proc = stage(name, "--help")
+    assert proc.returncode == 0
+    assert f"{name}:" in proc.stdout and "--params" in proc.stdout
+
+
+def _params(tmp_path: Path, edit) -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_bad_param_is_one_line_naming_the_key(tmp_path):
+    params = _params(tmp_path, lambda p: p["data"].update(test_fraction=2))
+    proc = stage(
+        "prepare",
+        "--params",
+        str(params),
+        "--out",
+        str(tmp_path / "o.h5"),
+        "--stats",
+        str(tmp_path / "s.json"),
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {params}: data.test_fraction: expected a float in (0, 1), got 2"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_a_missing_raw_file_leaves_earlier_outputs_intact(tmp_path):
+    params = _params(tmp_path, lambda p: p["data"].update(source="csv", path=str(tmp_path / "missing.csv")))
+    (tmp_path / "o.h5").write_bytes(b"earlier")
+    proc = stage(
+        "prepare",
+        "--params",
+        str(params),
+        "--out",
+        str(tmp_path / "o.h5"),
+        "--stats",
+        str(tmp_path / "s.json"),
+    )
+    assert proc.returncode == 1
+    assert "missing.csv" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "o.h5").read_bytes() == b"earlier"
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_train_refuses_an_unknown_experiment_and_missing_data(tmp_path):
+    proc = stage(
+        "train",
+        "--experiment",
+        "gan9",
+        "--data",
+        "x.h5",
+        "--stats",
+        "s.json",
+        "--out",
+        str(tmp_path),
+        "--log",
+        str(tmp_path / "l.csv"),
+    )
+    assert proc.returncode == 1
+    assert "experiments.gan9: no such experiment" in proc.stderr
+    proc = stage(
+        "train",
+        "--experiment",
+        "cgan",
+        "--data",
+        str(tmp_path / "x.h5"),
+        "--stats",
+        "s.json",
+        "--out",
+        str(tmp_path),
+        "--log",
+        str(tmp_path / "l.csv"),
+    )
+    assert proc.returncode == 1
+    assert "x.h5: prepared data not found" in proc.stderr
+
+
+def test_a_batch_larger_than_the_dataset_is_a_params_error(tmp_path):
+    prepared = tmp_path / "mnist.h5"
+    assert stage("prepare", "--out", str(prepared), "--stats", str(tmp_path / "stats.json")).returncode == 0
+    params = _params(tmp_path, lambda p: p["experiments"]["cgan"]["train"].update(batch_size=5000))
+    proc = stage(
+        "train",
+        "--params",
+        str(params),
+        "--experiment",
+        "cgan",
+        "--data",
+        str(prepared),
+        "--stats",
+        str(tmp_path / "stats.json"),
+        "--out",
+        str(tmp_path / "m"),
+        "--log",
+        str(tmp_path / "l.csv"),
+    )
+    assert proc.returncode == 1
+    assert (
+        "experiments.cgan.train.batch_size: expected at most the 4000 training images, got 5000"
+        in proc.stderr
+    )
+    assert not (tmp_path / "m").exists()

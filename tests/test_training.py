@@ -1,0 +1,136 @@
+"""Losses against hand-computed values; the step and the loop against their contracts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
+from gan_pipeline.models import build_gan
+from gan_pipeline.training.loop import train_gan
+from gan_pipeline.training.losses import d_loss_bce, g_loss_non_saturating, g_loss_saturating
+from gan_pipeline.training.steps import gan_step
+
+
+def test_losses_at_an_undecided_discriminator():
+    zero = torch.zeros(4)
+    assert d_loss_bce(zero, zero).item() == pytest.approx(2 * math.log(2))
+    assert d_loss_bce(zero, zero, real_label=0.9).item() == pytest.approx(2 * math.log(2))
+    assert g_loss_non_saturating(zero).item() == pytest.approx(math.log(2))
+    assert g_loss_saturating(zero).item() == pytest.approx(-math.log(2))
+
+
+def test_one_sided_label_smoothing_targets_0_9_for_reals_only():
+    real, fake = torch.tensor([2.0]), torch.tensor([-1.0])
+    p_real, p_fake = 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(1.0))
+    expected = -(0.9 * math.log(p_real) + 0.1 * math.log(1 - p_real)) - math.log(1 - p_fake)
+    assert d_loss_bce(real, fake, real_label=0.9).item() == pytest.approx(expected)
+
+
+def test_non_saturating_loss_keeps_its_gradient_when_d_rejects_fakes():
+    logits = torch.tensor([-8.0], requires_grad=True)
+    g_loss_non_saturating(logits).backward()
+    strong = abs(logits.grad.item())
+    logits.grad = None
+    g_loss_saturating(logits).backward()
+    weak = abs(logits.grad.item())
+    assert strong > 0.99 and weak < 1e-3
+
+
+def _step_setup(name="mlp_gan"):
+    torch.manual_seed(0)
+    generator, discriminator = build_gan(name, 8)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    return generator, discriminator, opt_g, opt_d
+
+
+def test_d_steps_lower_d_loss_on_an_easy_case():
+    generator, discriminator, opt_g, opt_d = _step_setup()
+    real = torch.ones(32, 1, 28, 28) * 0.8  # a constant bright image, easy to tell from G's noise
+    z = torch.randn(32, 8)
+    losses = [
+        gan_step(
+            generator,
+            discriminator,
+            opt_g,
+            opt_d,
+            real,
+            (),
+            (),
+            z,
+            real_label=1.0,
+            g_loss=g_loss_non_saturating,
+            update_g=False,
+        )["loss_d"]
+        for _ in range(20)
+    ]
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_g_is_untouched_on_d_only_steps_and_moves_on_g_steps():
+    generator, discriminator, opt_g, opt_d = _step_setup("cgan")
+    before = [p.detach().clone() for p in generator.parameters()]
+    labels = torch.arange(16) % 10
+    args = (
+        generator,
+        discriminator,
+        opt_g,
+        opt_d,
+        torch.rand(16, 1, 28, 28),
+        (labels,),
+        (labels,),
+        torch.randn(16, 8),
+    )
+    stats = gan_step(*args, real_label=1.0, g_loss=g_loss_non_saturating, update_g=False)
+    assert math.isnan(stats["loss_g"])
+    assert all(torch.equal(a, b) for a, b in zip(before, generator.parameters(), strict=True))
+    stats = gan_step(*args, real_label=1.0, g_loss=g_loss_non_saturating, update_g=True)
+    assert not math.isnan(stats["loss_g"])
+    assert not all(torch.equal(a, b) for a, b in zip(before, generator.parameters(), strict=True))
+    assert 0 < stats["d_real"] < 1 and 0 < stats["d_fake"] < 1
+
+
+def _tiny(name: str, **train) -> ExperimentConfig:
+    return ExperimentConfig(
+        model=ModelConfig(name=name, latent_dim=16),
+        train=TrainConfig(epochs=2, batch_size=32, log_every=2, **train),
+    )
+
+
+def _data(n=96):
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8), torch.arange(n) % 10
+
+
+def test_loop_is_deterministic_for_a_seed_and_differs_across_seeds():
+    images, labels = _data()
+    a = train_gan(_tiny("dcgan28", seed=3), images, labels)
+    b = train_gan(_tiny("dcgan28", seed=3), images, labels)
+    c = train_gan(_tiny("dcgan28", seed=4), images, labels)
+    for (key, wa), wb in zip(
+        a.generator.state_dict().items(), b.generator.state_dict().values(), strict=True
+    ):
+        assert torch.equal(wa, wb), key
+    assert a.history == b.history
+    assert not torch.equal(a.generator.net[0].weight, c.generator.net[0].weight)
+
+
+def test_loop_logs_every_log_every_steps_through_the_callback():
+    images, labels = _data()
+    seen = []
+    result = train_gan(_tiny("cgan"), images, labels, on_step=lambda step, row: seen.append((step, row)))
+    assert result.steps == 2 * (96 // 32)
+    assert [s for s, _ in seen] == [2, 4, 6]
+    assert [r for _, r in seen] == result.history
+    assert set(result.history[0]) == {"step", "epoch", "loss_d", "loss_g", "d_real", "d_fake"}
+    assert result.images_per_s > 0
+
+
+def test_d_steps_updates_g_every_kth_step_only():
+    images, labels = _data()
+    result = train_gan(_tiny("mlp_gan", d_steps=3), images, labels)
+    assert math.isnan(result.history[0]["loss_g"])  # steps 1-2: D only
+    assert not math.isnan(result.history[1]["loss_g"])  # steps 3-4: G updated at 3
