@@ -40,17 +40,16 @@ def _params(tmp_path: Path, edit) -> Path:
     return path
 
 
+def prepare_into(folder: Path, params: Path) -> subprocess.CompletedProcess:
+    """Run the prepare stage with `params`, writing o.h5 and s.json into `folder`."""
+    return stage(
+        "prepare", "--params", str(params), "--out", str(folder / "o.h5"), "--stats", str(folder / "s.json")
+    )
+
+
 def test_a_bad_param_is_one_line_naming_the_key(tmp_path):
     params = _params(tmp_path, lambda p: p["data"].update(test_fraction=2))
-    proc = stage(
-        "prepare",
-        "--params",
-        str(params),
-        "--out",
-        str(tmp_path / "o.h5"),
-        "--stats",
-        str(tmp_path / "s.json"),
-    )
+    proc = prepare_into(tmp_path, params)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         f"error: {params}: data.test_fraction: expected a float in (0, 1), got 2"
@@ -61,15 +60,7 @@ def test_a_bad_param_is_one_line_naming_the_key(tmp_path):
 def test_a_missing_raw_file_leaves_earlier_outputs_intact(tmp_path):
     params = _params(tmp_path, lambda p: p["data"].update(source="csv", path=str(tmp_path / "missing.csv")))
     (tmp_path / "o.h5").write_bytes(b"earlier")
-    proc = stage(
-        "prepare",
-        "--params",
-        str(params),
-        "--out",
-        str(tmp_path / "o.h5"),
-        "--stats",
-        str(tmp_path / "s.json"),
-    )
+    proc = prepare_into(tmp_path, params)
     assert proc.returncode == 1
     assert "missing.csv" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert (tmp_path / "o.h5").read_bytes() == b"earlier"
