@@ -290,6 +290,20 @@ def test_load_idx_reads_the_full_mnist():
     assert train_counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(
+    not FASHION_MNIST.is_dir(),
+    reason=f"Fashion-MNIST not installed at {FASHION_MNIST} (apt-get install dataset-fashion-mnist)",
+)
+def test_load_idx_reads_debians_fashion_mnist():
+    raw = load_idx(FASHION_MNIST)
+    assert raw.images.shape == (70_000, 28, 28)
+    assert np.bincount(raw.labels[~raw.is_test], minlength=10).tolist() == [6000] * 10
+    assert np.bincount(raw.labels[raw.is_test], minlength=10).tolist() == [1000] * 10
+
+
 # --- torchvision -----------------------------------------------------------------------------------------
 
 

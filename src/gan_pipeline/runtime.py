@@ -25,6 +25,12 @@ def device() -> torch.device:
     return torch.device(wanted)
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (the CPU for a module without parameters)."""
+    first = next(module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def progress_enabled() -> bool:
     """Progress bars everywhere except where GAN_PIPELINE_PROGRESS=0 turns them off (tests, CI logs)."""
     return os.environ.get("GAN_PIPELINE_PROGRESS", "1") != "0"

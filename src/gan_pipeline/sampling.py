@@ -12,6 +12,7 @@ from torch import nn
 from gan_pipeline.data.loading import to_uint8
 from gan_pipeline.io import atomic_path, load_module
 from gan_pipeline.models import GAN_MODELS, GanSpec, build_gan
+from gan_pipeline.runtime import module_device
 
 
 def balanced_labels(n: int, n_classes: int = 10) -> torch.Tensor:
@@ -34,7 +35,7 @@ def generate(
     Conditional models get `labels` (default: balanced_labels(n)); unconditional ones get None back.
     """
     generator.eval()
-    dev = next(generator.parameters()).device
+    dev = module_device(generator)
     z = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
     if spec.conditional and labels is None:
         labels = balanced_labels(n)

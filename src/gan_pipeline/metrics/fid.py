@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from gan_pipeline.runtime import module_device
+
 FID_CLASSIFIER_IMPLEMENTATION = (
     "torchmetrics FrechetInceptionDistance with DigitClassifier penultimate features; "
     "28x28 float input in [-1, 1], no resize, no uint8; covariances with N - 1"
@@ -47,8 +49,7 @@ def fid_classifier(
     """
     if len(real) < 2 or len(fake) < 2:
         raise ValueError(f"FID needs at least 2 real and 2 fake samples, got {len(real)} and {len(fake)}")
-    first = next(features.parameters(), None)
-    dev = first.device if first is not None else torch.device("cpu")
+    dev = module_device(features)
     # With a custom feature module, `update` hands the images over unchanged (no resize, no * 255 uint8).
     metric = FrechetInceptionDistance(feature=_Float64Features(features)).to(dev)
     for images, is_real in ((real, True), (fake, False)):

@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from gan_pipeline.config import ClassifierConfig
 from gan_pipeline.models.classifier import DigitClassifier
-from gan_pipeline.runtime import device, progress_enabled, seed_everything
+from gan_pipeline.runtime import device, module_device, progress_enabled, seed_everything
 
 
 def train_classifier(
@@ -56,8 +56,7 @@ def _logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> to
     """(N, 10) logits on the CPU, computed in batches on the model's device; puts the model in eval mode."""
     if len(images) == 0:
         raise ValueError("got no images")
-    first = next(model.parameters(), None)
-    dev = first.device if first is not None else torch.device("cpu")
+    dev = module_device(model)
     model.eval()
     with torch.inference_mode():
         return torch.cat([model(batch.to(dev)).cpu() for batch in images.split(batch_size)])
