@@ -1,6 +1,7 @@
-"""evaluate: score one experiment's samples with the digit classifier: FID in classifier features against
-the test split (beside the real-vs-real floor), digit coverage, the class histogram and its KL from
-uniform, and for conditional models label accuracy. Writes DVC metrics and logs them to the MLflow run."""
+"""evaluate: score one experiment's samples with the digit classifier against the test split: FID in
+classifier features (beside the real-vs-real floor), KID, precision/recall/density/coverage, digit
+coverage, the class histogram and its KL from uniform, and for conditional models label accuracy and
+intra-class FID. Writes DVC metrics and logs them to the MLflow run."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from gan_pipeline.data.loading import load_split, to_float
 from gan_pipeline.errors import DataError, exit_on_error
 from gan_pipeline.io import load_module, read_json, write_json
 from gan_pipeline.metrics.coverage import class_histogram, digit_coverage, kl_from_uniform, label_accuracy
-from gan_pipeline.metrics.fid import fid_classifier
+from gan_pipeline.metrics.fid import fid_classifier, intra_class_fid
+from gan_pipeline.metrics.kid import kid
+from gan_pipeline.metrics.prdc import features_of, prdc
 from gan_pipeline.models.classifier import ClassifierFeatures, DigitClassifier
 from gan_pipeline.tracking import Tracker
 from gan_pipeline.training.classifier import predict_proba
@@ -43,16 +46,24 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{args.samples}: not a samples file from the sample stage ({exc})") from None
     fake = to_float(fake_u8, (-1.0, 1.0))
-    real = to_float(load_split(args.data, "test")[0], (-1.0, 1.0))
+    real_u8, real_labels = load_split(args.data, "test")
+    real = to_float(real_u8, (-1.0, 1.0))
 
+    features = ClassifierFeatures(classifier)
     probs = predict_proba(classifier, fake)
     histogram = class_histogram(probs, cfg.coverage_confidence)
-    floor = read_json(args.classifier_metrics)["fid_classifier_real_floor"]
+    kid_mean, kid_std = kid(features, real, fake, cfg.kid_subset_size, cfg.kid_subsets)
+    fidelity = prdc(features_of(features, real), features_of(features, fake), cfg.prdc_nearest_k)
     metrics = {
-        "fid_classifier": fid_classifier(ClassifierFeatures(classifier), real, fake),
-        "fid_classifier_real_floor": floor,
+        "fid_classifier": fid_classifier(features, real, fake),
+        "fid_classifier_real_floor": read_json(args.classifier_metrics)["fid_classifier_real_floor"],
         "fid_n_fake": len(fake),
         "fid_n_real": len(real),
+        "kid_classifier": kid_mean,
+        "kid_classifier_std": kid_std,
+        "kid_subset_size": min(cfg.kid_subset_size, len(real), len(fake)),
+        **{f"prdc_{name}": value for name, value in fidelity.items()},
+        "prdc_nearest_k": cfg.prdc_nearest_k,
         "coverage": digit_coverage(histogram, len(fake), cfg.coverage_min_fraction),
         "kl_from_uniform": kl_from_uniform(histogram),
         "confident_fraction": sum(histogram) / len(fake),
@@ -60,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     if requested is not None:
         metrics["label_accuracy"] = label_accuracy(probs, requested)
+        per_class = intra_class_fid(features, real, torch.from_numpy(real_labels).long(), fake, requested)
+        metrics["fid_classifier_intra_class"] = per_class.pop("mean")
+        metrics["fid_classifier_per_class"] = per_class
     write_json(args.metrics, metrics)
 
     run = read_json(args.run)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_pipeline.metrics.fid import fid_classifier, frechet_distance
+from gan_pipeline.metrics.fid import fid_classifier, frechet_distance, intra_class_fid
 from gan_pipeline.models.classifier import ClassifierFeatures, DigitClassifier
 
 
@@ -91,3 +91,33 @@ def test_fid_classifier_needs_num_features_and_two_samples_per_side():
         fid_classifier(nn.Flatten(), images, images)
     with pytest.raises(ValueError, match="at least 2"):
         fid_classifier(Pixels(), images, images[:1])
+
+
+def test_intra_class_fid_scores_each_class_present_on_both_sides_and_averages_them():
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(60, 1, 28, 28, generator=generator) * 2 - 1
+    fake = torch.rand(50, 1, 28, 28, generator=generator) * 2 - 1
+    # Real: 20 each of 0, 1, 2 and 3 (one 3 only). Fake: 15 each of 0 and 1, a shifted 1 (so the classes
+    # differ), 5 of 3 and 15 of 4. Class 2 has no fakes, 4 no reals, 3 a single real: only 0 and 1 count.
+    real_labels = torch.tensor([0] * 20 + [1] * 20 + [2] * 19 + [3])
+    fake_labels = torch.tensor([0] * 15 + [1] * 15 + [3] * 5 + [4] * 15)
+    fake[fake_labels == 1] = (fake[fake_labels == 1] + 0.5).clamp(-1, 1)
+
+    scores = intra_class_fid(Pixels(), real, real_labels, fake, fake_labels, batch_size=8)
+
+    expected = {
+        str(c): fid_classifier(Pixels(), real[real_labels == c], fake[fake_labels == c]) for c in (0, 1)
+    }
+    assert list(scores) == ["0", "1", "mean"]
+    assert scores["0"] == pytest.approx(expected["0"], rel=1e-9)
+    assert scores["1"] == pytest.approx(expected["1"], rel=1e-9)
+    assert scores["1"] > scores["0"] + 0.1
+    assert scores["mean"] == pytest.approx((expected["0"] + expected["1"]) / 2, rel=1e-9)
+
+
+def test_intra_class_fid_needs_a_class_on_both_sides_and_one_label_per_image():
+    images = torch.zeros(4, 1, 28, 28)
+    with pytest.raises(ValueError, match="found none"):
+        intra_class_fid(Pixels(), images, torch.tensor([0, 0, 1, 1]), images, torch.tensor([2, 2, 3, 3]))
+    with pytest.raises(ValueError, match="one label per image"):
+        intra_class_fid(Pixels(), images, torch.tensor([0, 0, 1]), images, torch.tensor([0, 0, 1, 1]))

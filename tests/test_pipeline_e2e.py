@@ -111,6 +111,11 @@ def test_metrics_have_every_key(repo):
         assert 0 <= metrics["kl_from_uniform"] <= np.log(10) + 1e-9
         assert sum(metrics["class_histogram"].values()) <= 200
         assert ("label_accuracy" in metrics) == (exp == "cgan")
+        assert ("fid_classifier_intra_class" in metrics) == (exp == "cgan")
+        assert metrics["kid_subset_size"] == 200 and metrics["kid_classifier_std"] >= 0
+        for name in ("precision", "recall", "coverage"):
+            assert 0 <= metrics[f"prdc_{name}"] <= 1
+        assert metrics["prdc_density"] >= 0  # density is unbounded above (Naeem et al.)
     shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
     assert "fid_classifier" in shown and "coverage" in shown
 

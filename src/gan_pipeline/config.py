@@ -108,6 +108,11 @@ class EvaluateConfig:
     coverage_min_fraction: float = field(
         default=0.01, metadata=_check("a float in (0, 0.1]", lambda v: 0 < v <= 0.1)
     )
+    # k of the k-NN balls in precision/recall (Kynkaanniemi et al.) and density/coverage (Naeem et al.)
+    prdc_nearest_k: int = field(default=5, metadata=_positive("an int"))
+    # KID: mean and std over `kid_subsets` random subsets of min(kid_subset_size, n_real, n_fake) each
+    kid_subset_size: int = field(default=1000, metadata=_check("an int >= 2", lambda v: v >= 2))
+    kid_subsets: int = field(default=100, metadata=_positive("an int"))
 
 
 @dataclass(frozen=True)

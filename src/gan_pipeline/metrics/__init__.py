@@ -1,1 +1,2 @@
-"""Scores of generated digits: classifier FID (`metrics.fid`) and digit coverage (`metrics.coverage`)."""
+"""Scores of generated digits in the digit classifier's features: FID and intra-class FID (`fid`), KID
+(`kid`), precision/recall/density/coverage (`prdc`), and digit coverage from its predictions (`coverage`)."""
