@@ -67,35 +67,19 @@ def test_a_missing_raw_file_leaves_earlier_outputs_intact(tmp_path):
     assert not (tmp_path / "s.json").exists()
 
 
+def train_into(folder: Path, experiment: str, data: Path, params: Path = REPO / "params.yaml"):
+    """Run the train stage for `experiment` on `data`, writing into folder/m."""
+    return stage(
+        "train", "--params", str(params), "--experiment", experiment, "--data", str(data),
+        "--stats", str(folder / "stats.json"), "--out", str(folder / "m"), "--log", str(folder / "l.csv"),
+    )  # fmt: skip
+
+
 def test_train_refuses_an_unknown_experiment_and_missing_data(tmp_path):
-    proc = stage(
-        "train",
-        "--experiment",
-        "gan9",
-        "--data",
-        "x.h5",
-        "--stats",
-        "s.json",
-        "--out",
-        str(tmp_path),
-        "--log",
-        str(tmp_path / "l.csv"),
-    )
+    proc = train_into(tmp_path, "gan9", tmp_path / "x.h5")
     assert proc.returncode == 1
     assert "experiments.gan9: no such experiment" in proc.stderr
-    proc = stage(
-        "train",
-        "--experiment",
-        "cgan",
-        "--data",
-        str(tmp_path / "x.h5"),
-        "--stats",
-        "s.json",
-        "--out",
-        str(tmp_path),
-        "--log",
-        str(tmp_path / "l.csv"),
-    )
+    proc = train_into(tmp_path, "cgan", tmp_path / "x.h5")
     assert proc.returncode == 1
     assert "x.h5: prepared data not found" in proc.stderr
 
@@ -104,21 +88,7 @@ def test_a_batch_larger_than_the_dataset_is_a_params_error(tmp_path):
     prepared = tmp_path / "mnist.h5"
     assert stage("prepare", "--out", str(prepared), "--stats", str(tmp_path / "stats.json")).returncode == 0
     params = _params(tmp_path, lambda p: p["experiments"]["cgan"]["train"].update(batch_size=5000))
-    proc = stage(
-        "train",
-        "--params",
-        str(params),
-        "--experiment",
-        "cgan",
-        "--data",
-        str(prepared),
-        "--stats",
-        str(tmp_path / "stats.json"),
-        "--out",
-        str(tmp_path / "m"),
-        "--log",
-        str(tmp_path / "l.csv"),
-    )
+    proc = train_into(tmp_path, "cgan", prepared, params)
     assert proc.returncode == 1
     assert (
         "experiments.cgan.train.batch_size: expected at most the 4000 training images, got 5000"
