@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 
 from gan_pipeline.config import experiment, flatten, load_params
-from gan_pipeline.data.loading import load_split
+from gan_pipeline.data.loading import TensorBatches, load_split, to_float
 from gan_pipeline.errors import ParamsError, exit_on_error
 from gan_pipeline.io import read_json, save_weights, write_csv, write_json
 from gan_pipeline.models import GAN_MODELS
 from gan_pipeline.plots import plot_training
+from gan_pipeline.runtime import device
 from gan_pipeline.tracking import Tracker, file_md5, run_tags
 from gan_pipeline.training.loop import train_gan
 
@@ -44,9 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     run_id = tracker.start_run(args.experiment, run_params, {**tags, "experiment": args.experiment})
     print(f"MLflow run {run_id} in {tracker.uri}")
     try:
-        result = train_gan(
-            exp, torch.from_numpy(images), torch.from_numpy(labels), tracker.step_logger(run_id)
+        # MNIST-sized data lives on the device as one tensor.
+        spec = GAN_MODELS[exp.model.name]
+        batches = TensorBatches(
+            to_float(images, spec.value_range).to(device()), torch.from_numpy(labels), exp.train.batch_size
         )
+        result = train_gan(exp, batches, tracker.step_logger(run_id))
 
         config = {"model": flatten(exp.model)}
         save_weights(args.out / "generator.safetensors", result.generator, config)
@@ -58,7 +62,6 @@ def main(argv: list[str] | None = None) -> None:
         tracker.log_metrics(
             run_id, {"train_images_per_s": result.images_per_s, "train_seconds": result.seconds}, result.steps
         )
-        spec = GAN_MODELS[exp.model.name]
         model_uri = tracker.log_generator(run_id, result.generator, exp.model.latent_dim, spec.conditional)
         generator_md5 = file_md5(args.out / "generator.safetensors")
         tracker.set_tags(run_id, {"generator_md5": generator_md5, "generator_model_uri": model_uri})

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
+from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.models import build_gan
 from gan_pipeline.training.loop import train_gan
 from gan_pipeline.training.losses import d_loss_bce, g_loss_non_saturating, g_loss_saturating
@@ -100,16 +101,17 @@ def _tiny(name: str, **train) -> ExperimentConfig:
     )
 
 
-def _data(n=96):
+def _data(n=96, batch_size=32):
     g = torch.Generator().manual_seed(1)
-    return torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8), torch.arange(n) % 10
+    images = to_float(torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8), (-1.0, 1.0))
+    return TensorBatches(images, torch.arange(n) % 10, batch_size)
 
 
 def test_loop_is_deterministic_for_a_seed_and_differs_across_seeds():
-    images, labels = _data()
-    a = train_gan(_tiny("dcgan28", seed=3), images, labels)
-    b = train_gan(_tiny("dcgan28", seed=3), images, labels)
-    c = train_gan(_tiny("dcgan28", seed=4), images, labels)
+    batches = _data()
+    a = train_gan(_tiny("dcgan28", seed=3), batches)
+    b = train_gan(_tiny("dcgan28", seed=3), batches)
+    c = train_gan(_tiny("dcgan28", seed=4), batches)
     for (key, wa), wb in zip(
         a.generator.state_dict().items(), b.generator.state_dict().values(), strict=True
     ):
@@ -119,9 +121,9 @@ def test_loop_is_deterministic_for_a_seed_and_differs_across_seeds():
 
 
 def test_loop_logs_every_log_every_steps_through_the_callback():
-    images, labels = _data()
+    batches = _data()
     seen = []
-    result = train_gan(_tiny("cgan"), images, labels, on_step=lambda step, row: seen.append((step, row)))
+    result = train_gan(_tiny("cgan"), batches, on_step=lambda step, row: seen.append((step, row)))
     assert result.steps == 2 * (96 // 32)
     assert [s for s, _ in seen] == [2, 4, 6]
     assert [r for _, r in seen] == result.history
@@ -130,7 +132,31 @@ def test_loop_logs_every_log_every_steps_through_the_callback():
 
 
 def test_d_steps_updates_g_every_kth_step_only():
-    images, labels = _data()
-    result = train_gan(_tiny("mlp_gan", d_steps=3), images, labels)
+    batches = _data()
+    result = train_gan(_tiny("mlp_gan", d_steps=3), batches)
     assert math.isnan(result.history[0]["loss_g"])  # steps 1-2: D only
     assert not math.isnan(result.history[1]["loss_g"])  # steps 3-4: G updated at 3
+
+
+def test_on_epoch_runs_after_each_epoch_and_can_stop_training():
+    seen = []
+    train_gan(
+        _tiny("mlp_gan"), _data(), on_epoch=lambda epoch, step, g: seen.append((epoch, step, g.training))
+    )
+    assert seen == [(1, 3, True), (2, 6, True)]
+
+    def stop(epoch, step, generator):
+        raise RuntimeError(f"stop at {epoch}")
+
+    with pytest.raises(RuntimeError, match="stop at 1"):
+        train_gan(_tiny("mlp_gan"), _data(), on_epoch=stop)
+
+
+def test_tensor_batches_cover_each_image_once_per_epoch_and_drop_the_partial_batch():
+    images = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1)
+    batches = TensorBatches(images, torch.arange(10), 3)
+    seen = [b for b in batches.epoch(torch.Generator().manual_seed(0))]
+    assert len(batches) == len(seen) == 3
+    flat = torch.cat([x.flatten() for x, _ in seen])
+    assert len(set(flat.tolist())) == 9
+    assert all(torch.equal(x.flatten().long(), y) for x, y in seen)

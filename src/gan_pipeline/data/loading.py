@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import h5py
 import numpy as np
@@ -79,3 +80,41 @@ def to_uint8(images: torch.Tensor, value_range: tuple[float, float]) -> torch.Te
     low, high = _bounds(value_range)
     pixels = ((images.detach().squeeze(1).to(torch.float32) - low) / (high - low) * 255).round()
     return pixels.clamp(0, 255).to(torch.uint8)
+
+
+class BatchSource(Protocol):
+    """What the training loop draws from: full batches of float images in the model's range, with labels."""
+
+    batch_size: int
+
+    def __len__(self) -> int:
+        """Full batches per epoch (a last partial batch is dropped: BatchNorm wants full ones)."""
+        ...
+
+    def epoch(self, rng: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of (images (B, C, H, W) float, labels (B,) long), shuffled by `rng`, on the device.
+
+        The permutation is drawn from `rng` when the first batch is requested, before anything else
+        draws from it, so a run is reproducible for a seed.
+        """
+        ...
+
+
+class TensorBatches:
+    """A dataset held as one tensor on the device (MNIST-sized data): batches are index slices of it."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int):
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if not 0 < batch_size <= len(images):
+            raise ValueError(f"batch_size must be in 1..{len(images)}, got {batch_size}")
+        self.images, self.labels, self.batch_size = images, labels.long().to(images.device), batch_size
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size
+
+    def epoch(self, rng: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.images), generator=rng).to(self.images.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.images[idx], self.labels[idx]

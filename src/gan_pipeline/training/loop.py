@@ -12,13 +12,15 @@ from torch import nn
 from tqdm import tqdm
 
 from gan_pipeline.config import ExperimentConfig
-from gan_pipeline.data.loading import to_float
+from gan_pipeline.data.loading import BatchSource
 from gan_pipeline.models import GAN_MODELS, build_gan
 from gan_pipeline.runtime import device, progress_enabled, seed_everything
 from gan_pipeline.training.losses import G_LOSSES
 from gan_pipeline.training.steps import gan_step
 
 OnStep = Callable[[int, dict[str, float]], None]
+# (epoch, step, generator) after each epoch, G in train mode; may raise to stop training.
+OnEpoch = Callable[[int, int, nn.Module], None]
 
 
 @dataclass
@@ -33,14 +35,15 @@ class TrainResult:
 
 def train_gan(
     exp: ExperimentConfig,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    batches: BatchSource,
     on_step: OnStep | None = None,
+    on_epoch: OnEpoch | None = None,
 ) -> TrainResult:
-    """Build the experiment's G and D and train them on `images` (N, 28, 28) uint8 with `labels` (N,).
+    """Build the experiment's G and D and train them on `batches` (images in the model's value range).
 
     Every `train.log_every` steps (and at the last step) the window's mean stats go to `on_step(step, stats)`
-    and into the result's history. Deterministic on the CPU for a given `train.seed`.
+    and into the result's history; after every epoch `on_epoch(epoch, step, generator)` runs. Deterministic
+    on the CPU for a given `train.seed`.
     """
     cfg, spec = exp.train, GAN_MODELS[exp.model.name]
     rng = seed_everything(cfg.seed)
@@ -53,32 +56,27 @@ def train_gan(
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
 
-    # MNIST-sized data lives on the device as one tensor; batches are index slices of it.
-    data = to_float(images, spec.value_range).to(dev)
-    targets = labels.long().to(dev)
-    n = len(data)
-    steps_per_epoch = n // cfg.batch_size  # the last partial batch is dropped (BatchNorm wants full ones)
-    total = cfg.epochs * steps_per_epoch
+    if batches.batch_size != cfg.batch_size:
+        raise ValueError(f"batches of {batches.batch_size}, but train.batch_size is {cfg.batch_size}")
+    total = cfg.epochs * len(batches)
     result = TrainResult(generator, discriminator)
     window: list[dict[str, float]] = []
 
     start = time.perf_counter()
     bar = tqdm(total=total, desc=f"train {spec.name}", unit="step", disable=not progress_enabled())
     for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=rng).to(dev)
-        for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        for real, real_labels in batches.epoch(rng):
             z = torch.randn(cfg.batch_size, exp.model.latent_dim, generator=rng).to(dev)
             cond, fake_cond = (), ()
             if spec.conditional:
-                cond = (targets[idx],)
+                cond = (real_labels,)
                 fake_cond = (torch.randint(0, 10, (cfg.batch_size,), generator=rng).to(dev),)
             stats = gan_step(
                 generator,
                 discriminator,
                 opt_g,
                 opt_d,
-                data[idx],
+                real,
                 cond,
                 fake_cond,
                 z,
@@ -96,6 +94,8 @@ def train_gan(
                 bar.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}")
                 if on_step is not None:
                     on_step(result.steps, row)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, result.steps, generator)
     bar.close()
     result.seconds = time.perf_counter() - start
     result.images_per_s = result.steps * cfg.batch_size / max(result.seconds, 1e-9)
