@@ -13,7 +13,7 @@ from gan_pipeline.config import load_params
 from gan_pipeline.data.loading import load_split, to_float
 from gan_pipeline.errors import exit_on_error
 from gan_pipeline.io import save_weights, write_json
-from gan_pipeline.metrics.fid import fid_classifier
+from gan_pipeline.metrics.fid import fid
 from gan_pipeline.models.classifier import ClassifierFeatures
 from gan_pipeline.training.classifier import accuracy, train_classifier
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(params.classifier.seed))[
         :n_real
     ]
-    floor = fid_classifier(ClassifierFeatures(model), test_x, train_x[pick])
+    floor = fid(ClassifierFeatures(model), test_x, train_x[pick])
 
     save_weights(args.out, model, {"feature_dim": params.classifier.feature_dim})
     write_json(

@@ -1,6 +1,9 @@
 """train: train one experiment's D and G (model and hyperparameters from experiments.<name> in params.yaml),
 log params, per-step losses, D(x), D(G(z)) and the generator to MLflow, and write the weights, the loss
-log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log into)."""
+log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log into). With
+monitor.eval_every set, the mode-collapse alarm classifies a fixed batch of samples every eval_every
+epochs and logs digit coverage and the class-histogram KL (MLflow and --eval-log), warning or stopping on
+collapse."""
 
 from __future__ import annotations
 
@@ -12,12 +15,14 @@ import torch
 from gan_pipeline.config import experiment, flatten, load_params
 from gan_pipeline.data.loading import TensorBatches, load_split, to_float
 from gan_pipeline.errors import ParamsError, exit_on_error
-from gan_pipeline.io import read_json, save_weights, write_csv, write_json
+from gan_pipeline.io import load_module, read_json, save_weights, write_csv, write_json
 from gan_pipeline.models import GAN_MODELS
+from gan_pipeline.models.classifier import DigitClassifier
 from gan_pipeline.plots import plot_training
 from gan_pipeline.runtime import device
 from gan_pipeline.tracking import Tracker, file_md5, run_tags
 from gan_pipeline.training.loop import train_gan
+from gan_pipeline.training.monitor import MONITOR_COLUMNS, CollapseMonitor
 
 
 @exit_on_error
@@ -29,10 +34,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stats", type=Path, required=True, help="the prepared data's stats JSON")
     parser.add_argument("--out", type=Path, required=True, help="folder for weights, run.json and plots")
     parser.add_argument("--log", type=Path, required=True, help="loss log CSV (dvc plots) to write")
+    parser.add_argument(
+        "--classifier", type=Path, help="digit classifier weights, for the mode-collapse alarm (monitor)"
+    )
+    parser.add_argument(
+        "--eval-log", type=Path, help="coverage log CSV (dvc plots) of the mode-collapse alarm to write"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     exp = experiment(params, args.experiment)
 
+    if exp.monitor.eval_every is not None and (args.classifier is None or args.eval_log is None):
+        raise ParamsError(
+            f"{args.params}: experiments.{args.experiment}.monitor.eval_every: the mode-collapse alarm needs "
+            "--classifier and --eval-log, got none (set it to null to turn the alarm off)"
+        )
     images, labels = load_split(args.data, "train")
     if exp.train.batch_size > len(images):
         raise ParamsError(
@@ -50,12 +66,27 @@ def main(argv: list[str] | None = None) -> None:
         batches = TensorBatches(
             to_float(images, spec.value_range).to(device()), torch.from_numpy(labels), exp.train.batch_size
         )
-        result = train_gan(exp, batches, tracker.step_logger(run_id))
+        monitor = None
+        if exp.monitor.eval_every is not None:
+            classifier, _ = load_module(args.classifier, lambda c: DigitClassifier(c["feature_dim"]))
+            cov = params.evaluate
+            monitor = CollapseMonitor(
+                exp.monitor,
+                classifier.to(device()),
+                spec,
+                exp.model.latent_dim,
+                cov.coverage_confidence,
+                cov.coverage_min_fraction,
+                tracker.step_logger(run_id),
+            )
+        result = train_gan(exp, batches, tracker.step_logger(run_id), monitor)
 
         config = {"model": flatten(exp.model)}
         save_weights(args.out / "generator.safetensors", result.generator, config)
         save_weights(args.out / "discriminator.safetensors", result.discriminator, config)
         write_csv(args.log, result.history)
+        if args.eval_log is not None:
+            write_csv(args.eval_log, monitor.rows if monitor else [], MONITOR_COLUMNS)
         plot_path = args.out / "training.png"
         plot_training(result.history, args.experiment, plot_path)
         tracker.log_artifact(run_id, plot_path)

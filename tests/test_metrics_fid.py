@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from gan_pipeline.metrics.fid import fid_classifier, frechet_distance, intra_class_fid
+from gan_pipeline.metrics.fid import fid, frechet_distance, intra_class_fid
 from gan_pipeline.models.classifier import ClassifierFeatures, DigitClassifier
 
 
@@ -49,7 +49,7 @@ def test_frechet_distance_accepts_tensors():
     )
 
 
-def test_fid_classifier_matches_the_reference_on_the_same_features():
+def test_fid_matches_the_reference_on_the_same_features():
     torch.manual_seed(0)
     real = torch.randn(200, 1, 28, 28).clamp(-1, 1)
     fake = (0.5 * torch.randn(150, 1, 28, 28) + 0.3).clamp(-1, 1)
@@ -61,36 +61,36 @@ def test_fid_classifier_matches_the_reference_on_the_same_features():
     )
 
     assert expected > 0.1
-    assert fid_classifier(Pixels(), real, fake, batch_size=64) == pytest.approx(expected, rel=1e-6)
+    assert fid(Pixels(), real, fake, batch_size=64) == pytest.approx(expected, rel=1e-6)
 
 
-def test_fid_classifier_feeds_the_images_unchanged():
+def test_fid_feeds_the_images_unchanged():
     torch.manual_seed(0)
     real, fake = torch.rand(10, 1, 28, 28) * 2 - 1, torch.rand(6, 1, 28, 28) * 2 - 1
     features = Pixels()
 
-    fid_classifier(features, real, fake, batch_size=4)
+    fid(features, real, fake, batch_size=4)
 
     # No resize to 299x299, no uint8: the module sees our float images in [-1, 1], batch by batch.
     assert [len(x) for x in features.seen] == [4, 4, 2, 4, 2]
     assert torch.equal(torch.cat(features.seen), torch.cat([real, fake]))
 
 
-def test_fid_classifier_of_a_set_against_itself_is_zero_and_of_shifted_sets_positive():
+def test_fid_of_a_set_against_itself_is_zero_and_of_shifted_sets_positive():
     torch.manual_seed(0)
     features = ClassifierFeatures(DigitClassifier(feature_dim=8))
     images = torch.rand(64, 1, 28, 28) * 2 - 1
 
-    assert fid_classifier(features, images, images, batch_size=20) == pytest.approx(0.0, abs=1e-6)
-    assert fid_classifier(features, images, (images + 0.5).clamp(-1, 1)) > 1e-3
+    assert fid(features, images, images, batch_size=20) == pytest.approx(0.0, abs=1e-6)
+    assert fid(features, images, (images + 0.5).clamp(-1, 1)) > 1e-3
 
 
-def test_fid_classifier_needs_num_features_and_two_samples_per_side():
+def test_fid_needs_num_features_and_two_samples_per_side():
     images = torch.zeros(3, 1, 28, 28)
     with pytest.raises(TypeError, match="num_features"):
-        fid_classifier(nn.Flatten(), images, images)
+        fid(nn.Flatten(), images, images)
     with pytest.raises(ValueError, match="at least 2"):
-        fid_classifier(Pixels(), images, images[:1])
+        fid(Pixels(), images, images[:1])
 
 
 def test_intra_class_fid_scores_each_class_present_on_both_sides_and_averages_them():
@@ -105,9 +105,7 @@ def test_intra_class_fid_scores_each_class_present_on_both_sides_and_averages_th
 
     scores = intra_class_fid(Pixels(), real, real_labels, fake, fake_labels, batch_size=8)
 
-    expected = {
-        str(c): fid_classifier(Pixels(), real[real_labels == c], fake[fake_labels == c]) for c in (0, 1)
-    }
+    expected = {str(c): fid(Pixels(), real[real_labels == c], fake[fake_labels == c]) for c in (0, 1)}
     assert list(scores) == ["0", "1", "mean"]
     assert scores["0"] == pytest.approx(expected["0"], rel=1e-9)
     assert scores["1"] == pytest.approx(expected["1"], rel=1e-9)

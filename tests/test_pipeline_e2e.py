@@ -24,6 +24,8 @@ TINY = {
     "classifier": {"epochs": 1, "batch_size": 128},
     "sample": {"n_samples": 200},
     "train": {"epochs": 1, "batch_size": 256, "log_every": 5},
+    "monitor": {"eval_every": 1, "n_samples": 100},
+    "evaluate": {"inception_n": 20},
 }
 
 
@@ -51,8 +53,10 @@ def set_params(repo: Path, edit) -> None:
 def shrink(params: dict) -> None:
     params["classifier"].update(TINY["classifier"])
     params["sample"].update(TINY["sample"])
+    params["evaluate"].update(TINY["evaluate"])
     for exp in params["experiments"].values():
         exp["train"].update(TINY["train"])
+        exp["monitor"].update(TINY["monitor"])
 
 
 def ran_stages(output: str) -> set[str]:
@@ -74,7 +78,7 @@ def repo(tmp_path_factory) -> Path:
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], dest)
     proc = run(["dvc", "repro"], dest)
-    expected = {"prepare", "classifier"} | {
+    expected = {"prepare", "classifier", "reference"} | {
         f"{s}@{e}" for s in ("train", "sample", "evaluate") for e in EXPERIMENTS
     }
     assert ran_stages(proc.stdout) == expected
@@ -97,25 +101,35 @@ def test_repro_writes_every_output(repo):
         log = (repo / "plots" / exp / "train_log.csv").read_text().splitlines()
         assert log[0] == "step,epoch,loss_d,loss_g,d_real,d_fake"
         assert len(log) > 2
+        coverage_log = (repo / "plots" / exp / "eval_log.csv").read_text().splitlines()
+        assert coverage_log[0] == "step,epoch,coverage,kl_from_uniform,alarm"
+        assert len(coverage_log) == 2 and coverage_log[1].startswith(f"{4000 // 256},1,")
 
 
 def test_metrics_have_every_key(repo):
     classifier = json.loads((repo / "metrics/classifier.json").read_text())
     assert 0.8 < classifier["test_accuracy"] <= 1.0
     assert classifier["fid_classifier_real_floor"] >= 0
+    reference = json.loads((repo / "metrics/reference.json").read_text())
+    assert reference["fid_inception_real_floor_n_real"] == 20 and reference["inception_images_per_s"] > 0
     for exp in EXPERIMENTS:
         metrics = json.loads((repo / "metrics" / f"{exp}.json").read_text())
         assert metrics["fid_classifier"] > metrics["fid_classifier_real_floor"] >= 0
-        assert metrics["fid_n_fake"] == 200 and metrics["fid_n_real"] == 1000
+        assert metrics["fid_classifier_n_fake"] == 200 and metrics["fid_classifier_n_real"] == 1000
         assert 0 <= metrics["coverage"] <= 10
         assert 0 <= metrics["kl_from_uniform"] <= np.log(10) + 1e-9
         assert sum(metrics["class_histogram"].values()) <= 200
         assert ("label_accuracy" in metrics) == (exp == "cgan")
         assert ("fid_classifier_intra_class" in metrics) == (exp == "cgan")
-        assert metrics["kid_subset_size"] == 200 and metrics["kid_classifier_std"] >= 0
-        for name in ("precision", "recall", "coverage"):
-            assert 0 <= metrics[f"prdc_{name}"] <= 1
-        assert metrics["prdc_density"] >= 0  # density is unbounded above (Naeem et al.)
+        assert metrics["kid_classifier_subset_size"] == 200 and metrics["kid_classifier_std"] >= 0
+        # Standard Inception metrics on 20 samples vs 20 test images, beside their real-vs-real floor.
+        assert metrics["fid_inception_n_fake"] == metrics["fid_inception_n_real"] == 20
+        assert metrics["fid_inception"] > reference["fid_inception_real_floor"] > 0
+        assert set(metrics["feature_backend"]) == {"classifier", "inception"}
+        for backend in ("classifier", "inception"):
+            for name in ("precision", "recall", "coverage"):
+                assert 0 <= metrics[f"prdc_{backend}_{name}"] <= 1
+            assert metrics[f"prdc_{backend}_density"] >= 0  # density is unbounded above (Naeem et al.)
     shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
     assert "fid_classifier" in shown and "coverage" in shown
 
@@ -139,6 +153,8 @@ def test_mlflow_run_per_experiment_with_params_metrics_and_model(repo):
         metrics = json.loads((repo / "metrics" / f"{exp}.json").read_text())
         assert r.data.metrics["fid_classifier"] == pytest.approx(metrics["fid_classifier"])
         assert len(client.get_metric_history(r.info.run_id, "loss_d")) >= 2
+        assert len(client.get_metric_history(r.info.run_id, "monitor_coverage")) == 1
+        assert r.data.metrics["fid_inception"] == pytest.approx(metrics["fid_inception"])
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"training.png", "grid.png"} <= artifacts
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["prepare", "classifier", "train", "sample", "evaluate"]
+STAGES = ["prepare", "classifier", "reference", "train", "sample", "evaluate"]
 
 
 def stage(name: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -72,6 +72,7 @@ def train_into(folder: Path, experiment: str, data: Path, params: Path = REPO / 
     return stage(
         "train", "--params", str(params), "--experiment", experiment, "--data", str(data),
         "--stats", str(folder / "stats.json"), "--out", str(folder / "m"), "--log", str(folder / "l.csv"),
+        "--classifier", str(folder / "c.safetensors"), "--eval-log", str(folder / "e.csv"),
     )  # fmt: skip
 
 
@@ -95,3 +96,12 @@ def test_a_batch_larger_than_the_dataset_is_a_params_error(tmp_path):
         in proc.stderr
     )
     assert not (tmp_path / "m").exists()
+
+
+def test_the_collapse_alarm_needs_the_classifier(tmp_path):
+    proc = stage(
+        "train", "--experiment", "cgan", "--data", str(tmp_path / "x.h5"),
+        "--stats", str(tmp_path / "s.json"), "--out", str(tmp_path / "m"), "--log", str(tmp_path / "l.csv"),
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "experiments.cgan.monitor.eval_every: the mode-collapse alarm needs --classifier" in proc.stderr

@@ -84,16 +84,34 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """The mode-collapse alarm: every `eval_every` epochs the train stage classifies a fixed batch of samples.
+
+    Coverage and the class-histogram KL use evaluate.coverage_confidence and coverage_min_fraction. The
+    alarm goes off when coverage falls below `min_coverage` after having reached it (a collapse, not the
+    slow start of training), and then warns or stops training as `on_collapse` says.
+    """
+
+    eval_every: int | None = field(default=None, metadata=_check("an int > 0 or null", lambda v: v > 0))
+    n_samples: int = field(default=500, metadata=_check("an int >= 10", lambda v: v >= 10))
+    min_coverage: int = field(default=10, metadata=_check("an int in 1..10", lambda v: 1 <= v <= 10))
+    on_collapse: Literal["warn", "stop"] = "warn"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
 
 @dataclass(frozen=True)
 class SampleConfig:
     """The fixed-seed samples that the grid shows and evaluate scores."""
 
-    n_samples: int = field(default=2000, metadata=_positive("an int"))
+    # Generated samples scored by evaluate; FID's bias shrinks with N (PITFALLS 9), 10,000 is the norm.
+    n_samples: int = field(default=10000, metadata=_positive("an int"))
     seed: int = 1234
     grid_rows: int = field(default=10, metadata=_positive("an int"))
 
@@ -113,6 +131,15 @@ class EvaluateConfig:
     # KID: mean and std over `kid_subsets` random subsets of min(kid_subset_size, n_real, n_fake) each
     kid_subset_size: int = field(default=1000, metadata=_check("an int >= 2", lambda v: v >= 2))
     kid_subsets: int = field(default=100, metadata=_positive("an int"))
+    # Standard Inception metrics (fid_inception, kid_inception, prdc_inception_*): images per side, the
+    # first n samples against n real test images (a seeded pick). Fewer than for the classifier features
+    # because Inception runs at ~10-20 images/s on a 2-core CPU; 0 turns them off.
+    inception_n: int = field(default=1000, metadata=_check("an int >= 0", lambda v: v >= 0))
+    inception_batch_size: int = field(default=50, metadata=_positive("an int"))
+    # bf16 autocast for the Inception network (faster on AMX CPUs and GPUs; see README for its effect).
+    inception_bf16: bool = False
+    # A torch-fidelity InceptionV3 state dict (pt_inception-2015-12-05-*.pth) instead of the bundled weights.
+    inception_weights: str | None = None
 
 
 @dataclass(frozen=True)

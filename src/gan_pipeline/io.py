@@ -95,9 +95,9 @@ def load_module(
     return module.eval(), config
 
 
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Rows of equal keys as CSV with a header, atomically."""
-    keys = list(rows[0]) if rows else []
+def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Rows of equal keys as CSV with a header (`columns`, else the first row's keys), atomically."""
+    keys = columns or (list(rows[0]) if rows else [])
     lines = [",".join(keys)] + [",".join(_csv_cell(row[k]) for k in keys) for row in rows]
     write_text(path, "\n".join(lines) + "\n")
 

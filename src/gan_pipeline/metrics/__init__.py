@@ -1,2 +1,3 @@
-"""Scores of generated digits in the digit classifier's features: FID and intra-class FID (`fid`), KID
-(`kid`), precision/recall/density/coverage (`prdc`), and digit coverage from its predictions (`coverage`)."""
+"""Scores of generated images in two feature spaces: the digit classifier's (`fid`, `kid`, `prdc`, and digit
+coverage from its predictions in `coverage`) and the standard TF Inception's (`inception`), with `suite`
+naming each metric after its backend."""

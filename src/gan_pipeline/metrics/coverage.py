@@ -64,3 +64,17 @@ def label_accuracy(probs: torch.Tensor | np.ndarray, requested: torch.Tensor | n
             f"got {len(probs)} samples and labels of shape {tuple(requested.shape)}"
         )
     return (probs.argmax(dim=1) == requested.to(probs.device)).double().mean().item()
+
+
+def digit_report(
+    probs: torch.Tensor | np.ndarray, confidence: float, min_fraction: float
+) -> dict[str, float | int | dict[str, int]]:
+    """coverage, kl_from_uniform, confident_fraction and class_histogram of classifier `probs` (N, 10)."""
+    histogram = class_histogram(probs, confidence)
+    n = len(probs)
+    return {
+        "coverage": digit_coverage(histogram, n, min_fraction),
+        "kl_from_uniform": kl_from_uniform(histogram),
+        "confident_fraction": sum(histogram) / n if n else 0.0,
+        "class_histogram": {str(d): count for d, count in enumerate(histogram)},
+    }

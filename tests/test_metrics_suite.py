@@ -1,0 +1,66 @@
+"""Per-backend metric sets and the Fréchet distance's numerical truth against scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gan_pipeline.config import EvaluateConfig
+from gan_pipeline.metrics.fid import fid_from_features, frechet_distance
+from gan_pipeline.metrics.kid import kid_unbiased_mmd2
+from gan_pipeline.metrics.suite import feature_metrics, seeded_pick
+
+
+def _reference_fid(real: np.ndarray, fake: np.ndarray) -> float:
+    cov = lambda x: np.cov(x, rowvar=False)  # noqa: E731
+    return frechet_distance(real.mean(0), cov(real), fake.mean(0), cov(fake))
+
+
+@pytest.mark.parametrize(
+    ("n_real", "n_fake", "dim"),
+    [(500, 400, 16), (300, 300, 64), (40, 30, 64), (12, 10, 128)],  # the last two: rank-deficient covariances
+)
+def test_frechet_distance_agrees_with_scipy_sqrtm_to_1e_6(n_real, n_fake, dim):
+    rng = np.random.default_rng(dim + n_real)
+    mixing = rng.normal(size=(dim, dim))
+    real = rng.normal(size=(n_real, dim)) @ mixing
+    fake = rng.normal(size=(n_fake, dim)) @ (mixing * 1.2) + 0.3
+    expected = _reference_fid(real, fake)
+    assert expected > 1
+    ours = fid_from_features(torch.from_numpy(real), torch.from_numpy(fake))
+    assert ours == pytest.approx(expected, rel=1e-6)
+
+
+def test_fid_of_a_set_against_itself_is_zero_also_when_rank_deficient():
+    for n, dim in ((1000, 32), (20, 256)):
+        features = torch.from_numpy(np.random.default_rng(n).normal(size=(n, dim)))
+        assert abs(fid_from_features(features, features)) < 1e-6 * dim
+
+
+def test_feature_metrics_names_say_the_backend_and_record_the_sample_sizes():
+    rng = np.random.default_rng(0)
+    real = torch.from_numpy(rng.normal(size=(60, 8)))
+    fake = torch.from_numpy(rng.normal(size=(40, 8)) + 0.5)
+    cfg = EvaluateConfig(kid_subset_size=1000, kid_subsets=3, prdc_nearest_k=3)
+    metrics = feature_metrics("inception", real, fake, cfg)
+    assert set(metrics) == {
+        "fid_inception", "fid_inception_n_real", "fid_inception_n_fake", "kid_inception", "kid_inception_std",
+        "kid_inception_subset_size", "prdc_inception_precision", "prdc_inception_recall",
+        "prdc_inception_density", "prdc_inception_coverage",
+    }  # fmt: skip
+    assert (metrics["fid_inception_n_real"], metrics["fid_inception_n_fake"]) == (60, 40)
+    assert metrics["fid_inception"] == pytest.approx(_reference_fid(real.numpy(), fake.numpy()), rel=1e-6)
+    # One subset size of 40 per side, drawn 3 times: the mean lies around the full-set estimate.
+    assert metrics["kid_inception_subset_size"] == 40
+    full_set = kid_unbiased_mmd2(real, fake)
+    assert abs(metrics["kid_inception"] - full_set) < 3 * metrics["kid_inception_std"] + 0.05
+    with pytest.raises(ValueError, match="unknown feature backend"):
+        feature_metrics("vgg", real, fake, cfg)
+
+
+def test_seeded_pick_is_sorted_distinct_and_the_same_every_run():
+    a, b = seeded_pick(100, 10, 7), seeded_pick(100, 10, 7)
+    assert torch.equal(a, b) and len(set(a.tolist())) == 10 and torch.equal(a, a.sort().values)
+    assert not torch.equal(a, seeded_pick(100, 10, 8))
+    assert torch.equal(seeded_pick(5, 10, 0), torch.arange(5))

@@ -1,0 +1,92 @@
+"""The mode-collapse alarm: when it measures, what it logs, when it goes off; it leaves training alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gan_pipeline.config import ExperimentConfig, ModelConfig, MonitorConfig, TrainConfig
+from gan_pipeline.data.loading import TensorBatches, to_float
+from gan_pipeline.models import GAN_MODELS, build_gan
+from gan_pipeline.training.loop import train_gan
+from gan_pipeline.training.monitor import CollapseMonitor, ModeCollapse
+
+
+class ScriptedClassifier(nn.Module):
+    """Confident logits: sample i is digit i % 10 while `diverse`, else every sample is a 0 (a collapse)."""
+
+    def __init__(self):
+        super().__init__()
+        self.diverse = True
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n = len(images)
+        digits = torch.arange(n) % 10 if self.diverse else torch.zeros(n, dtype=torch.long)
+        return nn.functional.one_hot(digits, 10).float() * 20
+
+
+def _monitor(on_collapse="warn", log=None, eval_every=2):
+    cfg = MonitorConfig(eval_every=eval_every, n_samples=50, min_coverage=10, on_collapse=on_collapse)
+    classifier = ScriptedClassifier()
+    monitor = CollapseMonitor(cfg, classifier, GAN_MODELS["mlp_gan"], 8, 0.9, 0.01, log)
+    return monitor, classifier
+
+
+def test_measures_every_eval_every_epochs_and_logs_coverage_and_kl():
+    logged = []
+    monitor, _ = _monitor(log=lambda step, m: logged.append((step, m)))
+    generator, _ = build_gan("mlp_gan", 8)
+    generator.train()
+    for epoch in range(1, 6):
+        monitor(epoch, epoch * 10, generator)
+    assert [(r["epoch"], r["step"]) for r in monitor.rows] == [(2, 20), (4, 40)]
+    assert [r["coverage"] for r in monitor.rows] == [10, 10]
+    assert all(r["kl_from_uniform"] == pytest.approx(0, abs=0.01) for r in monitor.rows)
+    assert [s for s, _ in logged] == [20, 40]
+    assert set(logged[0][1]) == {"monitor_coverage", "monitor_kl_from_uniform", "monitor_alarm"}
+    assert generator.training  # put back in train mode
+
+
+def test_warns_when_coverage_falls_after_reaching_the_threshold(capsys):
+    monitor, classifier = _monitor()
+    generator, _ = build_gan("mlp_gan", 8)
+    classifier.diverse = False
+    monitor(2, 20, generator)  # never reached yet: the slow start of training, no alarm
+    classifier.diverse = True
+    monitor(4, 40, generator)
+    classifier.diverse = False
+    monitor(6, 60, generator)
+    assert [r["alarm"] for r in monitor.rows] == [0, 0, 1]
+    assert [r["coverage"] for r in monitor.rows] == [1, 10, 1]
+    err = capsys.readouterr().err
+    assert "warning: mode collapse at epoch 6 (step 60): 1 of 10 digits covered" in err
+    assert err.count("mode collapse") == 1
+
+
+def test_stops_training_when_on_collapse_is_stop():
+    monitor, classifier = _monitor("stop", eval_every=1)
+    exp = ExperimentConfig(ModelConfig("mlp_gan", latent_dim=8), TrainConfig(epochs=5, batch_size=16))
+    images = to_float(torch.zeros(64, 28, 28, dtype=torch.uint8), (-1.0, 1.0))
+
+    def collapse_after_first(epoch, step, generator):
+        monitor(epoch, step, generator)
+        classifier.diverse = False
+
+    with pytest.raises(ModeCollapse, match="mode collapse at epoch 2 \\(step 8\\)"):
+        train_gan(exp, TensorBatches(images, torch.zeros(64), 16), on_epoch=collapse_after_first)
+
+
+def test_training_with_the_monitor_ends_with_the_same_weights():
+    exp = ExperimentConfig(ModelConfig("dcgan28", latent_dim=8), TrainConfig(epochs=2, batch_size=16, seed=1))
+    g = torch.Generator().manual_seed(0)
+    images = to_float(torch.randint(0, 256, (48, 28, 28), generator=g, dtype=torch.uint8), (-1.0, 1.0))
+    plain = train_gan(exp, TensorBatches(images, torch.zeros(48), 16))
+    monitor, _ = _monitor(eval_every=1)
+    monitor.spec, monitor.latent_dim = GAN_MODELS["dcgan28"], 8
+    watched = train_gan(exp, TensorBatches(images, torch.zeros(48), 16), on_epoch=monitor)
+    assert len(monitor.rows) == 2
+    for (name, a), b in zip(
+        plain.generator.state_dict().items(), watched.generator.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
