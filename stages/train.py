@@ -1,10 +1,12 @@
 """train: train one experiment's D and G (model and hyperparameters from experiments.<name> in params.yaml),
 log params, per-step losses, D(x), D(G(z)) and the generator to MLflow, and write the weights, the loss
-log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log into)."""
+log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log into). Checkpoints every
+train.checkpoint_every steps; run again after a crash, it resumes from the checkpoint (and its MLflow run)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +19,8 @@ from gan_pipeline.models import GAN_MODELS
 from gan_pipeline.plots import plot_training
 from gan_pipeline.runtime import device
 from gan_pipeline.tracking import Tracker, file_md5, run_tags
-from gan_pipeline.training.loop import train_gan
+from gan_pipeline.training.checkpoint import resume_point
+from gan_pipeline.training.loop import Checkpointing, train_gan
 
 
 @exit_on_error
@@ -29,6 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stats", type=Path, required=True, help="the prepared data's stats JSON")
     parser.add_argument("--out", type=Path, required=True, help="folder for weights, run.json and plots")
     parser.add_argument("--log", type=Path, required=True, help="loss log CSV (dvc plots) to write")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="training checkpoint to resume from and write (default: OUT/checkpoint.safetensors)",
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     exp = experiment(params, args.experiment)
@@ -39,21 +47,37 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.params}: experiments.{args.experiment}.train.batch_size: expected at most the "
             f"{len(images)} training images, got {exp.train.batch_size}"
         )
-    tracker = Tracker(params.tracking.experiment_name)
-    run_params = {**flatten(exp), **flatten(params.data, "data.")}
-    tags = run_tags(tracker.root, [str(args.data)], read_json(args.stats)["content_hash"])
-    run_id = tracker.start_run(args.experiment, run_params, {**tags, "experiment": args.experiment})
-    print(f"MLflow run {run_id} in {tracker.uri}")
-    try:
-        # MNIST-sized data lives on the device as one tensor.
-        spec = GAN_MODELS[exp.model.name]
-        batches = TensorBatches(
-            to_float(images, spec.value_range).to(device()), torch.from_numpy(labels), exp.train.batch_size
-        )
-        result = train_gan(exp, batches, tracker.step_logger(run_id))
+    # MNIST-sized data lives on the device as one tensor.
+    spec = GAN_MODELS[exp.model.name]
+    batches = TensorBatches(
+        to_float(images, spec.value_range).to(device()), torch.from_numpy(labels), exp.train.batch_size
+    )
+    content_hash = read_json(args.stats)["content_hash"]
+    checkpoint_path = args.checkpoint or args.out / "checkpoint.safetensors"
+    identity = {f"experiments.{args.experiment}.{k}": v for k, v in flatten(exp).items()}
+    identity["data content hash"] = content_hash
+    resume, note = resume_point(checkpoint_path, identity, exp.train.epochs * len(batches))
+    print(note)
 
+    tracker = Tracker(params.tracking.experiment_name, retries=params.tracking.retries,
+                      retry_wait_s=params.tracking.retry_wait_s)  # fmt: skip
+    run_params = {**flatten(exp), **flatten(params.data, "data.")}
+    run_id, logged_until = (resume.extra.get("mlflow_run_id"), None) if resume else (None, None)
+    if run_id is not None:
+        logged_until = tracker.resume_run(run_id, run_params)
+    if logged_until is None:
+        tags = run_tags(tracker.root, [str(args.data)], content_hash)
+        run_id = tracker.start_run(args.experiment, run_params, {**tags, "experiment": args.experiment})
+    print(f"MLflow run {run_id} in {tracker.uri}{' (resumed)' if logged_until is not None else ''}")
+    try:
+        checkpointing = Checkpointing(checkpoint_path, identity, resume, {"mlflow_run_id": run_id})
+        result = train_gan(
+            exp, batches, tracker.step_logger(run_id, logged_until or 0), checkpointing=checkpointing
+        )
+
+        # With train.ema_decay the EMA of G's weights is the generator that sample and evaluate use.
         config = {"model": flatten(exp.model)}
-        save_weights(args.out / "generator.safetensors", result.generator, config)
+        save_weights(args.out / "generator.safetensors", result.sampling_generator, config)
         save_weights(args.out / "discriminator.safetensors", result.discriminator, config)
         write_csv(args.log, result.history)
         plot_path = args.out / "training.png"
@@ -62,9 +86,12 @@ def main(argv: list[str] | None = None) -> None:
         tracker.log_metrics(
             run_id, {"train_images_per_s": result.images_per_s, "train_seconds": result.seconds}, result.steps
         )
-        model_uri = tracker.log_generator(run_id, result.generator, exp.model.latent_dim, spec.conditional)
+        model_uri = tracker.log_generator(
+            run_id, result.sampling_generator, exp.model.latent_dim, spec.conditional
+        )
         generator_md5 = file_md5(args.out / "generator.safetensors")
-        tracker.set_tags(run_id, {"generator_md5": generator_md5, "generator_model_uri": model_uri})
+        model_tag = {"generator_model_uri": model_uri} if model_uri else {}
+        tracker.set_tags(run_id, {"generator_md5": generator_md5, **model_tag})
     except BaseException:
         tracker.finish(run_id, failed=True)
         raise
@@ -86,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.experiment}: {result.steps} steps in {result.seconds:.0f} s "
         f"({result.images_per_s:.0f} real images/s); run {run_id}"
     )
+    if tracker.report():
+        print(f"warning: {tracker.report()}", file=sys.stderr)
 
 
 if __name__ == "__main__":
