@@ -27,13 +27,7 @@ from gan_pipeline.training.loop import Checkpointing, TrainingDiverged, train_ga
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run ~20x faster on one thread than on two threads of a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Every random draw the loop makes: the epoch permutation, z, noisy labels; BatchNorm buffers, the EMA and

@@ -19,14 +19,7 @@ from gan_pipeline.training.loop import train_gan
 from gan_pipeline.training.losses import g_loss_non_saturating, gradient_penalty, noisy_targets
 from gan_pipeline.training.steps import ema_update, gan_step
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run ~20x faster on one thread than on two threads of a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _grad_norm(module: nn.Module) -> float:
