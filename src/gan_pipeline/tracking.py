@@ -70,14 +70,14 @@ class Tracker:
     """
 
     def __init__(
-        self, experiment_name: str, root: Path | None = None, retries: int = 2, retry_wait_s: float = 1.0
+        self, experiment_name: str, root: Path | None = None, retries: int = 2, retry_backoff_s: int = 1
     ):
         self.root = repo_root(root)
         self.uri = tracking_uri(self.root)
         # MLflow's HTTP client retries each request (7 times, up to minutes, by default); the params say how
         # often, unless the environment already does.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(retry_wait_s))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(retry_backoff_s))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
