@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,39 @@ def test_more_epochs_resume_the_checkpoint_and_its_mlflow_run(tmp_path, prepared
     assert [r.info.run_id for r in runs] == [run["run_id"]]
     assert runs[0].info.status == "FINISHED"
     assert (tmp_path / "l.csv").read_text().splitlines()[-1].startswith("16,2,")
+
+
+def _earlier_outputs(folder: Path) -> dict[Path, bytes]:
+    outputs = {folder / "m" / "generator.safetensors": b"earlier G", folder / "l.csv": b"step\n"}
+    for path, data in outputs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return outputs
+
+
+def test_a_truncated_hdf5_stops_train_in_one_line_leaving_earlier_outputs(tmp_path, prepared_digits):
+    data = tmp_path / "prepared"
+    data.mkdir()
+    (data / "stats.json").write_bytes((prepared_digits / "stats.json").read_bytes())
+    (data / "mnist.h5").write_bytes((prepared_digits / "mnist.h5").read_bytes()[:-1000])
+    earlier = _earlier_outputs(tmp_path)
+    proc = _train_in(tmp_path, data, _tiny_train(tmp_path, 1))
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: {data / 'mnist.h5'}: unreadable HDF5 file (")
+    assert all(path.read_bytes() == content for path, content in earlier.items())
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["generator.safetensors"]
+
+
+def test_a_pickle_as_checkpoint_is_refused_unexecuted_leaving_earlier_outputs(
+    tmp_path, prepared_digits, code_carrying_pickle
+):
+    earlier = _earlier_outputs(tmp_path)
+    marker = tmp_path / "executed"
+    (tmp_path / "m" / "ck").write_bytes(pickle.dumps(code_carrying_pickle(marker)))
+    proc = _train_in(tmp_path, prepared_digits, _tiny_train(tmp_path, 1))
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: m/ck: not a readable gan-pipeline training checkpoint (")
+    assert not marker.exists()
+    assert all(path.read_bytes() == content for path, content in earlier.items())
