@@ -101,23 +101,30 @@ def test_a_run_killed_at_several_points_and_resumed_is_bit_identical(tmp_path):
     assert reference.wait(timeout=300) == 0, reference.stdout.read()
 
     notes = []
-    for kill_after in (0, 10, 25, 30):  # 0: before the first checkpoint; 30: at an epoch boundary
+    # None: as soon as training starts, before the first checkpoint; 30: at an epoch boundary.
+    for kill_after in (None, 10, 25, 30):
         proc = _run_driver(tmp_path, "killed", step_s=0.05)
+        notes.append(proc.stdout.readline().strip())  # printed just before training starts
         deadline = time.monotonic() + 120
-        while _checkpoint_step(tmp_path / "killed.ckpt") < kill_after and proc.poll() is None:
+        while kill_after is not None and _checkpoint_step(tmp_path / "killed.ckpt") < kill_after:
+            assert proc.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "the driver made no progress"
             time.sleep(0.01)
+        if kill_after is not None:
+            time.sleep(
+                0.02 * kill_after % 0.07
+            )  # land somewhere inside a later step, not just after the write
         assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.02 * kill_after % 0.07)  # land somewhere inside a later step, not just after the write
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        notes.append(proc.stdout.read().splitlines()[0])
-        assert _checkpoint_step(tmp_path / "killed.ckpt") >= kill_after
+        assert _checkpoint_step(tmp_path / "killed.ckpt") >= (kill_after or -1)
+    assert not (tmp_path / "killed.out").exists()
+    assert _checkpoint_step(tmp_path / "killed.ckpt") < 42
     last = _run_driver(tmp_path, "killed")
     assert last.wait(timeout=300) == 0, last.stdout.read()
     notes.append(last.stdout.read().splitlines()[0])
 
-    assert notes[0].startswith("no checkpoint")
+    assert notes[0].startswith("no checkpoint") and notes[1].startswith("no checkpoint"), notes
     assert all(n.startswith("resuming from") for n in notes[2:]), notes
     whole, whole_history = _final(tmp_path / "whole.out")
     resumed, resumed_history = _final(tmp_path / "killed.out")

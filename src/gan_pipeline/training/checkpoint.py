@@ -158,9 +158,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def differences(checkpoint: Checkpoint, identity: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(key, checkpoint's value, current value) for each identity key that differs, resumable ones aside."""
-    keys = sorted(
-        set(checkpoint.identity) | set(identity), key=lambda k: (not k.split(".")[-2:-1] == ["model"], k)
-    )
+    # Model (shape) params first: they are the likeliest reason and the one to name.
+    keys = sorted(set(checkpoint.identity) | set(identity), key=lambda k: (".model." not in f".{k}", k))
     return [
         (key, checkpoint.identity.get(key), identity.get(key))
         for key in keys
