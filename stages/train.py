@@ -62,17 +62,14 @@ def main(argv: list[str] | None = None) -> None:
     tracker = Tracker(params.tracking.experiment_name, retries=params.tracking.retries,
                       retry_backoff_s=params.tracking.retry_backoff_s)  # fmt: skip
     run_params = {**flatten(exp), **flatten(params.data, "data.")}
-    run_id, logged_until = (resume.extra.get("mlflow_run_id"), None) if resume else (None, None)
-    if run_id is not None:
-        logged_until = tracker.resume_run(run_id, run_params)
-    if logged_until is None:
-        tags = run_tags(tracker.root, [str(args.data)], content_hash)
-        run_id = tracker.start_run(args.experiment, run_params, {**tags, "experiment": args.experiment})
-    print(f"MLflow run {run_id} in {tracker.uri}{' (resumed)' if logged_until is not None else ''}")
+    tags = {**run_tags(tracker.root, [str(args.data)], content_hash), "experiment": args.experiment}
+    earlier_run = resume.extra.get("mlflow_run_id") if resume else None
+    run_id, logged_until = tracker.start_or_resume(earlier_run, args.experiment, run_params, tags)
+    print(f"MLflow run {run_id} in {tracker.uri}{' (resumed)' if run_id == earlier_run else ''}")
     try:
         checkpointing = Checkpointing(checkpoint_path, identity, resume, {"mlflow_run_id": run_id})
         result = train_gan(
-            exp, batches, tracker.step_logger(run_id, logged_until or 0), checkpointing=checkpointing
+            exp, batches, tracker.step_logger(run_id, logged_until), checkpointing=checkpointing
         )
 
         # With train.ema_decay the EMA of G's weights is the generator that sample and evaluate use.

@@ -206,3 +206,6 @@ def test_an_interrupted_run_is_resumed_not_duplicated(tmp_path, monkeypatch):
     ]
     assert run.data.params["train.epochs"] == "2" and run.data.tags["resumed_with.train.epochs"] == "3"
     assert again.resume_run("0" * 32, {}) is None  # a run the store does not have: start a new one
+    new_id, logged_until = again.start_or_resume("0" * 32, "cgan", {"train.lr": 0.0002}, {})
+    assert new_id != run_id and logged_until == 0
+    assert again.start_or_resume(run_id, "cgan", {}, {}) == (run_id, 30)

@@ -117,6 +117,15 @@ class Tracker:
         parts.extend(others)
         return f"MLflow store {self.uri} failed ({self.offline}): not logged: {'; '.join(parts)}"
 
+    def start_or_resume(
+        self, run_id: str | None, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+    ) -> tuple[str, int]:
+        """(run id, last step already logged): `run_id` reopened if the store still has it, else a new run."""
+        logged_until = self.resume_run(run_id, params) if run_id is not None else None
+        if run_id is None or logged_until is None:
+            return self.start_run(run_name, params, tags), 0
+        return run_id, logged_until
+
     def resume_run(self, run_id: str, params: Mapping[str, Any]) -> int | None:
         """Reopen an interrupted run; return the last step it has metrics for, or None if it is gone."""
         try:
