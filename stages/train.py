@@ -1,13 +1,15 @@
 """train: train one experiment's D and G (model and hyperparameters from experiments.<name> in params.yaml),
 log params, per-step losses, D(x), D(G(z)) and the generator to MLflow, and write the weights, the loss
-log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log into). With
-monitor.eval_every set, the mode-collapse alarm classifies a fixed batch of samples every eval_every
+log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log into). Checkpoints every
+train.checkpoint_every steps; run again after a crash, it resumes from the checkpoint (and its MLflow run).
+With monitor.eval_every set, the mode-collapse alarm classifies a fixed batch of samples every eval_every
 epochs and logs digit coverage and the class-histogram KL (MLflow and --eval-log), warning or stopping on
 collapse."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -21,7 +23,8 @@ from gan_pipeline.models.classifier import DigitClassifier
 from gan_pipeline.plots import plot_training
 from gan_pipeline.runtime import device
 from gan_pipeline.tracking import Tracker, file_md5, run_tags
-from gan_pipeline.training.loop import train_gan
+from gan_pipeline.training.checkpoint import resume_point
+from gan_pipeline.training.loop import Checkpointing, train_gan
 from gan_pipeline.training.monitor import MONITOR_COLUMNS, CollapseMonitor
 
 
@@ -34,6 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stats", type=Path, required=True, help="the prepared data's stats JSON")
     parser.add_argument("--out", type=Path, required=True, help="folder for weights, run.json and plots")
     parser.add_argument("--log", type=Path, required=True, help="loss log CSV (dvc plots) to write")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="training checkpoint to resume from and write (default: OUT/checkpoint.safetensors)",
+    )
     parser.add_argument(
         "--classifier", type=Path, help="digit classifier weights, for the mode-collapse alarm (monitor)"
     )
@@ -55,17 +63,27 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.params}: experiments.{args.experiment}.train.batch_size: expected at most the "
             f"{len(images)} training images, got {exp.train.batch_size}"
         )
-    tracker = Tracker(params.tracking.experiment_name)
+    # MNIST-sized data lives on the device as one tensor.
+    spec = GAN_MODELS[exp.model.name]
+    batches = TensorBatches(
+        to_float(images, spec.value_range).to(device()), torch.from_numpy(labels), exp.train.batch_size
+    )
+    content_hash = read_json(args.stats)["content_hash"]
+    checkpoint_path = args.checkpoint or args.out / "checkpoint.safetensors"
+    identity = {f"experiments.{args.experiment}.{k}": v for k, v in flatten(exp).items()}
+    identity["data content hash"] = content_hash
+    resume, note = resume_point(checkpoint_path, identity, exp.train.epochs * len(batches))
+    print(note)
+
+    tracker = Tracker(params.tracking.experiment_name, retries=params.tracking.retries,
+                      retry_backoff_s=params.tracking.retry_backoff_s)  # fmt: skip
     run_params = {**flatten(exp), **flatten(params.data, "data.")}
-    tags = run_tags(tracker.root, [str(args.data)], read_json(args.stats)["content_hash"])
-    run_id = tracker.start_run(args.experiment, run_params, {**tags, "experiment": args.experiment})
-    print(f"MLflow run {run_id} in {tracker.uri}")
+    tags = {**run_tags(tracker.root, [str(args.data)], content_hash), "experiment": args.experiment}
+    earlier_run = resume.extra.get("mlflow_run_id") if resume else None
+    run_id, logged_until = tracker.start_or_resume(earlier_run, args.experiment, run_params, tags)
+    print(f"MLflow run {run_id} in {tracker.uri}{' (resumed)' if run_id == earlier_run else ''}")
     try:
-        # MNIST-sized data lives on the device as one tensor.
-        spec = GAN_MODELS[exp.model.name]
-        batches = TensorBatches(
-            to_float(images, spec.value_range).to(device()), torch.from_numpy(labels), exp.train.batch_size
-        )
+        checkpointing = Checkpointing(checkpoint_path, identity, resume, {"mlflow_run_id": run_id})
         monitor = None
         if exp.monitor.eval_every is not None:
             classifier, _ = load_module(args.classifier, lambda c: DigitClassifier(c["feature_dim"]))
@@ -77,12 +95,15 @@ def main(argv: list[str] | None = None) -> None:
                 exp.model.latent_dim,
                 cov.coverage_confidence,
                 cov.coverage_min_fraction,
-                tracker.step_logger(run_id),
+                tracker.step_logger(run_id, logged_until),
             )
-        result = train_gan(exp, batches, tracker.step_logger(run_id), monitor)
+        result = train_gan(
+            exp, batches, tracker.step_logger(run_id, logged_until), monitor, checkpointing=checkpointing
+        )
 
+        # With train.ema_decay the EMA of G's weights is the generator that sample and evaluate use.
         config = {"model": flatten(exp.model)}
-        save_weights(args.out / "generator.safetensors", result.generator, config)
+        save_weights(args.out / "generator.safetensors", result.sampling_generator, config)
         save_weights(args.out / "discriminator.safetensors", result.discriminator, config)
         write_csv(args.log, result.history)
         if args.eval_log is not None:
@@ -93,9 +114,12 @@ def main(argv: list[str] | None = None) -> None:
         tracker.log_metrics(
             run_id, {"train_images_per_s": result.images_per_s, "train_seconds": result.seconds}, result.steps
         )
-        model_uri = tracker.log_generator(run_id, result.generator, exp.model.latent_dim, spec.conditional)
+        model_uri = tracker.log_generator(
+            run_id, result.sampling_generator, exp.model.latent_dim, spec.conditional
+        )
         generator_md5 = file_md5(args.out / "generator.safetensors")
-        tracker.set_tags(run_id, {"generator_md5": generator_md5, "generator_model_uri": model_uri})
+        model_tag = {"generator_model_uri": model_uri} if model_uri else {}
+        tracker.set_tags(run_id, {"generator_md5": generator_md5, **model_tag})
     except BaseException:
         tracker.finish(run_id, failed=True)
         raise
@@ -117,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.experiment}: {result.steps} steps in {result.seconds:.0f} s "
         f"({result.images_per_s:.0f} real images/s); run {run_id}"
     )
+    if tracker.report():
+        print(f"warning: {tracker.report()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,30 @@ def write_csv():
 @pytest.fixture
 def write_idx():
     return _write_idx
+
+
+class _CodeCarryingPickle:
+    """Unpickling this creates the file `marker`: proof that a loader ran code from the file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def code_carrying_pickle():
+    """An object whose unpickling would create `marker` (pickle.dumps or torch.save it; loaders refuse)."""
+    return lambda marker: {"generator": _CodeCarryingPickle(marker)}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models train ~20x faster on one thread than on two threads of a busy shared CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

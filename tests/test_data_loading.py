@@ -47,6 +47,14 @@ def test_load_split_rejects_a_file_that_is_not_hdf5(tmp_path):
         load_split(path, "test")
 
 
+def test_load_split_names_a_truncated_file(prepared):
+    prepared.write_bytes(prepared.read_bytes()[:-100])
+    with pytest.raises(DataError) as err:
+        load_split(prepared, "train")
+    assert str(err.value).startswith(f"{prepared}: unreadable HDF5 file (")
+    assert "truncated file" in str(err.value) and "\n" not in str(err.value)
+
+
 def _break(path, edit):
     with h5py.File(path, "a") as f:
         edit(f)

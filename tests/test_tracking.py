@@ -80,8 +80,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
-    """A real MLflow tracking server on 127.0.0.1, stopped after the test."""
+def mlflow_server_process(tmp_path):
+    """A real MLflow tracking server on 127.0.0.1 (its URL and process), stopped after the test."""
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -114,10 +114,16 @@ def mlflow_server(tmp_path):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("mlflow server did not start") from None
                 time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def mlflow_server(mlflow_server_process):
+    """The URL of a real MLflow tracking server on 127.0.0.1, stopped after the test."""
+    return mlflow_server_process[0]
 
 
 def test_a_tracking_server_from_the_environment_receives_the_run(mlflow_server, tmp_path, monkeypatch):
@@ -130,3 +136,76 @@ def test_a_tracking_server_from_the_environment_receives_the_run(mlflow_server, 
     run = MlflowClient(mlflow_server).get_run(run_id)
     assert run.data.metrics["fid_classifier"] == 12.5
     assert run.data.params["train.lr"] == "0.001"
+
+
+@pytest.fixture
+def fast_failing_http(monkeypatch):
+    """No MLflow HTTP retries, so that a dead server fails at once (restored after the test)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+def test_an_unreachable_server_at_start_is_one_clear_error(tmp_path, monkeypatch, fast_failing_http):
+    url = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    start = time.monotonic()
+    with pytest.raises(tracking.PipelineError) as err:
+        tracking.Tracker("team", root=tmp_path)
+    assert str(err.value).startswith(f"MLflow store {url}: not reachable or not usable (")
+    assert "\n" not in str(err.value)
+    assert time.monotonic() - start < 30
+
+
+def test_a_server_that_goes_away_during_training_is_reported_not_fatal(
+    mlflow_server_process, tmp_path, monkeypatch, fast_failing_http
+):
+    mlflow_server, server = mlflow_server_process
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    tracker = tracking.Tracker("team", root=tmp_path)
+    run_id = tracker.start_run("mlp_gan", {"train.lr": 0.001}, {})
+    on_step = tracker.step_logger(run_id)
+    on_step(10, {"step": 10, "loss_d": 1.0})
+    server.terminate()  # the server goes away mid-run
+    server.wait(timeout=30)
+    for step in (20, 30, 40):
+        on_step(step, {"step": step, "loss_d": 1.0})
+    plot = tmp_path / "training.png"
+    plot.write_bytes(b"png")
+    tracker.log_artifact(run_id, plot)
+    tracker.finish(run_id)
+    assert tracker.offline is not None
+    report = tracker.report()
+    assert report.startswith(f"MLflow store {mlflow_server} failed (")
+    assert report.endswith(
+        "not logged: metrics at 3 steps (20..40); artifact training.png; run status FINISHED"
+    )
+
+
+def test_an_interrupted_run_is_resumed_not_duplicated(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    tracker = tracking.Tracker("unit", root=tmp_path)
+    run_id = tracker.start_run("cgan", {"train.epochs": 2, "train.lr": 0.0002}, {})
+    for step in (10, 20):
+        tracker.step_logger(run_id)(step, {"step": step, "loss_d": 0.5})
+    # killed here; a new process resumes the run from its checkpoint (which was at step 15)
+    again = tracking.Tracker("unit", root=tmp_path)
+    assert again.resume_run(run_id, {"train.epochs": 3, "train.lr": 0.0002}) == 20
+    on_step = again.step_logger(run_id, after_step=20)
+    for step in (20, 30):
+        on_step(step, {"step": step, "loss_d": 0.25})
+    again.finish(run_id)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(client.search_runs([again.experiment_id])) == 1
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss_d")] == [
+        (10, 0.5),
+        (20, 0.5),
+        (30, 0.25),
+    ]
+    assert run.data.params["train.epochs"] == "2" and run.data.tags["resumed_with.train.epochs"] == "3"
+    assert again.resume_run("0" * 32, {}) is None  # a run the store does not have: start a new one
+    new_id, logged_until = again.start_or_resume("0" * 32, "cgan", {"train.lr": 0.0002}, {})
+    assert new_id != run_id and logged_until == 0
+    assert again.start_or_resume(run_id, "cgan", {}, {}) == (run_id, 30)

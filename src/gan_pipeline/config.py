@@ -61,6 +61,9 @@ class ModelConfig:
     latent_dim: int = field(default=100, metadata=_positive("an int"))
     # Conditional models only: how the digit label enters G and D.
     label_embedding: Literal["one_hot", "embedding"] = "one_hot"
+    # Minibatch discrimination (Salimans et al. 2016): B kernels of dimension 5 before D's last layer,
+    # so that D sees how alike the samples of a batch are; 0 turns it off (the tutorials' D).
+    minibatch_kernels: int = field(default=0, metadata=_check("an int >= 0", lambda v: v >= 0))
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,22 @@ class TrainConfig:
     init_std: float | None = field(default=0.02, metadata=_check("a float > 0 or null", lambda v: v > 0))
     seed: int = 0
     log_every: int = field(default=10, metadata=_positive("an int"))
+    # bce: the tutorials' GAN loss on D's logits; wgan_gp: Wasserstein critic loss with a gradient penalty
+    # of weight gp_lambda (Gulrajani et al. 2017; their setting is d_steps 5, betas [0, 0.9], lr 1e-4).
+    loss: Literal["bce", "wgan_gp"] = "bce"
+    gp_lambda: float = field(default=10.0, metadata=_check("a float >= 0", lambda v: v >= 0))
+    # Noisy labels: the fraction of D's targets flipped (real <-> fake) at random each step.
+    label_noise: float = field(default=0.0, metadata=_check("a float in [0, 0.5)", lambda v: 0 <= v < 0.5))
+    # Clip the L2 norm of D's and of G's gradient to this before each update; null: no clipping.
+    grad_clip: float | None = field(default=None, metadata=_check("a float > 0 or null", lambda v: v > 0))
+    # Exponential moving average of G's weights (e.g. 0.999), used for sampling and evaluation; null: off.
+    ema_decay: float | None = field(
+        default=None, metadata=_check("a float in (0, 1) or null", lambda v: 0 < v < 1)
+    )
+    # Save G, D, optimizers, RNG states and the loss log every this many steps (and at the end).
+    checkpoint_every: int = field(default=500, metadata=_positive("an int"))
+    # Warn when D wins totally (D(x) > 0.99 and D(G(z)) < 0.01) for this many steps in a row.
+    collapse_steps: int = field(default=200, metadata=_positive("an int"))
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,11 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class TrackingConfig:
     experiment_name: str = "gan-pipeline"
+    # When the tracking server fails during training: retry each call this many times (MLflow waits
+    # retry_backoff_s * 2^(n-1) s before the n-th), then stop logging to it, keep training, and report
+    # what was not logged.
+    retries: int = field(default=2, metadata=_check("an int >= 0", lambda v: v >= 0))
+    retry_backoff_s: int = field(default=1, metadata=_check("an int >= 0", lambda v: v >= 0))
 
 
 @dataclass(frozen=True)
@@ -260,6 +284,11 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
                 raise ParamsError(
                     f"experiments.{name}.model.name: expected one of {', '.join(sorted(GAN_MODELS))}, "
                     f"got {exp.model.name!r}"
+                )
+            if exp.model.minibatch_kernels and not GAN_MODELS[exp.model.name].minibatch:
+                raise ParamsError(
+                    f"experiments.{name}.model.minibatch_kernels: expected 0 for {exp.model.name!r} "
+                    f"(its discriminator has no minibatch discrimination), got {exp.model.minibatch_kernels}"
                 )
         if params.data.source in ("csv", "idx") and params.data.path is None:
             raise ParamsError(f"data.path: expected a path for source {params.data.source!r}, got null")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,17 +62,89 @@ def _is_local_store(uri: str) -> bool:
 
 
 class Tracker:
-    """A connection to the tracking store and the project's MLflow experiment."""
+    """A connection to the tracking store and the project's MLflow experiment.
 
-    def __init__(self, experiment_name: str, root: Path | None = None):
+    The store must answer when the tracker starts (else PipelineError, before any training). If it fails
+    later, the tracker goes offline: calls made through it are skipped and listed in `not_logged`, so that
+    training goes on and the stage can say what the run lacks (the DVC outputs hold everything).
+    """
+
+    def __init__(
+        self, experiment_name: str, root: Path | None = None, retries: int = 2, retry_backoff_s: int = 1
+    ):
         self.root = repo_root(root)
         self.uri = tracking_uri(self.root)
+        # MLflow's HTTP client retries each request (7 times, up to minutes, by default); the params say how
+        # often, unless the environment already does.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(retry_backoff_s))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
+        self.offline: str | None = None  # why the store stopped answering, once it has
+        self.not_logged: list[str] = []
         try:
             self.experiment_id = self._experiment(experiment_name)
-        except MlflowException as exc:
-            raise PipelineError(f"MLflow store {self.uri}: not reachable or not usable ({exc})") from None
+        except (MlflowException, OSError) as exc:
+            raise PipelineError(
+                f"MLflow store {self.uri}: not reachable or not usable ({_first_line(exc)})"
+            ) from None
+
+    def _guarded(self, what: str, call: Callable[[], Any]) -> Any:
+        """Run one logging call; when the store fails, go offline, record `what`, and return None."""
+        if self.offline is None:
+            try:
+                return call()
+            except (MlflowException, OSError) as exc:
+                self.offline = _first_line(exc)
+                print(
+                    f"warning: MLflow store {self.uri} failed ({self.offline}); training goes on",
+                    file=sys.stderr,
+                )
+        self.not_logged.append(what)
+        return None
+
+    def report(self) -> str | None:
+        """A line saying what did not reach the store, or None when everything did."""
+        if not self.not_logged:
+            return None
+        steps = [w for w in self.not_logged if w.startswith("metrics at step ")]
+        others = [w for w in self.not_logged if not w.startswith("metrics at step ")]
+        parts = []
+        if steps:
+            first, last = steps[0].rsplit(" ", 1)[1], steps[-1].rsplit(" ", 1)[1]
+            parts.append(f"metrics at {len(steps)} steps ({first}..{last})")
+        parts.extend(others)
+        return f"MLflow store {self.uri} failed ({self.offline}): not logged: {'; '.join(parts)}"
+
+    def start_or_resume(
+        self, run_id: str | None, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+    ) -> tuple[str, int]:
+        """(run id, last step already logged): `run_id` reopened if the store still has it, else a new run."""
+        logged_until = self.resume_run(run_id, params) if run_id is not None else None
+        if run_id is None or logged_until is None:
+            return self.start_run(run_name, params, tags), 0
+        return run_id, logged_until
+
+    def resume_run(self, run_id: str, params: Mapping[str, Any]) -> int | None:
+        """Reopen an interrupted run; return the last step it has metrics for, or None if it is gone."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.experiment_id != self.experiment_id:
+            return None
+        self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        new = {k: str(v) for k, v in params.items() if k not in run.data.params}
+        changed = {
+            k: str(v) for k, v in params.items() if k in run.data.params and run.data.params[k] != str(v)
+        }
+        if new:
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in new.items()])
+        # MLflow params cannot change; a resumable param (epochs) that grew is recorded as a tag.
+        self.set_tags(run_id, {f"resumed_with.{k}": v for k, v in changed.items()})
+        history = self.client.get_metric_history(run_id, "loss_d")
+        return max((m.step for m in history), default=0)
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -97,29 +170,50 @@ class Tracker:
             for k, v in metrics.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         ]
-        for start in range(0, len(batch), 1000):
-            self.client.log_batch(run_id, metrics=batch[start : start + 1000])
 
-    def step_logger(self, run_id: str):
-        """An `on_step(step, stats)` callback for the training loop that logs the stats at that step."""
+        def log() -> None:
+            for start in range(0, len(batch), 1000):
+                self.client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+        self._guarded(f"metrics at step {step}", log)
+
+    def step_logger(self, run_id: str, after_step: int = 0):
+        """An `on_step(step, stats)` callback for the training loop that logs the stats at that step.
+
+        Steps up to `after_step` (already logged by the interrupted run that this one resumes) are skipped.
+        """
 
         def on_step(step: int, stats: Mapping[str, float]) -> None:
-            self.log_metrics(run_id, {k: v for k, v in stats.items() if k != "step"}, step)
+            if step > after_step:
+                self.log_metrics(run_id, {k: v for k, v in stats.items() if k != "step"}, step)
 
         return on_step
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        self._guarded(
+            f"artifact {Path(path).name}", lambda: self.client.log_artifact(run_id, str(path), artifact_path)
+        )
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
+            self._guarded(f"tag {key}", lambda key=key, value=value: self.client.set_tag(run_id, key, value))
 
     def finish(self, run_id: str, failed: bool = False) -> None:
         status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
-        self.client.set_terminated(run_id, status)
+        self._guarded(f"run status {status}", lambda: self.client.set_terminated(run_id, status))
 
-    def log_generator(self, run_id: str, generator: nn.Module, latent_dim: int, conditional: bool) -> str:
+    def log_generator(
+        self, run_id: str, generator: nn.Module, latent_dim: int, conditional: bool
+    ) -> str | None:
+        """Log G as an MLflow model: its URI, or None when the store has failed (see _log_generator_model)."""
+        return self._guarded(
+            "the generator model",
+            lambda: self._log_generator_model(run_id, generator, latent_dim, conditional),
+        )
+
+    def _log_generator_model(
+        self, run_id: str, generator: nn.Module, latent_dim: int, conditional: bool
+    ) -> str:
         """Log G with a tensor signature in torch.export's pt2 format (no pickle); return its model URI."""
         generator = generator.cpu().eval()
         z = np.random.default_rng(0).standard_normal((2, latent_dim)).astype(np.float32)
@@ -141,6 +235,11 @@ class Tracker:
             )
         # Reopening the run with the fluent API leaves it FINISHED; the stages decide its final status.
         return info.model_uri
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_generator(model_uri: str) -> Any:

@@ -50,10 +50,14 @@ def load_split(path: str | Path, split: Literal["train", "test"]) -> tuple[np.nd
         raise DataError(f"{path}: prepared data not found (run the prepare stage first)")
     if not h5py.is_hdf5(path):
         raise DataError(f"{path}: not an HDF5 file")
-    with h5py.File(path, "r") as f:
-        n_train, _ = _check_prepared(path, f)
-        rows = slice(0, n_train) if split == "train" else slice(n_train, None)
-        return f["images"][rows], f["labels"][rows]
+    try:
+        with h5py.File(path, "r") as f:
+            n_train, _ = _check_prepared(path, f)
+            rows = slice(0, n_train) if split == "train" else slice(n_train, None)
+            return f["images"][rows], f["labels"][rows]
+    except OSError as exc:  # a truncated or damaged file: h5py says which part it could not read
+        first = str(exc).strip().splitlines()[0]
+        raise DataError(f"{path}: unreadable HDF5 file ({first}); run the prepare stage again") from None
 
 
 def _bounds(value_range: tuple[float, float]) -> tuple[float, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gan_pipeline.models.layers import MinibatchDiscrimination
 from gan_pipeline.models.registry import GanSpec, register
 
 
@@ -35,8 +36,22 @@ class Dcgan28Generator(nn.Module):
 
 
 class Dcgan28Discriminator(nn.Module):
-    def __init__(self):
+    def __init__(self, minibatch_kernels: int = 0):
         super().__init__()
+        if minibatch_kernels:
+            head = [
+                nn.Flatten(),
+                # (N, 2304)
+                MinibatchDiscrimination(256 * 3 * 3, minibatch_kernels),
+                # (N, 2304 + minibatch_kernels)
+                nn.Linear(256 * 3 * 3 + minibatch_kernels, 1, bias=False),
+                # (N, 1) logits
+            ]
+        else:  # the DCGAN head: a 3x3 conv over the 3x3 map, i.e. a linear layer on the 2304 features
+            head = [
+                nn.Conv2d(256, 1, kernel_size=3, stride=1, padding=0, bias=False),
+                # (N, 1, 1, 1) logits
+            ]
         self.net = nn.Sequential(
             nn.Conv2d(1, 64, kernel_size=4, stride=2, padding=1, bias=False),
             nn.LeakyReLU(0.2),
@@ -49,8 +64,7 @@ class Dcgan28Discriminator(nn.Module):
             nn.BatchNorm2d(256),
             nn.LeakyReLU(0.2),
             # (N, 256, 3, 3)
-            nn.Conv2d(256, 1, kernel_size=3, stride=1, padding=0, bias=False),
-            # (N, 1, 1, 1) logits
+            *head,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,12 +75,13 @@ class Dcgan28Discriminator(nn.Module):
 register(
     GanSpec(
         name="dcgan28",
-        build=lambda latent_dim, n_classes, label_embedding: (
+        build=lambda latent_dim, n_classes, label_embedding, minibatch_kernels=0: (
             Dcgan28Generator(latent_dim),
-            Dcgan28Discriminator(),
+            Dcgan28Discriminator(minibatch_kernels),
         ),
         conditional=False,
         value_range=(-1.0, 1.0),
         image_shape=(1, 28, 28),
+        minibatch=True,
     )
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gan_pipeline.models.layers import MinibatchDiscrimination
 from gan_pipeline.models.registry import GanSpec, register
 
 PIXELS = 28 * 28
@@ -34,8 +35,9 @@ class MlpGenerator(nn.Module):
 
 
 class MlpDiscriminator(nn.Module):
-    def __init__(self):
+    def __init__(self, minibatch_kernels: int = 0):
         super().__init__()
+        mbd = [MinibatchDiscrimination(256, minibatch_kernels)] if minibatch_kernels else []
         self.net = nn.Sequential(
             nn.Linear(PIXELS, 1024),
             nn.LeakyReLU(0.2),
@@ -46,7 +48,9 @@ class MlpDiscriminator(nn.Module):
             nn.Linear(512, 256),
             nn.LeakyReLU(0.2),
             # (N, 256)
-            nn.Linear(256, 1),
+            *mbd,
+            # (N, 256 + minibatch_kernels)
+            nn.Linear(256 + minibatch_kernels, 1),
             # (N, 1) logits
         )
 
@@ -58,9 +62,13 @@ class MlpDiscriminator(nn.Module):
 register(
     GanSpec(
         name="mlp_gan",
-        build=lambda latent_dim, n_classes, label_embedding: (MlpGenerator(latent_dim), MlpDiscriminator()),
+        build=lambda latent_dim, n_classes, label_embedding, minibatch_kernels=0: (
+            MlpGenerator(latent_dim),
+            MlpDiscriminator(minibatch_kernels),
+        ),
         conditional=False,
         value_range=(-1.0, 1.0),
         image_shape=(1, 28, 28),
+        minibatch=True,
     )
 )

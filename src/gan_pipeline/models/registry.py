@@ -18,6 +18,8 @@ class GanSpec:
     conditional: bool  # G(z, labels) and D(x, labels) instead of G(z) and D(x)
     value_range: tuple[float, float]  # the range of G's output and of the real images D sees
     image_shape: tuple[int, int, int]  # (C, H, W)
+    # True when `build` also takes the keyword `minibatch_kernels` (minibatch discrimination in D).
+    minibatch: bool = False
 
 
 GAN_MODELS: dict[str, GanSpec] = {}
@@ -42,10 +44,27 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_gan(name: str, latent_dim: int, label_embedding: str = "one_hot", init_std: float | None = None):
-    """A fresh (generator, discriminator) for the registered `name`, optionally N(0, init_std)-initialised."""
+def build_gan(
+    name: str,
+    latent_dim: int,
+    label_embedding: str = "one_hot",
+    init_std: float | None = None,
+    minibatch_kernels: int = 0,
+):
+    """A fresh (generator, discriminator) for the registered `name`, optionally N(0, init_std)-initialised.
+
+    `minibatch_kernels` > 0 adds minibatch discrimination to D (only for specs with `minibatch=True`;
+    builders without it keep the plain (latent_dim, n_classes, label_embedding) signature).
+    """
     spec = GAN_MODELS[name]
-    generator, discriminator = spec.build(latent_dim, 10, label_embedding)
+    if minibatch_kernels:
+        if not spec.minibatch:
+            raise ValueError(f"model {name!r} has no minibatch discrimination")
+        generator, discriminator = spec.build(
+            latent_dim, 10, label_embedding, minibatch_kernels=minibatch_kernels
+        )
+    else:
+        generator, discriminator = spec.build(latent_dim, 10, label_embedding)
     if init_std is not None:
         init_weights(generator, init_std)
         init_weights(discriminator, init_std)

@@ -7,7 +7,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gan_pipeline.training.losses import d_loss_bce
+from gan_pipeline.training.losses import (
+    d_loss_bce,
+    d_loss_bce_targets,
+    d_loss_wasserstein,
+    g_loss_wasserstein,
+    gradient_penalty,
+    noisy_targets,
+)
 
 
 def gan_step(
@@ -23,26 +30,48 @@ def gan_step(
     real_label: float,
     g_loss: Callable[[torch.Tensor], torch.Tensor],
     update_g: bool,
+    loss: str = "bce",
+    gp_lambda: float = 10.0,
+    label_noise: float = 0.0,
+    grad_clip: float | None = None,
+    rng: torch.Generator | None = None,
 ) -> dict[str, float]:
     """Update D once and, when `update_g`, G once; return loss_d, loss_g, d_real, d_fake (D's mean probs).
 
     `cond` is () for unconditional models or (labels,) for the real batch; `fake_cond` likewise for the
-    labels G is asked to draw. loss_g is NaN on steps that do not update G.
+    labels G is asked to draw. loss_g is NaN on steps that do not update G. `loss` "wgan_gp" makes D a
+    critic (Wasserstein loss plus gp_lambda times the gradient penalty; `g_loss` and `real_label` are then
+    unused); `label_noise` flips that fraction of D's BCE targets; `grad_clip` bounds each gradient's L2
+    norm. Random draws (noisy labels, the penalty's interpolation) come from `rng`.
     """
     fake = generator(z, *fake_cond)
 
     opt_d.zero_grad(set_to_none=True)
     real_logits = discriminator(real, *cond)
     fake_logits = discriminator(fake.detach(), *fake_cond)
-    loss_d = d_loss_bce(real_logits, fake_logits, real_label)
+    if loss == "wgan_gp":
+        penalty = gradient_penalty(lambda x: discriminator(x, *cond), real, fake, rng)
+        loss_d = d_loss_wasserstein(real_logits, fake_logits) + gp_lambda * penalty
+    elif label_noise > 0:
+        real_target, fake_target = noisy_targets(len(real_logits), real_label, label_noise, rng)
+        loss_d = d_loss_bce_targets(
+            real_logits, fake_logits, real_target.to(real_logits.device), fake_target.to(real_logits.device)
+        )
+    else:
+        loss_d = d_loss_bce(real_logits, fake_logits, real_label)
     loss_d.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(discriminator.parameters(), grad_clip)
     opt_d.step()
 
     loss_g = torch.tensor(float("nan"))
     if update_g:
         opt_g.zero_grad(set_to_none=True)
-        loss_g = g_loss(discriminator(fake, *fake_cond))
+        fake_scores = discriminator(fake, *fake_cond)
+        loss_g = g_loss_wasserstein(fake_scores) if loss == "wgan_gp" else g_loss(fake_scores)
         loss_g.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(generator.parameters(), grad_clip)
         opt_g.step()
 
     return {
@@ -51,3 +80,12 @@ def gan_step(
         "d_real": torch.sigmoid(real_logits).mean().item(),
         "d_fake": torch.sigmoid(fake_logits).mean().item(),
     }
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BatchNorm statistics) are copied."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p, 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)

@@ -1,0 +1,265 @@
+"""Checkpoints: a run killed with SIGKILL and resumed ends bit-identical to one that never stopped; a
+checkpoint from other params, a foreign file or a pickle is refused; a diverging run stops by name."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig, flatten
+from gan_pipeline.data.loading import TensorBatches, to_float
+from gan_pipeline.errors import DataError, ParamsError
+from gan_pipeline.io import save_weights
+from gan_pipeline.training.checkpoint import load_checkpoint, resume_point
+from gan_pipeline.training.loop import Checkpointing, TrainingDiverged, train_gan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# Every random draw the loop makes: the epoch permutation, z, noisy labels; BatchNorm buffers, the EMA and
+# G updated every 2nd step. 7 epochs of 6 batches, a checkpoint every 5 steps (mostly mid-epoch).
+DRIVER = r"""
+import json, sys, time
+import torch
+from safetensors.torch import save_file
+from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig, flatten
+from gan_pipeline.data.loading import TensorBatches, to_float
+from gan_pipeline.training.checkpoint import resume_point
+from gan_pipeline.training.loop import Checkpointing, train_gan
+
+checkpoint, out, step_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
+torch.set_num_threads(1)
+exp = ExperimentConfig(
+    model=ModelConfig(name="dcgan28", latent_dim=8),
+    train=TrainConfig(epochs=7, batch_size=16, log_every=3, checkpoint_every=5, d_steps=2, label_noise=0.2,
+                      ema_decay=0.8, seed=5),
+)
+g = torch.Generator().manual_seed(1)
+images = to_float(torch.randint(0, 256, (100, 28, 28), generator=g, dtype=torch.uint8), (-1.0, 1.0))
+batches = TensorBatches(images, torch.arange(100) % 10, 16)
+identity = flatten(exp)
+resume, note = resume_point(checkpoint, identity, exp.train.epochs * len(batches))
+print(note, flush=True)
+result = train_gan(exp, batches, on_step=lambda step, row: time.sleep(step_s),
+                   checkpointing=Checkpointing(checkpoint, identity, resume))
+state = {f"{name}/{k}": v.contiguous() for name, m in (("g", result.generator), ("d", result.discriminator),
+         ("ema", result.ema)) for k, v in m.state_dict().items()}
+save_file(state, out, metadata={"history": json.dumps(result.history)})
+"""
+
+
+def _run_driver(tmp_path: Path, name: str, step_s: float = 0.0) -> subprocess.Popen:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    env = {**os.environ, "GAN_PIPELINE_PROGRESS": "0", "PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(driver),
+            str(tmp_path / f"{name}.ckpt"),
+            str(tmp_path / f"{name}.out"),
+            str(step_s),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _checkpoint_step(path: Path) -> int:
+    if not path.exists():
+        return -1
+    with safe_open(str(path), framework="pt") as f:
+        import json
+
+        return json.loads(f.metadata()["meta"])["state"]["step"]
+
+
+def _final(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    with safe_open(str(path), framework="pt") as f:
+        history = f.metadata()["history"]
+    return load_file(str(path)), history
+
+
+def test_a_run_killed_at_several_points_and_resumed_is_bit_identical(tmp_path):
+    reference = _run_driver(tmp_path, "whole")
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+
+    notes = []
+    # None: as soon as training starts, before the first checkpoint; 30: at an epoch boundary.
+    for kill_after in (None, 10, 25, 30):
+        proc = _run_driver(tmp_path, "killed", step_s=0.05)
+        notes.append(proc.stdout.readline().strip())  # printed just before training starts
+        deadline = time.monotonic() + 120
+        while kill_after is not None and _checkpoint_step(tmp_path / "killed.ckpt") < kill_after:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the driver made no progress"
+            time.sleep(0.01)
+        if kill_after is not None:
+            time.sleep(
+                0.02 * kill_after % 0.07
+            )  # land somewhere inside a later step, not just after the write
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert _checkpoint_step(tmp_path / "killed.ckpt") >= (kill_after or -1)
+    assert not (tmp_path / "killed.out").exists()
+    assert _checkpoint_step(tmp_path / "killed.ckpt") < 42
+    last = _run_driver(tmp_path, "killed")
+    assert last.wait(timeout=300) == 0, last.stdout.read()
+    notes.append(last.stdout.read().splitlines()[0])
+
+    assert notes[0].startswith("no checkpoint") and notes[1].startswith("no checkpoint"), notes
+    assert all(n.startswith("resuming from") for n in notes[2:]), notes
+    whole, whole_history = _final(tmp_path / "whole.out")
+    resumed, resumed_history = _final(tmp_path / "killed.out")
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+    assert resumed_history == whole_history
+
+
+def _tiny(epochs=2, **changes) -> ExperimentConfig:
+    model = {k: changes.pop(k) for k in ("name", "latent_dim") if k in changes}
+    return ExperimentConfig(
+        model=ModelConfig(**{"name": "dcgan28", "latent_dim": 8, **model}),
+        train=TrainConfig(epochs=epochs, batch_size=16, log_every=2, checkpoint_every=4, **changes),
+    )
+
+
+def _batches(n=64, poison_batch: int | None = None):
+    g = torch.Generator().manual_seed(1)
+    images = to_float(torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8), (-1.0, 1.0))
+    if poison_batch is not None:  # every image NaN: whichever batch comes, the loss is NaN
+        return _Poisoned(images, poison_batch)
+    return TensorBatches(images, torch.arange(n) % 10, 16)
+
+
+class _Poisoned(TensorBatches):
+    """Batches whose `poison`-th (counting from 1 over the whole run) is NaN."""
+
+    def __init__(self, images, poison):
+        super().__init__(images, torch.arange(len(images)) % 10, 16)
+        self.poison, self.served = poison, 0
+
+    def epoch(self, rng):
+        for real, labels in super().epoch(rng):
+            self.served += 1
+            yield (torch.full_like(real, float("nan")) if self.served == self.poison else real), labels
+
+
+def _train(tmp_path, exp, resume=None):
+    path = tmp_path / "ckpt.safetensors"
+    identity = flatten(exp)
+    if resume is None:
+        resume, _ = resume_point(path, identity, exp.train.epochs * 4)
+    return train_gan(exp, _batches(), checkpointing=Checkpointing(path, identity, resume))
+
+
+def test_more_epochs_extend_a_finished_run_as_if_it_had_never_stopped(tmp_path):
+    _train(tmp_path, _tiny(epochs=2))
+    extended = _train(tmp_path, _tiny(epochs=3))
+    assert extended.resumed_from == 8
+    whole = train_gan(_tiny(epochs=3), _batches())
+    for a, b in zip(
+        whole.generator.state_dict().values(), extended.generator.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_an_unfinished_run_with_other_params_is_refused_naming_the_param(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    with pytest.raises(TrainingDiverged):  # stops at step 6, leaving the checkpoint of step 4 unfinished
+        train_gan(_tiny(), _batches(poison_batch=6), checkpointing=Checkpointing(path, flatten(_tiny())))
+    assert _checkpoint_step(path) == 4
+    with pytest.raises(ParamsError) as err:
+        resume_point(path, flatten(_tiny(latent_dim=16)), 8)
+    assert str(err.value).startswith(
+        f"{path}: an unfinished run (step 4 of 8) was made with model.latent_dim 8, the params say 16"
+    )
+    with pytest.raises(ParamsError, match="made with train.lr 0.0002, the params say 0.001"):
+        resume_point(path, flatten(_tiny(lr=0.001)), 8)
+    checkpoint, note = resume_point(path, flatten(_tiny(epochs=5)), 20)  # epochs may change
+    assert checkpoint.state.step == 4 and note.startswith("resuming")
+
+
+def test_a_finished_run_with_other_params_is_replaced_and_one_past_the_end_is_refused(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    _train(tmp_path, _tiny(epochs=2))
+    checkpoint, note = resume_point(path, flatten(_tiny(latent_dim=16)), 8)
+    assert checkpoint is None
+    assert note == f"{path}: a finished run with model.latent_dim 8 (now 16): training from scratch"
+    with pytest.raises(ParamsError, match="at step 8, past the 4 steps of train.epochs 1"):
+        resume_point(path, flatten(_tiny(epochs=1)), 4)
+
+
+def test_a_pickle_given_as_checkpoint_is_refused_and_never_executed(tmp_path, code_carrying_pickle):
+    marker = tmp_path / "executed"
+    evil = tmp_path / "ckpt.safetensors"
+    evil.write_bytes(pickle.dumps(code_carrying_pickle(marker)))
+    with pytest.raises(
+        DataError, match=r"ckpt\.safetensors: not a readable gan-pipeline training checkpoint"
+    ):
+        resume_point(evil, flatten(_tiny()), 8)
+    assert not marker.exists()
+    torch.save(code_carrying_pickle(marker), evil)  # torch's zip format, the pickle inside
+    with pytest.raises(DataError, match="not a readable gan-pipeline training checkpoint"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_a_foreign_or_truncated_file_is_refused(tmp_path):
+    weights = tmp_path / "generator.safetensors"
+    save_weights(weights, nn.Linear(2, 2), {"model": {}})
+    with pytest.raises(DataError, match=r"generator\.safetensors: not a gan-pipeline training checkpoint"):
+        load_checkpoint(weights)
+    _train(tmp_path, _tiny())
+    data = (tmp_path / "ckpt.safetensors").read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        DataError, match=r"truncated\.safetensors: not a readable gan-pipeline training checkpoint"
+    ):
+        load_checkpoint(truncated)
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    with pytest.raises(TrainingDiverged) as err:
+        train_gan(_tiny(), _batches(poison_batch=7), checkpointing=Checkpointing(path, flatten(_tiny())))
+    assert str(err.value) == (
+        f"training diverged at step 7: loss_d is nan; last good checkpoint: {path} (step 4), kept"
+    )
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.state.step == 4
+    assert all(torch.isfinite(t).all() for k, t in checkpoint.tensors.items() if t.is_floating_point())
+
+
+def test_d_winning_totally_for_n_steps_is_a_warning_with_the_step(caplog):
+    # G never updates (d_steps beyond the run), so D soon tells G's noise from constant bright images.
+    exp = ExperimentConfig(
+        model=ModelConfig(name="mlp_gan", latent_dim=8),
+        train=TrainConfig(epochs=30, batch_size=16, lr=1e-3, d_steps=10_000, collapse_steps=5),
+    )
+    images = torch.full((32, 1, 28, 28), 0.9)
+    result = train_gan(exp, TensorBatches(images, torch.zeros(32), 16))
+    assert len(result.warnings) >= 1
+    first = result.warnings[0]
+    step = int(first.split(":")[0].removeprefix("step "))
+    assert 5 <= step <= 60 and "D has won totally for 5 steps" in first
+    assert first in caplog.text

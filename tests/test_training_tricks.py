@@ -1,0 +1,181 @@
+"""The tutorials' training tricks, each tested for its effect: gradient clipping, EMA of G, WGAN-GP,
+noisy labels, minibatch discrimination (label smoothing, d_steps, N(0, 0.02) init and the G losses are
+in test_training.py and test_models.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig, parse_params
+from gan_pipeline.data.loading import TensorBatches, to_float
+from gan_pipeline.errors import ParamsError
+from gan_pipeline.models import build_gan
+from gan_pipeline.models.layers import MinibatchDiscrimination
+from gan_pipeline.runtime import seed_everything
+from gan_pipeline.training.loop import train_gan
+from gan_pipeline.training.losses import g_loss_non_saturating, gradient_penalty, noisy_targets
+from gan_pipeline.training.steps import ema_update, gan_step
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _grad_norm(module: nn.Module) -> float:
+    return torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None]).norm().item()
+
+
+@pytest.mark.parametrize("clip", [None, 0.01])
+def test_grad_clip_bounds_the_gradient_norm_of_d_and_g(clip):
+    torch.manual_seed(0)
+    generator, discriminator = build_gan("mlp_gan", 8)
+    opt_g = torch.optim.SGD(generator.parameters(), lr=0.0)  # lr 0 keeps the grads for inspection
+    opt_d = torch.optim.SGD(discriminator.parameters(), lr=0.0)
+    real, z = torch.rand(16, 1, 28, 28) * 2 - 1, torch.randn(16, 8)
+    norms = []
+    for update_g, module in ((False, discriminator), (True, generator)):  # G's step also reaches D's grads
+        gan_step(generator, discriminator, opt_g, opt_d, real, (), (), z, real_label=1.0,
+                 g_loss=g_loss_non_saturating, update_g=update_g, grad_clip=clip)  # fmt: skip
+        norms.append(_grad_norm(module))
+    if clip is None:
+        assert min(norms) > 0.01  # so that the clipped case below is a real bound
+    else:
+        assert max(norms) <= 0.01 * (1 + 1e-5)
+        assert min(norms) > 0.01 * 0.99  # clipped to the bound, not zeroed
+
+
+def test_ema_update_is_the_analytic_moving_average():
+    ema, model = nn.Linear(3, 2), nn.Linear(3, 2)
+    start = [p.detach().clone() for p in ema.parameters()]
+    for _ in range(5):
+        ema_update(ema, model, 0.9)
+    for e, s, p in zip(ema.parameters(), start, model.parameters(), strict=True):
+        assert torch.allclose(e, p + (s - p) * 0.9**5, atol=1e-6)
+
+
+def _one_batch_per_epoch(n=16):
+    g = torch.Generator().manual_seed(1)
+    images = to_float(torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8), (-1.0, 1.0))
+    return TensorBatches(images, torch.arange(n) % 10, n)
+
+
+def test_the_loops_ema_of_g_equals_the_ema_of_gs_weights_over_its_steps():
+    decay, steps = 0.7, 3
+
+    def exp(epochs, ema_decay=None):
+        return ExperimentConfig(
+            model=ModelConfig(name="mlp_gan", latent_dim=8),
+            train=TrainConfig(epochs=epochs, batch_size=16, ema_decay=ema_decay, init_std=None),
+        )
+
+    seed_everything(0)
+    weights = [build_gan("mlp_gan", 8)[0].state_dict()]  # G at step 0, as the loop builds it
+    weights += [train_gan(exp(k), _one_batch_per_epoch()).generator.state_dict() for k in range(1, steps + 1)]
+    result = train_gan(exp(steps, decay), _one_batch_per_epoch())
+    assert result.sampling_generator is result.ema
+    for key, value in result.ema.state_dict().items():
+        expected = weights[0][key] * decay**steps
+        for k in range(1, steps + 1):
+            expected = expected + (1 - decay) * decay ** (steps - k) * weights[k][key]
+        assert torch.allclose(value, expected, atol=1e-6), key
+    assert not torch.equal(result.ema.net[0].weight, result.generator.net[0].weight)
+
+
+def test_gradient_penalty_is_zero_for_a_unit_norm_linear_critic_and_positive_otherwise():
+    real, fake = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
+    w = torch.randn(16)
+    unit = gradient_penalty(lambda x: x.flatten(1) @ (w / w.norm()), real, fake)
+    double = gradient_penalty(lambda x: x.flatten(1) @ (2 * w / w.norm()), real, fake)
+    quadratic = gradient_penalty(lambda x: (x.flatten(1) ** 2).sum(1), real, fake)
+    assert unit.item() == pytest.approx(0.0, abs=1e-10)
+    assert double.item() == pytest.approx(1.0)  # (||grad|| - 1)^2 = (2 - 1)^2
+    assert quadratic.item() > 0
+
+
+def test_wgan_gp_step_trains_a_critic_with_the_penalty_in_its_loss():
+    torch.manual_seed(0)
+    generator, discriminator = build_gan("dcgan28", 8)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-4, betas=(0.0, 0.9))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-4, betas=(0.0, 0.9))
+    real, z = torch.rand(8, 1, 28, 28) * 2 - 1, torch.randn(8, 8)
+    losses = {}
+    for lam in (0.0, 10.0):
+        state_d = {k: v.clone() for k, v in discriminator.state_dict().items()}
+        stats = gan_step(generator, discriminator, opt_g, opt_d, real, (), (), z, real_label=1.0,
+                         g_loss=g_loss_non_saturating, update_g=False, loss="wgan_gp", gp_lambda=lam,
+                         rng=torch.Generator().manual_seed(0))  # fmt: skip
+        discriminator.load_state_dict(state_d)
+        losses[lam] = stats["loss_d"]
+    assert losses[10.0] > losses[0.0]  # the penalty adds a positive term for a fresh critic
+
+
+def test_a_wgan_gp_run_stays_finite():
+    exp = ExperimentConfig(
+        model=ModelConfig(name="dcgan28", latent_dim=8),
+        train=TrainConfig(epochs=4, batch_size=16, loss="wgan_gp", d_steps=2, betas=(0.0, 0.9), lr=1e-4),
+    )
+    result = train_gan(exp, _one_batch_per_epoch(16))
+    assert all(torch.isfinite(torch.tensor(row["loss_d"])) for row in result.history)
+
+
+def test_noisy_labels_flip_the_expected_fraction_of_targets():
+    rng = torch.Generator().manual_seed(0)
+    real, fake = noisy_targets(100_000, 0.9, 0.1, rng)
+    assert real.unique().tolist() == [0.0, pytest.approx(0.9)]
+    assert (real == 0).float().mean().item() == pytest.approx(0.1, abs=0.003)
+    assert (fake > 0).float().mean().item() == pytest.approx(0.1, abs=0.003)
+    state = rng.get_state()
+    real, fake = noisy_targets(1000, 1.0, 0.0, rng)
+    assert torch.equal(rng.get_state(), state)  # no noise: no random numbers drawn
+    assert real.eq(1).all() and fake.eq(0).all()
+
+
+@pytest.mark.parametrize("name", ["mlp_gan", "dcgan28"])
+def test_minibatch_discrimination_makes_ds_output_depend_on_the_rest_of_the_batch(name):
+    torch.manual_seed(0)
+    images = torch.rand(6, 1, 28, 28) * 2 - 1
+    changed = images.clone()
+    changed[1] = -changed[1]
+    for kernels in (0, 8):
+        _, discriminator = build_gan(name, 8, init_std=0.02, minibatch_kernels=kernels)
+        discriminator.eval()  # BatchNorm in eval mode: no cross-sample dependence of its own
+        with torch.no_grad():
+            same = discriminator(images)[0] == discriminator(changed)[0]
+        assert bool(same) == (kernels == 0), kernels
+
+
+def test_minibatch_discrimination_tells_a_collapsed_batch_from_a_diverse_one():
+    """Fakes are one sample repeated: each alone looks like a real sample, only the batch gives it away."""
+
+    def train(kernels: int) -> float:
+        torch.manual_seed(0)
+        layers = [nn.Linear(4, 16), nn.LeakyReLU(0.2)]
+        layers += [MinibatchDiscrimination(16, kernels)] if kernels else []
+        d = nn.Sequential(*layers, nn.Linear(16 + kernels, 1))
+        opt = torch.optim.Adam(d.parameters(), lr=1e-2)
+
+        def batches():
+            return torch.randn(16, 4), torch.randn(1, 4).expand(16, 4)
+
+        for _ in range(300):
+            real, fake = batches()
+            loss = F.binary_cross_entropy_with_logits(d(real), torch.ones(16, 1))
+            loss = loss + F.binary_cross_entropy_with_logits(d(fake), torch.zeros(16, 1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            right = [
+                ((d(r) > 0).float().mean() + (d(f) < 0).float().mean()) / 2
+                for r, f in (batches() for _ in range(50))
+            ]
+        return torch.stack(right).mean().item()
+
+    assert train(kernels=5) > 0.95
+    assert train(kernels=0) < 0.75
+
+
+def test_minibatch_kernels_is_refused_for_a_model_without_it():
+    with pytest.raises(ParamsError, match="experiments.x.model.minibatch_kernels: expected 0 for 'cgan'"):
+        parse_params({"experiments": {"x": {"model": {"name": "cgan", "minibatch_kernels": 4}}}})
