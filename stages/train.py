@@ -7,10 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from gan_pipeline.config import experiment, flatten, load_params
-from gan_pipeline.data.loading import TensorBatches, load_split, to_float
+from gan_pipeline.config import data_config, experiment, flatten, load_params
+from gan_pipeline.data.streaming import train_batches, train_size
 from gan_pipeline.errors import ParamsError, exit_on_error
 from gan_pipeline.io import read_json, save_weights, write_csv, write_json
 from gan_pipeline.models import GAN_MODELS
@@ -33,23 +31,20 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     exp = experiment(params, args.experiment)
 
-    images, labels = load_split(args.data, "train")
-    if exp.train.batch_size > len(images):
+    n_train = train_size(args.data)
+    if exp.train.batch_size > n_train:
         raise ParamsError(
             f"{args.params}: experiments.{args.experiment}.train.batch_size: expected at most the "
-            f"{len(images)} training images, got {exp.train.batch_size}"
+            f"{n_train} training images, got {exp.train.batch_size}"
         )
     tracker = Tracker(params.tracking.experiment_name)
-    run_params = {**flatten(exp), **flatten(params.data, "data.")}
+    run_params = {**flatten(exp), **flatten(data_config(params, exp), "data.")}
     tags = run_tags(tracker.root, [str(args.data)], read_json(args.stats)["content_hash"])
     run_id = tracker.start_run(args.experiment, run_params, {**tags, "experiment": args.experiment})
     print(f"MLflow run {run_id} in {tracker.uri}")
     try:
-        # MNIST-sized data lives on the device as one tensor.
         spec = GAN_MODELS[exp.model.name]
-        batches = TensorBatches(
-            to_float(images, spec.value_range).to(device()), torch.from_numpy(labels), exp.train.batch_size
-        )
+        batches = train_batches(args.data, spec.value_range, exp.train.batch_size, device())
         result = train_gan(exp, batches, tracker.step_logger(run_id))
 
         config = {"model": flatten(exp.model)}
