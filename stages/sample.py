@@ -1,5 +1,5 @@
 """sample: draw a fixed-seed batch from one experiment's trained generator; write a PNG grid (for
-conditional models row d shows digit d) and the raw samples that evaluate scores."""
+conditional models row d shows digit d; faces 8x8) and the raw samples that evaluate scores."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from gan_pipeline.config import load_params
 from gan_pipeline.errors import exit_on_error
 from gan_pipeline.io import read_json
-from gan_pipeline.sampling import generate, load_generator, save_grid, save_samples
+from gan_pipeline.sampling import FACE_GRID_ROWS, generate, load_generator, save_grid, save_samples
 from gan_pipeline.tracking import Tracker
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     images, labels = generate(generator, spec, model["latent_dim"], cfg.n_samples, cfg.seed)
     save_samples(args.samples, images, labels)
 
-    rows = cfg.grid_rows
+    rows = cfg.grid_rows if spec.image_shape[0] == 1 else FACE_GRID_ROWS
     if spec.conditional:  # row d = digit d, one column per latent
         grid_labels = torch.arange(10).repeat_interleave(rows)
         grid, _ = generate(generator, spec, model["latent_dim"], len(grid_labels), cfg.seed, grid_labels)

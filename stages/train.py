@@ -12,10 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from gan_pipeline.config import experiment, flatten, load_params
-from gan_pipeline.data.loading import TensorBatches, load_split, to_float
+from gan_pipeline.config import data_config, experiment, flatten, load_params
+from gan_pipeline.data.streaming import train_batches, train_size
 from gan_pipeline.errors import ParamsError, exit_on_error
 from gan_pipeline.io import load_module, read_json, save_weights, write_csv, write_json
 from gan_pipeline.models import GAN_MODELS
@@ -57,17 +55,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.params}: experiments.{args.experiment}.monitor.eval_every: the mode-collapse alarm needs "
             "--classifier and --eval-log, got none (set it to null to turn the alarm off)"
         )
-    images, labels = load_split(args.data, "train")
-    if exp.train.batch_size > len(images):
+    n_train = train_size(args.data)
+    if exp.train.batch_size > n_train:
         raise ParamsError(
             f"{args.params}: experiments.{args.experiment}.train.batch_size: expected at most the "
-            f"{len(images)} training images, got {exp.train.batch_size}"
+            f"{n_train} training images, got {exp.train.batch_size}"
         )
-    # MNIST-sized data lives on the device as one tensor.
+    # MNIST-sized data lives on the device as one tensor; faces stream from the HDF5 file.
     spec = GAN_MODELS[exp.model.name]
-    batches = TensorBatches(
-        to_float(images, spec.value_range).to(device()), torch.from_numpy(labels), exp.train.batch_size
-    )
+    batches = train_batches(args.data, spec.value_range, exp.train.batch_size, device())
     content_hash = read_json(args.stats)["content_hash"]
     checkpoint_path = args.checkpoint or args.out / "checkpoint.safetensors"
     identity = {f"experiments.{args.experiment}.{k}": v for k, v in flatten(exp).items()}
@@ -77,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tracker = Tracker(params.tracking.experiment_name, retries=params.tracking.retries,
                       retry_backoff_s=params.tracking.retry_backoff_s)  # fmt: skip
-    run_params = {**flatten(exp), **flatten(params.data, "data.")}
+    run_params = {**flatten(exp), **flatten(data_config(params, exp), "data.")}
     tags = {**run_tags(tracker.root, [str(args.data)], content_hash), "experiment": args.experiment}
     earlier_run = resume.extra.get("mlflow_run_id") if resume else None
     run_id, logged_until = tracker.start_or_resume(earlier_run, args.experiment, run_params, tags)

@@ -82,3 +82,66 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- faces ------------------------------------------------------------------------------------------------
+
+FACE_HW = (218, 178)  # CelebA's img_align_celeba: 178 wide, 218 high
+
+
+@pytest.fixture(scope="session")
+def face_arrays() -> np.ndarray:
+    """12 generated 218x178 RGB "faces": smooth gradients (JPEG keeps them close) that differ per image."""
+    y, x = np.mgrid[0 : FACE_HW[0], 0 : FACE_HW[1]]
+    images = [
+        np.stack([(x + 7 * i) % 256, (y + 11 * i) % 256, np.full_like(x, 20 * i)], axis=-1) for i in range(12)
+    ]
+    return np.array(images, dtype=np.uint8)
+
+
+def _write_face_jpegs(folder: Path, arrays: np.ndarray) -> list[str]:
+    """CelebA-named JPEGs 000001.jpg, 000002.jpg, ... of `arrays`; returns the names."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"{i + 1:06d}.jpg" for i in range(len(arrays))]
+    for name, array in zip(names, arrays, strict=True):
+        Image.fromarray(array).save(folder / name, quality=95)
+    return names
+
+
+def _write_celeba_h5(path: Path, arrays: np.ndarray) -> Path:
+    """The tutorial's celeba_aligned_small.h5py layout: group img_align_celeba, one N.jpg array per image."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for i, array in enumerate(arrays):
+            f.create_dataset(f"img_align_celeba/{i}.jpg", data=array, compression="gzip")
+    return path
+
+
+@pytest.fixture
+def write_face_jpegs():
+    return _write_face_jpegs
+
+
+@pytest.fixture
+def write_celeba_h5():
+    return _write_celeba_h5
+
+
+def _enable_faces(params_text: str) -> str:
+    """params.yaml after the documented change that enables faces: the two empty `faces: {}` and
+    `face_experiments: {}` lines replaced by the commented block that follows them, uncommented."""
+    out, in_block = [], False
+    for line in params_text.splitlines():
+        if line in ("faces: {}", "face_experiments: {}"):
+            continue
+        in_block = (in_block or line == "# faces:") and bool(line.strip())
+        out.append(line[2:] if in_block else line)
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture
+def enable_faces():
+    return _enable_faces

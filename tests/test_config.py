@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,7 @@ def test_missing_keys_take_the_tutorial_defaults():
         (
             lambda p: p["experiments"]["mlp_gan"]["model"].update(name="stylegan"),
             "params.yaml: experiments.mlp_gan.model.name: "
-            "expected one of cgan, dcgan28, mlp_gan, got 'stylegan'",
+            "expected one of cgan, convgan128, dcgan28, dcgan64, dcgan96, mlp_gan, got 'stylegan'",
         ),
         (
             lambda p: p["experiments"]["mlp_gan"]["train"].update(batch_size=12.5),
@@ -122,3 +123,85 @@ def test_flatten_gives_dotted_mlflow_keys():
     assert flat["train.betas"] == [0.5, 0.999]
     assert flat["model.latent_dim"] == 100
     assert flat["model.label_embedding"] == "one_hot"
+
+
+def test_faces_are_off_by_default_and_one_documented_change_enables_them(enable_faces):
+    params = load_params(REPO / "params.yaml")
+    assert params.faces == {} and params.face_experiments == {}
+    enabled = parse_params(yaml.safe_load(enable_faces((REPO / "params.yaml").read_text())))
+    assert {n: (f.crop_size, f.image_size) for n, f in enabled.faces.items()} == {
+        "celeba64": (128, 64),
+        "celeba128": (128, 128),
+    }
+    assert {n: (e.data, e.model.name) for n, e in enabled.face_experiments.items()} == {
+        "dcgan64": ("celeba64", "dcgan64"),
+        "convgan128": ("celeba128", "convgan128"),
+    }
+    assert enabled.experiments == params.experiments  # the MNIST experiments are untouched
+    assert experiment(enabled, "convgan128").train.lr == 1e-4
+
+
+@pytest.fixture
+def faces_params(enable_faces):
+    """params.yaml with faces enabled, as a mapping, after `edits` (keys joined by __)."""
+
+    def make(**edits) -> dict:
+        return _edit(yaml.safe_load(enable_faces((REPO / "params.yaml").read_text())), edits)
+
+    return make
+
+
+def _edit(raw: dict, edits: dict) -> dict:
+    for key, value in edits.items():
+        section, name, *rest = key.split("__")
+        target = raw[section][name]
+        for part in rest[:-1]:
+            target = target[part]
+        target[rest[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        (
+            {"faces__celeba64__image_size": 160},
+            "faces.celeba64.image_size: expected at most crop_size 128, got 160",
+        ),
+        (
+            {"faces__celeba64__source": "tar"},
+            "faces.celeba64.source: expected one of 'celeba_h5', 'jpeg_folder'",
+        ),
+        (
+            {"faces__celeba64__partition_file": None},
+            "faces.celeba64.partition_file: expected a path for split",
+        ),
+        (
+            {"faces__celeba64__source": "celeba_h5"},
+            "faces.celeba64.split: expected 'seeded' for source 'celeba_h5'",
+        ),
+        (
+            {"faces__celeba64__on_bad_image": "ignore"},
+            "faces.celeba64.on_bad_image: expected one of 'error', 'skip'",
+        ),
+        (
+            {"face_experiments__dcgan64__data": "celeba32"},
+            "face_experiments.dcgan64.data: expected a key of faces",
+        ),
+        (
+            {"face_experiments__dcgan64__data": "celeba128"},
+            "face_experiments.dcgan64.model.name: dcgan64 makes (3, 64, 64) images, but faces.celeba128",
+        ),
+        ({"face_experiments__dcgan64__model__name": "dcgan28"}, "dcgan28 makes (1, 28, 28) images"),
+    ],
+)
+def test_bad_face_params_name_their_key(faces_params, edits, message):
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        parse_params(faces_params(**edits))
+
+
+def test_a_face_experiment_may_not_reuse_an_mnist_name(faces_params):
+    raw = faces_params()
+    raw["face_experiments"]["cgan"] = raw["face_experiments"].pop("dcgan64")
+    with pytest.raises(ParamsError, match="face_experiments.cgan: the name is already an MNIST experiment"):
+        parse_params(raw)

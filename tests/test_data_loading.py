@@ -130,6 +130,14 @@ def test_to_uint8_inverts_to_float_for_every_pixel_value(value_range):
     assert torch.equal(back, every_value)
 
 
+def test_rgb_images_convert_between_nhwc_uint8_and_nchw_float():
+    pixels = torch.randint(0, 256, (2, 5, 4, 3), dtype=torch.uint8)
+    images = to_float(pixels, (0.0, 1.0))
+    assert images.shape == (2, 3, 5, 4)
+    assert images[1, 2, 3, 1].item() == pytest.approx(pixels[1, 3, 1, 2].item() / 255)
+    assert torch.equal(to_uint8(images, (0.0, 1.0)), pixels)
+
+
 def test_to_uint8_rounds_to_the_nearest_value_and_clamps():
     step = 2 / 255  # one pixel level in (-1, 1)
     images = torch.tensor([-1 + 100.4 * step, -1 + 100.6 * step, -1.5, 1.5]).reshape(1, 1, 1, 4)

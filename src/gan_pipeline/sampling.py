@@ -14,6 +14,8 @@ from gan_pipeline.io import atomic_path, load_module
 from gan_pipeline.models import GAN_MODELS, GanSpec, build_gan
 from gan_pipeline.runtime import module_device
 
+FACE_GRID_ROWS = 8  # RGB models: 8x8 grids (digit grids keep sample.grid_rows)
+
 
 def balanced_labels(n: int, n_classes: int = 10) -> torch.Tensor:
     """Labels 0, 1, ..., 9, 0, 1, ... so that every digit is asked for equally often."""
@@ -30,7 +32,8 @@ def generate(
     labels: torch.Tensor | None = None,
     batch_size: int = 1000,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """`n` samples as uint8 (n, 28, 28) from latents drawn with `seed`, and the labels asked for.
+    """`n` samples as uint8 (n, H, W), or (n, H, W, 3) for RGB models, from latents drawn with `seed`,
+    and the labels asked for.
 
     Conditional models get `labels` (default: balanced_labels(n)); unconditional ones get None back.
     """
@@ -70,7 +73,8 @@ def save_grid(images: np.ndarray, rows: int, path: str | Path) -> None:
 
 
 def save_samples(path: str | Path, images: np.ndarray, labels: np.ndarray | None) -> None:
-    """The raw samples for evaluate: an .npz with `images` uint8 (n, 28, 28) and, if conditional, `labels`."""
+    """The raw samples for evaluate: an .npz with `images` uint8 (n, H, W) or RGB (n, H, W, 3) and, if
+    conditional, `labels`."""
     arrays = {"images": images}
     if labels is not None:
         arrays["labels"] = labels.astype(np.int64)

@@ -222,7 +222,9 @@ class Tracker:
         if conditional:
             inputs.append(TensorSpec(np.dtype(np.int64), (-1,), "labels"))
             example = (z, np.arange(2, dtype=np.int64))
-        outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, 1, 28, 28), "images")])
+        with torch.no_grad():
+            image_shape = tuple(generator(*(torch.from_numpy(x) for x in example)).shape[1:])
+        outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *image_shape), "images")])
         signature = ModelSignature(inputs=Schema(inputs), outputs=outputs)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(

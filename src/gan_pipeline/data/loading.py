@@ -68,22 +68,29 @@ def _bounds(value_range: tuple[float, float]) -> tuple[float, float]:
 
 
 def to_float(images_u8: np.ndarray | torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
-    """uint8 (n, H, W) in 0..255 → float32 (n, 1, H, W) mapped linearly onto value_range, same device."""
+    """uint8 (n, H, W) or RGB (n, H, W, 3) in 0..255 → float32 (n, C, H, W) mapped linearly onto
+    value_range, on the same device."""
     images = torch.as_tensor(images_u8)
-    if images.dtype != torch.uint8 or images.ndim != 3:
-        raise ValueError(f"expected uint8 images (n, H, W), got {images.dtype} {tuple(images.shape)}")
+    rgb = images.ndim == 4 and images.shape[3] == 3
+    if images.dtype != torch.uint8 or not (images.ndim == 3 or rgb):
+        raise ValueError(
+            f"expected uint8 images (n, H, W) or (n, H, W, 3), got {images.dtype} {tuple(images.shape)}"
+        )
     low, high = _bounds(value_range)
+    images = images.permute(0, 3, 1, 2) if rgb else images.unsqueeze(1)
     # Dividing first keeps 0 and 255 exactly on low and high.
-    return images.unsqueeze(1).to(torch.float32) / 255 * (high - low) + low
+    return (images.to(torch.float32) / 255 * (high - low) + low).contiguous()
 
 
 def to_uint8(images: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
-    """float (n, 1, H, W) in value_range → uint8 (n, H, W), rounded and clamped to 0..255; same device."""
-    if images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"expected images (n, 1, H, W), got {tuple(images.shape)}")
+    """float (n, 1, H, W) or (n, 3, H, W) in value_range → uint8 (n, H, W) or (n, H, W, 3), rounded and
+    clamped to 0..255; same device."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images (n, 1, H, W) or (n, 3, H, W), got {tuple(images.shape)}")
     low, high = _bounds(value_range)
-    pixels = ((images.detach().squeeze(1).to(torch.float32) - low) / (high - low) * 255).round()
-    return pixels.clamp(0, 255).to(torch.uint8)
+    pixels = ((images.detach().to(torch.float32) - low) / (high - low) * 255).round()
+    pixels = pixels.squeeze(1) if images.shape[1] == 1 else pixels.permute(0, 2, 3, 1)
+    return pixels.clamp(0, 255).to(torch.uint8).contiguous()
 
 
 class BatchSource(Protocol):

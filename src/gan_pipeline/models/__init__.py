@@ -6,7 +6,7 @@ Discriminators return logits (no Sigmoid); losses apply the sigmoid inside BCE-w
 
 from __future__ import annotations
 
-from gan_pipeline.models import cgan, dcgan, mlp_gan  # noqa: F401  (each registers itself on import)
+from gan_pipeline.models import cgan, convgan, dcgan, dcgan_faces, mlp_gan  # noqa: F401  (each registers itself on import)
 from gan_pipeline.models.registry import GAN_MODELS, GanSpec, build_gan, init_weights
 
 __all__ = ["GAN_MODELS", "GanSpec", "build_gan", "init_weights"]

@@ -1,0 +1,210 @@
+"""CelebA faces from each raw form (tutorial HDF5, JPEG folder, zip read in place) to the prepared HDF5."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from gan_pipeline.config import FaceDataConfig
+from gan_pipeline.data.faces import chunk_rows, crop_resize, prepare_faces, read_partition
+from gan_pipeline.errors import DataError
+
+
+def _prepare(tmp_path, **cfg):
+    stats = prepare_faces(FaceDataConfig(**cfg), tmp_path / "out.h5", tmp_path / "out.json")
+    with h5py.File(tmp_path / "out.h5") as f:
+        images, names = f["images"][()], [n.decode() for n in f["names"][()]]
+        attrs = dict(f.attrs)
+        chunks = f["images"].chunks
+    return stats, images, names, attrs, chunks
+
+
+def _decoded(folder, name):
+    return np.asarray(Image.open(folder / name).convert("RGB"))
+
+
+def test_crop_resize_takes_the_centre_square(face_arrays):
+    face = face_arrays[3]
+    assert np.array_equal(crop_resize(face, 128, 128), face[45:173, 25:153])  # (218-128)/2, (178-128)/2
+    small = crop_resize(face, 128, 64)
+    assert small.shape == (64, 64, 3) and small.dtype == np.uint8
+    # Each 2x2 block of the crop, averaged, is close to the resized pixel (gradients are smooth).
+    pooled = face[45:173, 25:153].reshape(64, 2, 64, 2, 3).mean(axis=(1, 3))
+    assert np.abs(small[4:-4, 4:-4] - pooled[4:-4, 4:-4]).mean() < 2
+
+
+def test_jpeg_draft_decoding_matches_a_full_decode(tmp_path, face_arrays, write_face_jpegs):
+    names = write_face_jpegs(tmp_path, face_arrays[:2])
+    data = (tmp_path / names[0]).read_bytes()
+    draft = crop_resize(data, 128, 64)
+    full = crop_resize(_decoded(tmp_path, names[0]), 128, 64)
+    assert draft.shape == full.shape == (64, 64, 3)
+    assert np.abs(draft.astype(int) - full).mean() < 3
+    assert np.array_equal(crop_resize(data, 128, 128), _decoded(tmp_path, names[0])[45:173, 25:153])
+
+
+def test_a_jpeg_folder_becomes_one_chunked_dataset_train_rows_first(tmp_path, face_arrays, write_face_jpegs):
+    folder = tmp_path / "img_align_celeba"
+    names = write_face_jpegs(folder, face_arrays)
+    (folder / "notes.txt").write_text("not an image")  # ignored in a folder
+    stats, images, kept, attrs, chunks = _prepare(
+        tmp_path, source="jpeg_folder", path=str(folder), test_fraction=0.25, image_size=128
+    )
+    assert images.shape == (12, 128, 128, 3) and images.dtype == np.uint8
+    assert chunks == (chunk_rows(128), 128, 128, 3)
+    assert (attrs["n_train"], attrs["n_test"], attrs["kind"]) == (9, 3, "faces")
+    assert sorted(kept) == names and kept[:9] == sorted(kept[:9]) and kept[9:] == sorted(kept[9:])
+    for row, name in enumerate(kept):
+        assert np.array_equal(images[row], _decoded(folder, name)[45:173, 25:153])
+    assert stats["n_train"] == 9 and stats["skipped"] == {}
+    assert json.loads((tmp_path / "out.json").read_text())["content_hash"] == attrs["content_hash"]
+
+
+def test_the_seeded_split_is_fixed_by_its_seed(tmp_path, face_arrays, write_face_jpegs):
+    write_face_jpegs(tmp_path / "f", face_arrays)
+    cfg = {"source": "jpeg_folder", "path": str(tmp_path / "f"), "test_fraction": 0.25}
+    a, b = _prepare(tmp_path, **cfg)[2], _prepare(tmp_path, **cfg)[2]
+    c = _prepare(tmp_path, **cfg, split_seed=1)[2]
+    assert a == b and set(a[9:]) != set(c[9:])
+
+
+@pytest.mark.parametrize("form", ["txt", "csv"])
+def test_the_official_split_follows_the_partition_file(tmp_path, face_arrays, write_face_jpegs, form):
+    names = write_face_jpegs(tmp_path / "f", face_arrays)
+    partition = {name: (0, 0, 1, 2)[i % 4] for i, name in enumerate(names)}
+    if form == "txt":  # list_eval_partition.txt
+        text = "".join(f"{n} {p}\n" for n, p in partition.items())
+    else:
+        text = "filename,identity,eval_partition\n" + "".join(f"{n},7,{p}\n" for n, p in partition.items())
+    (tmp_path / "part").write_text(text)
+    assert read_partition(tmp_path / "part") == partition
+    _, _, kept, attrs, _ = _prepare(
+        tmp_path, source="jpeg_folder", path=str(tmp_path / "f"), split="official",
+        partition_file=str(tmp_path / "part"),
+    )  # fmt: skip
+    assert kept[:6] == [n for n in names if partition[n] == 0]  # val (1) and test (2) are held out
+    assert (attrs["n_train"], attrs["n_test"]) == (6, 6)
+
+
+def test_a_partition_file_missing_an_image_is_an_error(tmp_path, face_arrays, write_face_jpegs):
+    names = write_face_jpegs(tmp_path / "f", face_arrays[:3])
+    (tmp_path / "part.txt").write_text(f"{names[0]} 0\n{names[1]} 1\n")
+    with pytest.raises(DataError, match=rf"part.txt: no partition for 1 of 3 images \(first: {names[2]}\)"):
+        _prepare(
+            tmp_path, source="jpeg_folder", path=str(tmp_path / "f"), split="official",
+            partition_file=str(tmp_path / "part.txt"),
+        )  # fmt: skip
+
+
+def test_the_tutorial_hdf5_gives_what_its_jpegs_give(
+    tmp_path, face_arrays, write_face_jpegs, write_celeba_h5
+):
+    """The tutorial stored decoded arrays; from the same pixels both forms give the same crops."""
+    names = write_face_jpegs(tmp_path / "f", face_arrays)
+    decoded = np.array([_decoded(tmp_path / "f", n) for n in names])
+    h5 = write_celeba_h5(tmp_path / "celeba_aligned_small.h5py", decoded)
+    common = {"test_fraction": 0.25, "image_size": 128}
+    from_h5 = _prepare(tmp_path, source="celeba_h5", path=str(h5), **common)
+    from_folder = _prepare(tmp_path, source="jpeg_folder", path=str(tmp_path / "f"), **common)
+    assert np.array_equal(from_h5[1], from_folder[1])
+    train_numbers = [int(n.removesuffix(".jpg")) for n in from_h5[2][:9]]
+    assert train_numbers == sorted(train_numbers) and max(train_numbers) >= 10  # by N, not "10.jpg" < "2.jpg"
+    assert from_h5[0]["content_hash"] == from_folder[0]["content_hash"]
+
+
+def test_an_hdf5_without_the_tutorial_group_is_named(tmp_path):
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["images"] = np.zeros((1, 2, 2, 3), np.uint8)
+    with pytest.raises(DataError, match="x.h5: no 'img_align_celeba' group"):
+        _prepare(tmp_path, source="celeba_h5", path=str(tmp_path / "x.h5"))
+
+
+def _zip(tmp_path, face_arrays, write_face_jpegs, bad: bool):
+    names = write_face_jpegs(tmp_path / "src", face_arrays[:8])
+    path = tmp_path / "img_align_celeba.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.mkdir("img_align_celeba")
+        for name in names:
+            archive.write(tmp_path / "src" / name, f"img_align_celeba/{name}")
+        if bad:
+            archive.writestr("../evil.jpg", (tmp_path / "src" / names[0]).read_bytes())
+            archive.writestr("img_align_celeba/readme.txt", "CelebA")
+            archive.writestr("img_align_celeba/999999.jpg", (tmp_path / "src" / names[0]).read_bytes()[:600])
+            archive.writestr("img_align_celeba/999998.jpg", b"\xff\xd8 not really a jpeg")
+    return path
+
+
+def test_a_zip_is_read_in_place_like_the_folder(tmp_path, face_arrays, write_face_jpegs):
+    path = _zip(tmp_path, face_arrays, write_face_jpegs, bad=False)
+    from_zip = _prepare(tmp_path, source="zip", path=str(path), test_fraction=0.25)
+    from_folder = _prepare(tmp_path, source="jpeg_folder", path=str(tmp_path / "src"), test_fraction=0.25)
+    assert np.array_equal(from_zip[1], from_folder[1]) and from_zip[1].shape == (8, 64, 64, 3)
+    assert from_zip[2][0].startswith("img_align_celeba/")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img_align_celeba.zip", "out.h5", "out.json", "src"]
+
+
+def test_bad_zip_members_are_skipped_and_counted(tmp_path, face_arrays, write_face_jpegs):
+    path = _zip(tmp_path, face_arrays, write_face_jpegs, bad=True)
+    stats, images, kept, _, _ = _prepare(tmp_path, source="zip", path=str(path), on_bad_image="skip")
+    assert stats["skipped"] == {"corrupt": 2, "not_an_image": 1, "unsafe_name": 1}
+    assert len(images) == 8 and not any("99999" in n or "evil" in n for n in kept)
+
+
+@pytest.mark.parametrize(
+    ("member", "problem"),
+    [
+        ("../evil.jpg", "member name escapes the archive"),
+        ("img_align_celeba/readme.txt", r"not a .jpg/.jpeg/.png member"),
+        ("img_align_celeba/999999.jpg", "cannot decode the image"),
+    ],
+)
+def test_bad_zip_members_are_errors_by_default(tmp_path, face_arrays, write_face_jpegs, member, problem):
+    path = _zip(tmp_path, face_arrays, write_face_jpegs, bad=True)
+    with zipfile.ZipFile(path) as archive, zipfile.ZipFile(tmp_path / "one.zip", "w") as one:
+        for info in archive.infolist():
+            if not info.filename.startswith(("../", "img_align_celeba/9", "img_align_celeba/r")) or (
+                info.filename == member
+            ):
+                one.writestr(info, archive.read(info))
+    (tmp_path / "out.h5").write_bytes(b"earlier")
+    with pytest.raises(DataError, match=rf"one.zip: {member}: {problem}.*on_bad_image: skip"):
+        _prepare(tmp_path, source="zip", path=str(tmp_path / "one.zip"))
+    assert (tmp_path / "out.h5").read_bytes() == b"earlier" and not (tmp_path / "out.json").exists()
+
+
+def test_small_and_truncated_jpegs_in_a_folder(tmp_path, face_arrays, write_face_jpegs):
+    folder = tmp_path / "f"
+    write_face_jpegs(folder, face_arrays[:4])
+    Image.fromarray(face_arrays[0][:100, :100]).save(folder / "small.jpg")
+    (folder / "cut.jpg").write_bytes((folder / "000001.jpg").read_bytes()[:2000])
+    stats = _prepare(
+        tmp_path, source="jpeg_folder", path=str(folder), on_bad_image="skip", test_fraction=0.25
+    )[0]
+    assert stats["skipped"] == {"corrupt": 1, "too_small": 1} and stats["n_total"] == 4
+    with pytest.raises(DataError, match=r"cut.jpg: cannot decode the image"):
+        _prepare(tmp_path, source="jpeg_folder", path=str(folder))
+
+
+def test_not_a_zip_and_empty_sources_are_named(tmp_path):
+    (tmp_path / "x.zip").write_bytes(b"nope")
+    with pytest.raises(DataError, match="x.zip: not a readable zip archive"):
+        _prepare(tmp_path, source="zip", path=str(tmp_path / "x.zip"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: no images found"):
+        _prepare(tmp_path, source="jpeg_folder", path=str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="missing: folder not found"):
+        _prepare(tmp_path, source="jpeg_folder", path=str(tmp_path / "missing"))
+
+
+def test_decode_workers_and_max_images(tmp_path, face_arrays, write_face_jpegs):
+    write_face_jpegs(tmp_path / "f", face_arrays)
+    cfg = {"source": "jpeg_folder", "path": str(tmp_path / "f"), "test_fraction": 0.25}
+    one = _prepare(tmp_path, **cfg, decode_workers=1)
+    three = _prepare(tmp_path, **cfg, decode_workers=3)
+    assert np.array_equal(one[1], three[1]) and one[0]["content_hash"] == three[0]["content_hash"]
+    assert len(_prepare(tmp_path, **cfg, max_images=4)[1]) == 4
