@@ -121,9 +121,9 @@ def mlflow_server(args: list[str], cwd: Path, env: dict | None = None, timeout: 
     URL once it answers /health."""
     port = free_port()
     log = open(cwd / f"mlflow-{port}.log", "w")
-    cmd = ["mlflow", *args, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = ["mlflow", *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        cmd, cwd=cwd, env=tool_env(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     url = f"http://127.0.0.1:{port}"
     try:

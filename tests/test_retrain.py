@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -36,6 +37,27 @@ def test_stages_by_outcome_reads_dvc_repro_output():
         "cgan",
         "mlp_gan",
     ]
+
+
+def _open_store_and_log_a_run(root: str) -> str:
+    from gan_pipeline.tracking import Tracker
+
+    tracker = Tracker("gan-pipeline", root=Path(root))
+    run_id = tracker.start_run("mlp_gan", {"train.lr": 0.001}, {})
+    tracker.log_metrics(run_id, {"loss_d": 1.0}, step=1)
+    tracker.finish(run_id)
+    return tracker.experiment_id
+
+
+def test_parallel_first_use_of_a_new_store_creates_it_once(tmp_path, monkeypatch):
+    """Queue workers that open a store nobody created yet (a fresh clone's first sweep) all succeed."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        experiment_ids = pool.map(_open_store_and_log_a_run, [str(tmp_path)] * 3)
+    assert len(set(experiment_ids)) == 1
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(client.search_runs(experiment_ids[:1])) == 3
 
 
 @pytest.fixture(scope="module")

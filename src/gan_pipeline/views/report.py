@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gan_pipeline.errors import DataError
 from gan_pipeline.io import read_json, write_text
 from gan_pipeline.plots import plot_training
 
@@ -39,6 +40,7 @@ th:first-child, td:first-child {{ text-align: left; }}
 section {{ border-top: 2px solid #888; margin-top: 2em; }}
 .images {{ display: flex; gap: 2em; align-items: flex-start; flex-wrap: wrap; }}
 figure {{ margin: 0; }}
+figure img {{ height: 340px; image-rendering: pixelated; }}
 </style>
 </head>
 <body>
@@ -49,9 +51,15 @@ figure {{ margin: 0; }}
 """
 
 
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (run the stage that writes it first)")
+    return path
+
+
 def read_log(path: Path) -> list[dict[str, float]]:
     """A numeric CSV log (header, then one row per step) as dicts of floats."""
-    with open(path, newline="") as f:
+    with open(_existing(path), newline="") as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
@@ -95,7 +103,7 @@ def render_report(experiments: Sequence[str], metrics_dir: Path, samples_dir: Pa
         parts.append("<p>Metrics are computed in the digit classifier's features; the classifier:</p>")
         parts.append(_table(["metric", "value"], list(read_json(classifier).items()), "classifier"))
     for exp in experiments:
-        grid = (samples_dir / exp / "grid.png").read_bytes()
+        grid = _existing(samples_dir / exp / "grid.png").read_bytes()
         losses = _loss_plot_png(plots_dir / exp / "train_log.csv", exp)
         parts.append(
             f'<section id="{html.escape(exp)}"><h2>{html.escape(exp)}</h2><div class="images">'
