@@ -145,3 +145,16 @@ def _enable_faces(params_text: str) -> str:
 @pytest.fixture
 def enable_faces():
     return _enable_faces
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory) -> tuple[Path, str]:
+    """This project as a temporary git repo with tiny params, `dvc repro`-ed once and committed on `main`
+    (dvc.lock, metrics): the baseline that the pipeline tests copy with `clone_reproduced`, never change.
+    Returns the repo and the output of its `dvc repro`."""
+    from pipeline_helpers import commit, copy_project, run
+
+    repo = copy_project(tmp_path_factory.mktemp("reproduced"))
+    output = run(["dvc", "repro"], repo).stdout
+    commit(repo, "baseline run")
+    return repo, output

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,72 +14,24 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ("mlp_gan", "cgan", "dcgan28")
-TINY = {
-    "classifier": {"epochs": 1, "batch_size": 128},
-    "sample": {"n_samples": 200},
-    "train": {"epochs": 1, "batch_size": 256, "log_every": 5},
-    "monitor": {"eval_every": 1, "n_samples": 100},
-    "evaluate": {"inception_n": 20},
-}
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "GAN_PIPELINE_PROGRESS": "0",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def set_params(repo: Path, edit) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    edit(params)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def shrink(params: dict) -> None:
-    params["classifier"].update(TINY["classifier"])
-    params["sample"].update(TINY["sample"])
-    params["evaluate"].update(TINY["evaluate"])
-    for exp in params["experiments"].values():
-        exp["train"].update(TINY["train"])
-        exp["monitor"].update(TINY["monitor"])
-
-
-def ran_stages(output: str) -> set[str]:
-    """The stages that `dvc repro` / `dvc exp run` actually executed, from its output."""
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+from pipeline_helpers import (
+    ALL_STAGES,
+    EXPERIMENTS,
+    TINY,
+    clone_reproduced,
+    experiment_stages,
+    ran_stages,
+    run,
+    set_params,
+)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A copy of the project as a fresh git repo, reproduced once with tiny params."""
-    dest = tmp_path_factory.mktemp("project")
-    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).stdout.split()
-    for name in files:
-        if (REPO / name).is_file() and not name.startswith(("metrics/", "plots/")) and name != "dvc.lock":
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    set_params(dest, shrink)
-    run(["git", "init", "-q", "-b", "main"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], dest)
-    proc = run(["dvc", "repro"], dest)
-    expected = {"prepare", "classifier", "reference"} | {
-        f"{s}@{e}" for s in ("train", "sample", "evaluate") for e in EXPERIMENTS
-    }
-    assert ran_stages(proc.stdout) == expected
-    return dest
+def repo(reproduced_project, tmp_path_factory) -> Path:
+    """A copy of the session's reproduced project (tiny params) that these tests change."""
+    source, output = reproduced_project
+    assert ran_stages(output) == ALL_STAGES
+    return clone_reproduced(source, tmp_path_factory.mktemp("project"))
 
 
 def test_repro_writes_every_output(repo):
@@ -184,7 +133,7 @@ def test_changing_one_lr_reruns_only_that_experiment(repo):
     before = yaml.safe_load((repo / "params.yaml").read_text())["experiments"]["cgan"]["train"]["lr"]
     set_params(repo, lambda p: p["experiments"]["cgan"]["train"].update(lr=before * 1.5))
     proc = run(["dvc", "repro"], repo)
-    assert ran_stages(proc.stdout) == {"train@cgan", "sample@cgan", "evaluate@cgan"}
+    assert ran_stages(proc.stdout) == experiment_stages("cgan") | {"report"}
     diff = json.loads(run(["dvc", "params", "diff", "--json"], repo).stdout)
     lr = diff["params.yaml"]["experiments.cgan.train.lr"]
     assert (lr["old"], lr["new"]) == (before, before * 1.5)
@@ -205,7 +154,7 @@ def test_adding_an_experiment_adds_its_stages(repo):
 def test_exp_run_with_set_param_shows_metrics(repo):
     set_params(repo, lambda p: p["experiments"].pop("cgan_embed", None))
     proc = run(["dvc", "exp", "run", "-n", "fast-mlp", "-S", "experiments.mlp_gan.train.lr=0.001"], repo)
-    assert ran_stages(proc.stdout) == {"train@mlp_gan", "sample@mlp_gan", "evaluate@mlp_gan"}
+    assert ran_stages(proc.stdout) == experiment_stages("mlp_gan") | {"report"}
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     assert "fast-mlp" in json.dumps(shown)
     diff = json.loads(run(["dvc", "metrics", "diff", "--json", "HEAD"], repo).stdout)

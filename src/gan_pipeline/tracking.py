@@ -8,6 +8,8 @@ run-cache restores stay linked to the run that made the outputs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -61,6 +63,26 @@ def _is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+@contextlib.contextmanager
+def _first_use_lock(uri: str):
+    """Hold an exclusive lock beside a local SQLite store (`<db>.lock`) while a process opens it.
+
+    Parallel writers (`dvc queue start -j 2`) race on creating and migrating the schema and on creating the
+    experiment (PITFALLS 2); once both exist, SQLite's busy timeout (MLflow sets 20 s) serialises the writes.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class Tracker:
     """A connection to the tracking store and the project's MLflow experiment.
 
@@ -80,11 +102,12 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(retry_backoff_s))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
         self.offline: str | None = None  # why the store stopped answering, once it has
         self.not_logged: list[str] = []
         try:
-            self.experiment_id = self._experiment(experiment_name)
+            with _first_use_lock(self.uri):
+                self.client = MlflowClient(self.uri)
+                self.experiment_id = self._experiment(experiment_name)
         except (MlflowException, OSError) as exc:
             raise PipelineError(
                 f"MLflow store {self.uri}: not reachable or not usable ({_first_line(exc)})"

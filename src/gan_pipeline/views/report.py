@@ -1,0 +1,121 @@
+"""One self-contained `reports/index.html` for people who do not run the MLflow UI: a table comparing the
+experiments' headline metrics, then per experiment its sample grid, loss curves and full metrics table.
+Images are embedded as data URIs, so the file can be mailed or uploaded as a CI artifact on its own."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gan_pipeline.errors import DataError
+from gan_pipeline.io import read_json, write_text
+from gan_pipeline.plots import plot_training
+
+# Columns of the comparison table, in the order people read them; missing ones show as "–".
+HEADLINE = (
+    "fid_inception",
+    "fid_classifier",
+    "kid_classifier",
+    "coverage",
+    "kl_from_uniform",
+    "prdc_classifier_precision",
+    "prdc_classifier_recall",
+    "label_accuracy",
+)
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>gan-pipeline report</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+section {{ border-top: 2px solid #888; margin-top: 2em; }}
+.images {{ display: flex; gap: 2em; align-items: flex-start; flex-wrap: wrap; }}
+figure {{ margin: 0; }}
+figure img {{ height: 340px; image-rendering: pixelated; }}
+</style>
+</head>
+<body>
+<h1>gan-pipeline: {n} experiments</h1>
+{body}
+</body>
+</html>
+"""
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (run the stage that writes it first)")
+    return path
+
+
+def read_log(path: Path) -> list[dict[str, float]]:
+    """A numeric CSV log (header, then one row per step) as dicts of floats."""
+    with open(_existing(path), newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {_format(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_format(cell))}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f'<table class="{cls}"><tr>{head}</tr>{body}</table>'
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _loss_plot_png(log: Path, title: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "losses.png"
+        plot_training(read_log(log), title, path)
+        return path.read_bytes()
+
+
+def render_report(experiments: Sequence[str], metrics_dir: Path, samples_dir: Path, plots_dir: Path) -> str:
+    """The report page for `experiments`, from `<metrics_dir>/<exp>.json`, `<samples_dir>/<exp>/grid.png`
+    and `<plots_dir>/<exp>/train_log.csv` (and `<metrics_dir>/classifier.json` when present)."""
+    metrics = {exp: read_json(metrics_dir / f"{exp}.json") for exp in experiments}
+    parts = ["<h2>Metrics</h2>"]
+    rows = [[exp, *(metrics[exp].get(key, "–") for key in HEADLINE)] for exp in experiments]
+    parts.append(_table(["experiment", *HEADLINE], rows, "summary"))
+    classifier = metrics_dir / "classifier.json"
+    if classifier.exists():
+        parts.append("<p>Metrics are computed in the digit classifier's features; the classifier:</p>")
+        parts.append(_table(["metric", "value"], list(read_json(classifier).items()), "classifier"))
+    for exp in experiments:
+        grid = _existing(samples_dir / exp / "grid.png").read_bytes()
+        losses = _loss_plot_png(plots_dir / exp / "train_log.csv", exp)
+        parts.append(
+            f'<section id="{html.escape(exp)}"><h2>{html.escape(exp)}</h2><div class="images">'
+            f"<figure>{_img(grid, f'{exp} samples')}<figcaption>samples</figcaption></figure>"
+            f"<figure>{_img(losses, f'{exp} losses')}<figcaption>training</figcaption></figure></div>"
+            + _table(["metric", "value"], sorted(metrics[exp].items()), "metrics")
+            + "</section>"
+        )
+    return PAGE.format(n=len(experiments), body="\n".join(parts))
+
+
+def write_report(path: str | Path, experiments: Sequence[str], **dirs: Path) -> None:
+    """Render the report (see `render_report`) and write it atomically."""
+    write_text(path, render_report(experiments, **dirs))

@@ -1,0 +1,177 @@
+"""The views people look at, checked in a real browser (headless Chromium) on a copy of the reproduced
+project: `dvc plots show` (rendered offline from our template), reports/index.html and the MLflow UI.
+Screenshots go to tests/artifacts/ (git-ignored)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from browser import CHROMIUM, Browser
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from pipeline_helpers import EXPERIMENTS, REPO, clone_reproduced, mlflow_server, run
+
+from gan_pipeline.errors import DataError
+from gan_pipeline.views.report import render_report
+
+ARTIFACTS = REPO / "tests" / "artifacts"
+PLOT_FILES = {"losses": "train_log.csv", "discriminator": "train_log.csv", "coverage": "eval_log.csv"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; in CI `make test` installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed: `apt-get install chromium` to run the browser checks")
+    with Browser() as browser:
+        yield browser
+
+
+def screenshot(browser: Browser, name: str) -> Path:
+    """A PNG of the viewport in tests/artifacts/<name>, checked to show more than a blank page."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = browser.screenshot(ARTIFACTS / name)
+    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
+    assert pixels.std() > 10, f"{path} looks blank"
+    return path
+
+
+def test_report_renders_a_table_per_experiment_and_names_a_missing_file(tmp_path):
+    for exp, fid in (("a", 12.5), ("b", 250.0)):
+        (tmp_path / "samples" / exp).mkdir(parents=True)
+        Image.new("L", (30, 30), 128).save(tmp_path / "samples" / exp / "grid.png")
+        (tmp_path / "plots" / exp).mkdir(parents=True)
+        rows = ["step,epoch,loss_d,loss_g,d_real,d_fake", "5,1,1.2,0.8,0.6,0.4", "10,1,1.1,0.9,0.55,0.45"]
+        (tmp_path / "plots" / exp / "train_log.csv").write_text("\n".join(rows) + "\n")
+        (tmp_path / "metrics").mkdir(exist_ok=True)
+        (tmp_path / "metrics" / f"{exp}.json").write_text(json.dumps({"fid_classifier": fid, "coverage": 7}))
+    dirs = {
+        "metrics_dir": tmp_path / "metrics",
+        "samples_dir": tmp_path / "samples",
+        "plots_dir": tmp_path / "plots",
+    }
+    page = render_report(["a", "b"], **dirs)
+    assert "<tr><td>a</td><td>12.5</td><td>–</td><td>7</td>" in page
+    assert "<tr><td>b</td><td>250</td>" in page
+    assert page.count("data:image/png;base64,") == 4
+    (tmp_path / "samples" / "b" / "grid.png").unlink()
+    with pytest.raises(DataError, match=r"samples/b/grid.png: file not found"):
+        render_report(["a", "b"], **dirs)
+
+
+@pytest.fixture(scope="module")
+def project(reproduced_project, tmp_path_factory) -> Path:
+    """The reproduced project with a coverage log per experiment in the mode-collapse monitor's schema."""
+    repo = clone_reproduced(reproduced_project[0], tmp_path_factory.mktemp("views"))
+    for i, exp in enumerate(EXPERIMENTS):
+        with open(repo / "plots" / exp / "eval_log.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "epoch", "coverage", "kl_from_uniform"])
+            for epoch in range(1, 6):
+                writer.writerow([epoch * 16, epoch, min(10, 2 * epoch + i), 2.3 / (epoch + i)])
+    return repo
+
+
+def test_plots_definitions_cover_every_experiment():
+    experiments = yaml.safe_load((REPO / "params.yaml").read_text())["experiments"]
+    plots = {k: v for p in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"] for k, v in p.items()}
+    assert set(plots) == set(PLOT_FILES)
+    for plot_id, log in PLOT_FILES.items():
+        assert set(plots[plot_id]["y"]) == {f"plots/{exp}/{log}" for exp in experiments}, plot_id
+
+
+@pytest.fixture(scope="module")
+def plots_html(project) -> Path:
+    out = project / "dvc_plots"
+    run(["dvc", "plots", "show", "-o", str(out)], project)
+    return out / "index.html"
+
+
+def test_dvc_plots_html_loads_nothing_from_the_network(plots_html):
+    page = plots_html.read_text()
+    assert "vegaEmbed" in page and "Losses: D and G" in page
+    assert not re.search(r"<script[^>]+src=", page)
+    assert "cdn.jsdelivr.net" not in page
+
+
+def test_dvc_plots_render_in_chromium(plots_html, browser):
+    browser.resize(1400, 1300)
+    browser.goto(plots_html.as_uri())
+    # ours, then the train stage's own plot of each train_log.csv
+    browser.wait_for(f"document.querySelectorAll('svg.marks').length === {3 + len(EXPERIMENTS)}")
+    charts = browser.js(
+        "Array.from(document.querySelectorAll('div.vega-embed')).map(div => ({id: div.id,"
+        " width: +div.querySelector('svg.marks').getAttribute('width'), text: div.textContent,"
+        " lines: div.querySelectorAll('.mark-line path[d*=L]').length}))"
+    )
+    by_id = {chart["id"]: chart for chart in charts}
+    assert all(chart["width"] > 100 and chart["lines"] >= 1 for chart in charts), charts
+    n = len(EXPERIMENTS)
+    expected = {"losses": (2 * n, "Losses: D and G"), "discriminator": (2 * n, "D(x) and D(G(z))")}
+    expected["coverage"] = (n, "Coverage over training")
+    for plot_id, (lines, title) in expected.items():
+        assert by_id[plot_id]["lines"] >= lines and title in by_id[plot_id]["text"], by_id[plot_id]
+    assert "loss_d" in by_id["losses"]["text"] and "d_fake" in by_id["discriminator"]["text"]
+    screenshot(browser, "dvc_plots.png")
+
+
+def test_report_has_each_experiments_grid_losses_and_metrics(project, browser):
+    report = project / "reports" / "index.html"
+    page = report.read_text()
+    for exp in EXPERIMENTS:
+        section = page[page.index(f'<section id="{exp}">') :]
+        section = section[: section.index("</section>")]
+        assert section.count('src="data:image/png;base64,') == 2, exp
+        fid = json.loads((project / "metrics" / f"{exp}.json").read_text())["fid_classifier"]
+        assert f"<td>fid_classifier</td><td>{fid:.4g}</td>" in section
+    assert "http" not in page.replace("http-equiv", "")
+    browser.resize(1400, 1200)
+    browser.goto(report.as_uri())
+    loaded = "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 100).length"
+    browser.wait_for(f"{loaded} === {2 * len(EXPERIMENTS)}")
+    screenshot(browser, "report.png")
+
+
+def test_mlflow_ui_lists_the_runs_with_a_metric_column(project, browser):
+    experiment_id = (
+        MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+        .get_experiment_by_name("gan-pipeline")
+        .experiment_id
+    )
+    fids = {
+        exp: json.loads((project / "metrics" / f"{exp}.json").read_text())["fid_classifier"]
+        for exp in EXPERIMENTS
+    }
+    args = ["ui", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}"]
+    with mlflow_server(args, project) as url:
+        browser.resize(1800, 700)
+        browser.goto(f"{url}/#/experiments/{experiment_id}/runs")
+        names = " && ".join(f"document.body.innerText.includes('{exp}')" for exp in EXPERIMENTS)
+        browser.wait_for(names)
+        # as a user would: sort by fid_classifier, which shows it as a column
+        browser.click('[data-testid="sort-select-dropdown"]')
+        browser.click('[data-testid="sort-select-fid_classifier"]')
+        column = (
+            "Array.from(document.querySelectorAll('[role=gridcell][col-id=\"metrics.`fid_classifier`\"]'))"
+        )
+        cells = browser.wait_for(f"{column}.length === {len(EXPERIMENTS)} && {column}.map(c => +c.innerText)")
+        assert sorted(cells) == pytest.approx(sorted(fids.values()))
+        browser.wait_for("!document.querySelector('[class*=spin-spinning]')")  # the re-sorted rows loaded
+        header = browser.js(
+            "Array.from(document.querySelectorAll('[role=columnheader]')).map(h => h.innerText)"
+        )
+        assert "fid_classifier" in header
+        if browser.js("document.querySelector('button[aria-label=Close]') !== null"):
+            browser.click("button[aria-label=Close]")  # the MLflow Assistant's side panel
+        browser.js(
+            "document.querySelector('[role=columnheader][col-id=\"metrics.`fid_classifier`\"]').scrollIntoView()"
+        )
+        screenshot(browser, "mlflow_ui.png")
