@@ -45,8 +45,13 @@ def test_dvc_s3_remote_push_then_pull_into_an_empty_cache(reproduced_project, tm
     run(["dvc", "remote", "modify", "--local", "s3", "endpointurl", s3_endpoint], repo)
     in_git = set(run(["git", "ls-files"], repo).stdout.split())
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    # The outputs DVC keeps in its cache (not `cache: false` ones such as the persisted checkpoints).
+    cache = repo / ".dvc" / "cache" / "files" / "md5"
     cached = {
-        o["path"]: o["md5"] for s in lock.values() for o in s.get("outs", []) if o["path"] not in in_git
+        o["path"]: o["md5"]
+        for s in lock.values()
+        for o in s.get("outs", [])
+        if o["path"] not in in_git and (cache / o["md5"][:2] / o["md5"][2:]).is_file()
     }
     assert {"data/prepared/mnist.h5", "models/cgan/generator.safetensors", "reports/index.html"} <= set(
         cached

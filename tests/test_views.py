@@ -59,8 +59,8 @@ def test_report_renders_a_table_per_experiment_and_names_a_missing_file(tmp_path
         "plots_dir": tmp_path / "plots",
     }
     page = render_report(["a", "b"], **dirs)
-    assert "<tr><td>a</td><td>12.5</td><td>–</td><td>7</td>" in page
-    assert "<tr><td>b</td><td>250</td>" in page
+    assert "<tr><td>a</td><td>–</td><td>12.5</td><td>–</td><td>7</td>" in page  # no fid_inception here
+    assert "<tr><td>b</td><td>–</td><td>250</td>" in page
     assert page.count("data:image/png;base64,") == 4
     (tmp_path / "samples" / "b" / "grid.png").unlink()
     with pytest.raises(DataError, match=r"samples/b/grid.png: file not found"):

@@ -142,8 +142,11 @@ def is_face_file(path: str | Path) -> bool:
     path = Path(path)
     if not (path.is_file() and h5py.is_hdf5(path)):
         return False
-    with h5py.File(path, "r") as f:
-        return f.attrs.get("kind") == "faces"
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("kind") == "faces"
+    except OSError:  # unreadable (e.g. truncated): load_split names the file and the damage
+        return False
 
 
 def train_size(path: str | Path) -> int:
