@@ -121,7 +121,7 @@ class Tracker:
             except (MlflowException, OSError) as exc:
                 self.offline = _first_line(exc)
                 print(
-                    f"warning: MLflow store {self.uri} failed ({self.offline}); training goes on",
+                    f"warning: MLflow store {self.uri} failed ({self.offline}); going on without it",
                     file=sys.stderr,
                 )
         self.not_logged.append(what)
