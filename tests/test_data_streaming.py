@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gan_pipeline.data.loading import TensorBatches, to_uint8
+from gan_pipeline.data.loading import TensorBatches, to_float, to_uint8
 from gan_pipeline.data.streaming import H5Batches, shuffled_order, train_batches, train_size
 from gan_pipeline.errors import DataError
 
@@ -42,6 +42,14 @@ def test_batches_are_full_float_nchw_in_the_value_range_with_zero_labels(face_fi
         assert np.array_equal(to_uint8(x, (-1.0, 1.0)).numpy(), images[_rows(x)])
     rows = [r for x, _ in seen for r in _rows(x)]
     assert len(set(rows)) == 48 and max(rows) < 50  # each train row at most once, no test rows
+
+
+@pytest.mark.parametrize("value_range", [(-1.0, 1.0), (0.0, 1.0)])
+def test_batches_hold_the_values_to_float_gives(face_file, value_range):
+    path, images = face_file
+    (x, _), *_ = H5Batches(path, value_range, batch_size=50).epoch(torch.Generator().manual_seed(0))
+    rows = _rows(x if value_range[0] < 0 else x * 2 - 1)
+    assert torch.equal(x, to_float(images[rows], value_range))
 
 
 def test_the_order_is_fixed_by_the_rng_and_drawn_at_the_first_batch(face_file):
