@@ -73,9 +73,10 @@ def code_carrying_pickle():
     return lambda marker: {"generator": _CodeCarryingPickle(marker)}
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_torch_thread():
-    """Tiny models train ~20x faster on one thread than on two threads of a busy shared CPU."""
+    """Every test on one torch thread: the suite's tiny models train ~20x faster on one thread than on two
+    threads of a busy shared CPU (the pipeline tests' subprocesses get OMP_NUM_THREADS=1 the same way)."""
     import torch
 
     before = torch.get_num_threads()

@@ -27,9 +27,6 @@ from gan_pipeline.training.loop import Checkpointing, TrainingDiverged, train_ga
 REPO = Path(__file__).resolve().parents[1]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
 # Every random draw the loop makes: the epoch permutation, z, noisy labels; BatchNorm buffers, the EMA and
 # G updated every 2nd step. 7 epochs of 6 batches, a checkpoint every 5 steps (mostly mid-epoch).
 DRIVER = r"""

@@ -19,8 +19,6 @@ from gan_pipeline.training.loop import train_gan
 from gan_pipeline.training.losses import g_loss_non_saturating, gradient_penalty, noisy_targets
 from gan_pipeline.training.steps import ema_update, gan_step
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 
 def _grad_norm(module: nn.Module) -> float:
     return torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None]).norm().item()
