@@ -225,6 +225,7 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
     raw["faces"]["celeba64"].update(path=str(tmp_path / "raw"), split="seeded", test_fraction=0.25)
     raw["face_experiments"]["dcgan64"]["train"].update(epochs=1, batch_size=4)
     raw["sample"]["n_samples"] = 70
+    raw["evaluate"].update(inception_n=5, prdc_nearest_k=2)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
@@ -253,7 +254,9 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
     ok("evaluate_faces", "--data", str(data), "--samples", str(tmp_path / "s.npz"),
        "--run", str(model / "run.json"), "--metrics", str(tmp_path / "metrics.json"))  # fmt: skip
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["fid_inception"] is None and metrics["n_real"] == 3 and metrics["n_fake"] == 70
+    assert metrics["channel_n_real"] == 3 and metrics["channel_n_fake"] == 70
+    assert (metrics["fid_inception_n_real"], metrics["fid_inception_n_fake"]) == (3, 5)
+    assert metrics["fid_inception"] > 0 and 0 <= metrics["prdc_inception_recall"] <= 1
 
 
 def test_prepare_names_an_unknown_face_dataset(tmp_path):

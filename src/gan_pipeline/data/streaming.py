@@ -38,11 +38,16 @@ def face_counts(path: str | Path) -> tuple[int, int, int]:
         return n_train, n_test, (images.chunks or (1,))[0]
 
 
-def read_faces(path: str | Path, split: str, limit: int | None = None) -> np.ndarray:
-    """The first `limit` (default all) uint8 (n, S, S, 3) images of one split; for evaluation sizes only."""
+def read_faces(
+    path: str | Path, split: str, limit: int | None = None, indices: np.ndarray | None = None
+) -> np.ndarray:
+    """uint8 (n, S, S, 3) images of one split: the first `limit` (default all), or those at increasing
+    `indices` within the split; for evaluation sizes only."""
     n_train, n_test, _ = face_counts(path)
     start, n = (0, n_train) if split == "train" else (n_train, n_test)
     with h5py.File(path, "r") as f:
+        if indices is not None:
+            return f["images"][start + np.asarray(indices, dtype=np.int64)]
         return f["images"][start : start + min(n, limit or n)]
 
 

@@ -1,13 +1,12 @@
-"""Face samples scored against real faces. Standard Inception FID (`fid_inception`) is not here yet: it
-comes with `gan_pipeline.metrics.inception` (the evaluation issue); until then the metrics say so and
-carry a sanity check, the per-channel mean and std of samples vs real, instead of an invented number."""
+"""Face samples scored against real faces: the per-channel mean and std of samples vs real, a sanity line
+beside the standard Inception metrics (`fid_inception`, `kid_inception`, `prdc_inception_*`, computed by the
+evaluate_faces stage with gan_pipeline.metrics.inception)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 CHANNELS = ("r", "g", "b")
-FID_INCEPTION_MISSING = "not computed: standard Inception FID comes with gan_pipeline.metrics.inception"
 
 
 def channel_stats(images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -18,11 +17,12 @@ def channel_stats(images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pixels.mean(axis=0), pixels.std(axis=0)
 
 
-def evaluate_faces(real_u8: np.ndarray, fake_u8: np.ndarray) -> dict:
-    """The face metrics of uint8 (n, H, W, 3) samples against real images of the same size."""
+def channel_report(real_u8: np.ndarray, fake_u8: np.ndarray) -> dict:
+    """Per-channel mean/std of uint8 (n, H, W, 3) samples and real images of the same size, their largest
+    differences, and the two counts (channel_n_fake, channel_n_real)."""
     if real_u8.shape[1:] != fake_u8.shape[1:]:
         raise ValueError(f"real images are {real_u8.shape[1:]} but samples are {fake_u8.shape[1:]}")
-    metrics: dict = {"fid_inception": None, "fid_inception_status": FID_INCEPTION_MISSING}
+    metrics: dict = {}
     real_mean, real_std = channel_stats(real_u8)
     fake_mean, fake_std = channel_stats(fake_u8)
     for name, values in (
@@ -34,5 +34,5 @@ def evaluate_faces(real_u8: np.ndarray, fake_u8: np.ndarray) -> dict:
         metrics.update({f"{name}_{c}": float(v) for c, v in zip(CHANNELS, values, strict=True)})
     metrics["channel_mean_max_abs_diff"] = float(np.abs(fake_mean - real_mean).max())
     metrics["channel_std_max_abs_diff"] = float(np.abs(fake_std - real_std).max())
-    metrics["n_fake"], metrics["n_real"] = len(fake_u8), len(real_u8)
+    metrics["channel_n_fake"], metrics["channel_n_real"] = len(fake_u8), len(real_u8)
     return metrics
