@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig, parse_params
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.errors import ParamsError
-from gan_pipeline.models import build_gan
+from gan_pipeline.models import GAN_MODELS, build_gan
 from gan_pipeline.models.layers import MinibatchDiscrimination
 from gan_pipeline.runtime import seed_everything
 from gan_pipeline.training.loop import train_gan
@@ -115,6 +115,26 @@ def test_a_wgan_gp_run_stays_finite():
     )
     result = train_gan(exp, _one_batch_per_epoch(16))
     assert all(torch.isfinite(torch.tensor(row["loss_d"])) for row in result.history)
+
+
+@pytest.mark.parametrize("name", ["dcgan28", "dcgan64", "convgan128"])
+def test_a_wgan_gp_critic_scores_each_sample_on_its_own(name):
+    """In training mode a BatchNorm D scores a sample differently when another sample of the batch changes;
+    the critic that loss: wgan_gp builds (layer norm instead) does not, so the per-sample penalty holds."""
+    spec = GAN_MODELS[name]
+    torch.manual_seed(0)
+    images = torch.rand(6, *spec.image_shape) * 2 - 1
+    changed = images.clone()
+    changed[1] = -changed[1]
+    cond = (torch.arange(6) % 10,) if spec.conditional else ()
+    for critic in (False, True):
+        _, discriminator = build_gan(name, 8, init_std=0.02, critic=critic)
+        discriminator.train()
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in discriminator.modules())
+        assert has_bn != critic
+        with torch.no_grad():
+            first = discriminator(images, *cond)[0], discriminator(changed, *cond)[0]
+        assert torch.equal(*first) == critic, critic
 
 
 def test_noisy_labels_flip_the_expected_fraction_of_targets():

@@ -31,3 +31,20 @@ class MinibatchDiscrimination(nn.Module):
         closeness = torch.exp(-l1).sum(dim=1) - 1  # minus the sample's own exp(0)
         # (N, B)
         return torch.cat([x, closeness], dim=1)
+
+
+def without_batchnorm(module: nn.Module) -> nn.Module:
+    """`module` with each BatchNorm replaced in place by a per-sample layer norm of the same width.
+
+    A WGAN-GP critic must not use BatchNorm: the gradient penalty is taken per sample, and batch statistics
+    make each output depend on the rest of the batch (Gulrajani et al. 2017, sec. 4, use layer norm).
+    BatchNorm2d(C) becomes GroupNorm(1, C) (normalises over C, H, W), BatchNorm1d(C) LayerNorm(C).
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, nn.GroupNorm(1, child.num_features))
+        elif isinstance(child, nn.BatchNorm1d):
+            setattr(module, name, nn.LayerNorm(child.num_features))
+        else:
+            without_batchnorm(child)
+    return module

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from gan_pipeline.models.layers import without_batchnorm
+
 
 @dataclass(frozen=True)
 class GanSpec:
@@ -50,11 +52,13 @@ def build_gan(
     label_embedding: str = "one_hot",
     init_std: float | None = None,
     minibatch_kernels: int = 0,
+    critic: bool = False,
 ):
     """A fresh (generator, discriminator) for the registered `name`, optionally N(0, init_std)-initialised.
 
     `minibatch_kernels` > 0 adds minibatch discrimination to D (only for specs with `minibatch=True`;
-    builders without it keep the plain (latent_dim, n_classes, label_embedding) signature).
+    builders without it keep the plain (latent_dim, n_classes, label_embedding) signature). `critic` makes D
+    a WGAN-GP critic: its BatchNorm layers become per-sample layer norms.
     """
     spec = GAN_MODELS[name]
     if minibatch_kernels:
@@ -65,6 +69,8 @@ def build_gan(
         )
     else:
         generator, discriminator = spec.build(latent_dim, 10, label_embedding)
+    if critic:
+        without_batchnorm(discriminator)
     if init_std is not None:
         init_weights(generator, init_std)
         init_weights(discriminator, init_std)

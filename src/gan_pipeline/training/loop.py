@@ -84,7 +84,12 @@ def train_gan(
     cfg, spec = exp.train, GAN_MODELS[exp.model.name]
     rng = seed_everything(cfg.seed)
     generator, discriminator = build_gan(
-        spec.name, exp.model.latent_dim, exp.model.label_embedding, cfg.init_std, exp.model.minibatch_kernels
+        spec.name,
+        exp.model.latent_dim,
+        exp.model.label_embedding,
+        cfg.init_std,
+        exp.model.minibatch_kernels,
+        critic=cfg.loss == "wgan_gp",
     )
     dev = device()
     generator.to(dev).train()
