@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -200,6 +201,31 @@ def test_a_truncated_hdf5_stops_train_in_one_line_leaving_earlier_outputs(tmp_pa
     assert line.startswith(f"error: {data / 'mnist.h5'}: unreadable HDF5 file (")
     assert all(path.read_bytes() == content for path, content in earlier.items())
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["generator.safetensors"]
+
+
+def test_a_diverging_run_fails_the_stage_in_one_line_leaving_earlier_outputs(tmp_path, prepared_digits):
+    """What `dvc repro` sees when training diverges: exit 1, one line naming the step, earlier outputs kept,
+    the MLflow run marked failed."""
+    earlier = _earlier_outputs(tmp_path)
+
+    def edit(p):
+        p["experiments"]["mlp_gan"]["train"].update(epochs=1, batch_size=500, lr=1e8)  # Adam steps of 1e8
+        p["experiments"]["mlp_gan"]["monitor"]["eval_every"] = None
+
+    proc = _train_in(tmp_path, prepared_digits, _params(tmp_path, edit))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]  # after MLflow's own INFO lines as it creates the store
+    assert re.fullmatch(
+        r"error: training diverged at step \d+: loss_[dg] is nan; no checkpoint was written", line
+    ), line
+    assert all(path.read_bytes() == content for path, content in earlier.items())
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["generator.safetensors"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("gan-pipeline").experiment_id])
+    assert run.info.status == "FAILED"
 
 
 def test_a_pickle_as_checkpoint_is_refused_unexecuted_leaving_earlier_outputs(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -245,6 +246,30 @@ def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_good_check
     checkpoint = load_checkpoint(path)
     assert checkpoint.state.step == 4
     assert all(torch.isfinite(t).all() for k, t in checkpoint.tensors.items() if t.is_floating_point())
+
+
+def test_a_non_finite_weight_stops_training_naming_the_weight(tmp_path):
+    """A weight that turns infinite without the losses noticing (here a BatchNorm running mean, unused in
+    training mode) is caught at the next checkpoint, which is not written; the last good one is kept."""
+
+    def poison(epoch, step, generator):
+        if epoch == 1:
+            bn = next(m for m in generator.modules() if isinstance(m, nn.BatchNorm2d))
+            bn.running_mean.fill_(float("inf"))
+
+    exp = ExperimentConfig(
+        model=ModelConfig(name="dcgan28", latent_dim=8),
+        train=TrainConfig(epochs=2, batch_size=16, checkpoint_every=4),
+    )
+    path = tmp_path / "ckpt.safetensors"
+    with pytest.raises(TrainingDiverged) as err:
+        train_gan(exp, _batches(), on_epoch=poison, checkpointing=Checkpointing(path, flatten(exp)))
+    assert re.fullmatch(
+        rf"training diverged at step 8: generator weight \S+running_mean is not finite; "
+        rf"last good checkpoint: {re.escape(str(path))} \(step 4\), kept",
+        str(err.value),
+    ), str(err.value)
+    assert load_checkpoint(path).state.step == 4
 
 
 def test_d_winning_totally_for_n_steps_is_a_warning_with_the_step(caplog):
