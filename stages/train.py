@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
                 cov.coverage_confidence,
                 cov.coverage_min_fraction,
                 tracker.step_logger(run_id, logged_until),
+                rows=resume.extra.get("monitor_rows") if resume else None,
             )
+            checkpointing.extra["monitor_rows"] = monitor.rows  # each checkpoint carries the checks so far
         result = train_gan(
             exp, batches, tracker.step_logger(run_id, logged_until), monitor, checkpointing=checkpointing
         )

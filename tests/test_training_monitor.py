@@ -26,10 +26,10 @@ class ScriptedClassifier(nn.Module):
         return nn.functional.one_hot(digits, 10).float() * 20
 
 
-def _monitor(on_collapse="warn", log=None, eval_every=2):
+def _monitor(on_collapse="warn", log=None, eval_every=2, rows=None):
     cfg = MonitorConfig(eval_every=eval_every, n_samples=50, min_coverage=10, on_collapse=on_collapse)
     classifier = ScriptedClassifier()
-    monitor = CollapseMonitor(cfg, classifier, GAN_MODELS["mlp_gan"], 8, 0.9, 0.01, log)
+    monitor = CollapseMonitor(cfg, classifier, GAN_MODELS["mlp_gan"], 8, 0.9, 0.01, log, rows)
     return monitor, classifier
 
 
@@ -90,3 +90,34 @@ def test_training_with_the_monitor_ends_with_the_same_weights():
         plain.generator.state_dict().items(), watched.generator.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_a_resumed_run_keeps_the_checks_so_far_and_the_alarm_remembers_reaching_the_threshold(tmp_path):
+    """Checkpoints carry the monitor's rows (the train stage puts them in Checkpointing.extra); a run
+    resumed from one, even at an epoch's end before that epoch's check ran, ends with the same rows as
+    one that never stopped."""
+    from gan_pipeline.config import flatten
+    from gan_pipeline.training.checkpoint import load_checkpoint
+    from gan_pipeline.training.loop import Checkpointing
+
+    def exp(epochs):
+        return ExperimentConfig(
+            ModelConfig("mlp_gan", latent_dim=8),
+            TrainConfig(epochs=epochs, batch_size=16, checkpoint_every=4),
+        )
+
+    images = to_float(torch.zeros(64, 28, 28, dtype=torch.uint8), (-1.0, 1.0))
+    batches = TensorBatches(images, torch.zeros(64), 16)  # 4 steps an epoch: every checkpoint at an end
+    straight, _ = _monitor(eval_every=1)
+    train_gan(exp(3), batches, on_epoch=straight)
+
+    path = tmp_path / "ckpt.safetensors"
+    first, _ = _monitor(eval_every=1)
+    checkpointing = Checkpointing(path, flatten(exp(3)), extra={"monitor_rows": first.rows})
+    train_gan(exp(2), batches, on_epoch=first, checkpointing=checkpointing)
+    resume = load_checkpoint(path)
+    assert [r["epoch"] for r in resume.extra["monitor_rows"]] == [1]  # saved before epoch 2's check
+    second, _ = _monitor(eval_every=1, rows=resume.extra["monitor_rows"])
+    assert second.reached
+    train_gan(exp(3), batches, on_epoch=second, checkpointing=Checkpointing(path, flatten(exp(3)), resume))
+    assert second.rows == straight.rows

@@ -107,6 +107,9 @@ def train_gan(
     if resume is not None:
         state, epoch_rng = resume.restore(parts)
         checkpointing.last_step = state.step
+        if on_epoch is not None and state.batch == 0 and state.epoch > 0:
+            # A checkpoint at an epoch's end is written before that epoch's on_epoch ran: run it now.
+            on_epoch(state.epoch, state.step, generator)
     result = TrainResult(generator, discriminator, history=state.history, ema=ema, resumed_from=state.step)
 
     def checkpoint() -> None:

@@ -42,13 +42,16 @@ class CollapseMonitor:
         confidence: float,
         min_fraction: float,
         log: Callable[[int, dict[str, float]], None] | None = None,
+        rows: list[dict[str, float]] | None = None,
     ):
+        """`rows`: the checks of the run so far, when it resumes (so the log and the alarm go on)."""
         if cfg.eval_every is None:
             raise ValueError("monitor.eval_every is null: the monitor is off")
         self.cfg, self.classifier, self.spec, self.latent_dim = cfg, classifier, spec, latent_dim
         self.confidence, self.min_fraction, self.log = confidence, min_fraction, log
-        self.rows: list[dict[str, float]] = []
-        self.reached = False  # coverage has been >= min_coverage at some check
+        self.rows: list[dict[str, float]] = list(rows or [])
+        # coverage has been >= min_coverage at some check
+        self.reached = any(row["coverage"] >= cfg.min_coverage for row in self.rows)
 
     def __call__(self, epoch: int, step: int, generator: nn.Module) -> None:
         if epoch % self.cfg.eval_every:
