@@ -75,11 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.metrics, metrics)
 
     run = read_json(args.run)
-    Tracker(params.tracking.experiment_name).log_metrics(run["run_id"], metrics, step=run["steps"])
+    tracker = Tracker(
+        params.tracking.experiment_name,
+        retries=params.tracking.retries,
+        retry_backoff_s=params.tracking.retry_backoff_s,
+    )
+    tracker.log_metrics(run["run_id"], metrics, step=run["steps"])
     shown = {
         k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "class_histogram"
     }
     print(f"{run['experiment']}: {shown}")
+    tracker.warn_if_not_logged()
 
 
 def inception_metrics(reference: Path, fake_u8: np.ndarray, cfg) -> dict[str, float | int]:

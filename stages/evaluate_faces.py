@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.metrics, metrics)
 
     run = read_json(args.run)
-    Tracker(params.tracking.experiment_name).log_metrics(run["run_id"], metrics, step=run["steps"])
+    tracker = Tracker(
+        params.tracking.experiment_name,
+        retries=params.tracking.retries,
+        retry_backoff_s=params.tracking.retry_backoff_s,
+    )
+    tracker.log_metrics(run["run_id"], metrics, step=run["steps"])
     if cfg.inception_n > 0:
         print(
             f"{run['experiment']}: fid_inception {metrics['fid_inception']:.2f}, kid_inception "
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{[round(metrics[f'channel_std_real_{c}'], 3) for c in 'rgb']} "
         f"({metrics['channel_n_fake']} samples, {metrics['channel_n_real']} real test faces)"
     )
+    tracker.warn_if_not_logged()
 
 
 if __name__ == "__main__":

@@ -42,9 +42,14 @@ def main(argv: list[str] | None = None) -> None:
     save_grid(grid, rows, args.grid)
 
     run = read_json(args.model / "run.json")
-    tracker = Tracker(params.tracking.experiment_name)
+    tracker = Tracker(
+        params.tracking.experiment_name,
+        retries=params.tracking.retries,
+        retry_backoff_s=params.tracking.retry_backoff_s,
+    )
     tracker.log_artifact(run["run_id"], args.grid)
     print(f"sampled {len(images)} images; grid {args.grid}")
+    tracker.warn_if_not_logged()
 
 
 if __name__ == "__main__":

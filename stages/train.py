@@ -9,7 +9,6 @@ collapse."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from gan_pipeline.config import data_config, experiment, flatten, load_params
@@ -139,8 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.experiment}: {result.steps} steps in {result.seconds:.0f} s "
         f"({result.images_per_s:.0f} real images/s); run {run_id}"
     )
-    if tracker.report():
-        print(f"warning: {tracker.report()}", file=sys.stderr)
+    tracker.warn_if_not_logged()
 
 
 if __name__ == "__main__":

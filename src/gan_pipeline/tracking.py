@@ -140,6 +140,11 @@ class Tracker:
         parts.extend(others)
         return f"MLflow store {self.uri} failed ({self.offline}): not logged: {'; '.join(parts)}"
 
+    def warn_if_not_logged(self) -> None:
+        """Print report() to stderr as a warning when something did not reach the store."""
+        if self.report():
+            print(f"warning: {self.report()}", file=sys.stderr)
+
     def start_or_resume(
         self, run_id: str | None, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]
     ) -> tuple[str, int]:
