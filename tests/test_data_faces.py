@@ -208,3 +208,22 @@ def test_decode_workers_and_max_images(tmp_path, face_arrays, write_face_jpegs):
     three = _prepare(tmp_path, **cfg, decode_workers=3)
     assert np.array_equal(one[1], three[1]) and one[0]["content_hash"] == three[0]["content_hash"]
     assert len(_prepare(tmp_path, **cfg, max_images=4)[1]) == 4
+
+
+def test_grayscale_and_cmyk_jpegs_become_rgb_faces(tmp_path, face_arrays, write_face_jpegs):
+    """CelebA holds RGB JPEGs; a grayscale or CMYK one is converted (as PIL's convert("RGB") does), not
+    refused: a gray face is a face. Its pixels come out the same in R, G and B."""
+    folder = tmp_path / "f"
+    write_face_jpegs(folder, face_arrays[:4])
+    Image.fromarray(face_arrays[4]).convert("L").save(folder / "000005.jpg", quality=95)
+    Image.fromarray(face_arrays[5]).convert("CMYK").save(folder / "000006.jpg", quality=95)
+    assert Image.open(folder / "000006.jpg").mode == "CMYK"
+    _, images, names, _, _ = _prepare(
+        tmp_path, source="jpeg_folder", path=str(folder), split="seeded", test_fraction=0.5, image_size=64
+    )
+    assert images.shape == (6, 64, 64, 3)
+    gray = images[names.index("000005.jpg")]
+    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
+    cmyk = images[names.index("000006.jpg")].astype(int)
+    reference = crop_resize(_decoded(folder, "000006.jpg"), 128, 64).astype(int)
+    assert np.abs(cmyk - reference).mean() < 3
