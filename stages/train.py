@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gan_pipeline.config import data_config, experiment, flatten, load_params
+from gan_pipeline.config import data_config, experiment, experiment_key, flatten, load_params
 from gan_pipeline.data.streaming import train_batches, train_size
 from gan_pipeline.errors import ParamsError, exit_on_error
 from gan_pipeline.io import load_module, read_json, save_weights, write_csv, write_json
@@ -48,16 +48,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     exp = experiment(params, args.experiment)
+    key = experiment_key(params, args.experiment)
 
     if exp.monitor.eval_every is not None and (args.classifier is None or args.eval_log is None):
         raise ParamsError(
-            f"{args.params}: experiments.{args.experiment}.monitor.eval_every: the mode-collapse alarm needs "
+            f"{args.params}: {key}.monitor.eval_every: the mode-collapse alarm needs "
             "--classifier and --eval-log, got none (set it to null to turn the alarm off)"
         )
     n_train = train_size(args.data)
     if exp.train.batch_size > n_train:
         raise ParamsError(
-            f"{args.params}: experiments.{args.experiment}.train.batch_size: expected at most the "
+            f"{args.params}: {key}.train.batch_size: expected at most the "
             f"{n_train} training images, got {exp.train.batch_size}"
         )
     # MNIST-sized data lives on the device as one tensor; faces stream from the HDF5 file.
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     batches = train_batches(args.data, spec.value_range, exp.train.batch_size, device())
     content_hash = read_json(args.stats)["content_hash"]
     checkpoint_path = args.checkpoint or args.out / "checkpoint.safetensors"
-    identity = {f"experiments.{args.experiment}.{k}": v for k, v in flatten(exp).items()}
+    identity = {f"{key}.{k}": v for k, v in flatten(exp).items()}
     identity["data content hash"] = content_hash
     resume, note = resume_point(checkpoint_path, identity, exp.train.epochs * len(batches))
     print(note)

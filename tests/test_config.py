@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gan_pipeline.config import Params, experiment, flatten, load_params, parse_params
+from gan_pipeline.config import Params, experiment, experiment_key, flatten, load_params, parse_params
 from gan_pipeline.errors import ParamsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,3 +205,9 @@ def test_a_face_experiment_may_not_reuse_an_mnist_name(faces_params):
     raw["face_experiments"]["cgan"] = raw["face_experiments"].pop("dcgan64")
     with pytest.raises(ParamsError, match="face_experiments.cgan: the name is already an MNIST experiment"):
         parse_params(raw)
+
+
+def test_experiment_key_says_where_an_experiment_lives(enable_faces):
+    params = parse_params(yaml.safe_load(enable_faces((REPO / "params.yaml").read_text())))
+    assert experiment_key(params, "cgan") == "experiments.cgan"
+    assert experiment_key(params, "dcgan64") == "face_experiments.dcgan64"

@@ -392,6 +392,11 @@ def experiment(params: Params, name: str) -> ExperimentConfig:
     return every[name]
 
 
+def experiment_key(params: Params, name: str) -> str:
+    """Where experiment `name` lives in params.yaml: `experiments.<name>` or `face_experiments.<name>`."""
+    return f"{'face_experiments' if name in params.face_experiments else 'experiments'}.{name}"
+
+
 def data_config(params: Params, exp: ExperimentConfig) -> DataConfig | FaceDataConfig:
     """The data params an experiment trains on: its faces entry, or the MNIST `data` section."""
     return params.faces[exp.data] if isinstance(exp, FaceExperimentConfig) else params.data
