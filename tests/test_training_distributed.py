@@ -41,6 +41,12 @@ RUNS = {  # name: (model, extra train params, default dtype)
     "cgan": ("cgan", {"d_steps": 2, "ema_decay": 0.9, "grad_clip": 1.0}, torch.float64),
     "dcgan28_float32": ("dcgan28", {}, torch.float32),
 }
+# Runs whose in-step noise each process draws for its own slice: they keep the replicas identical, but
+# match a single process in distribution only (see training/distributed.py).
+NOISY_RUNS = {
+    "wgan_gp": ("dcgan28", {"loss": "wgan_gp"}, torch.float32),
+    "label_noise": ("mlp_gan", {"label_noise": 0.2, "d_steps": 2}, torch.float32),
+}
 
 
 def _free_port() -> int:
@@ -114,7 +120,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        for name, (model, train, dtype) in RUNS.items():
+        for name, (model, train, dtype) in {**RUNS, **NOISY_RUNS}.items():
             torch.set_default_dtype(dtype)
             result = train_gan(_tiny(model, **train), _data())
             save_file(_weights(result), f"{out}/{name}.rank{rank}.safetensors")
@@ -165,6 +171,13 @@ def test_two_processes_end_identical_and_match_one_process_on_the_same_global_ba
     for row, expected in zip(history, single.history, strict=True):
         for key, value in expected.items():
             assert row[key] == pytest.approx(value, rel=1e-3, nan_ok=True), key
+
+
+@pytest.mark.parametrize("name", NOISY_RUNS)
+def test_runs_with_per_process_noise_keep_the_replicas_identical(two_processes, name):
+    ranks = [load_file(two_processes / f"{name}.rank{r}.safetensors") for r in range(WORLD)]
+    assert _max_diff(ranks[0], ranks[1]) == 0.0
+    assert all(torch.isfinite(w).all() for w in ranks[0].values())
 
 
 def test_a_checkpoint_from_two_processes_resumes_in_one_as_if_never_stopped(two_processes):
