@@ -4,7 +4,9 @@ log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log
 train.checkpoint_every steps; run again after a crash, it resumes from the checkpoint (and its MLflow run).
 With monitor.eval_every set, the mode-collapse alarm classifies a fixed batch of samples every eval_every
 epochs and logs digit coverage and the class-histogram KL (MLflow and --eval-log), warning or stopping on
-collapse."""
+collapse. Under `torchrun --nproc_per_node N` it trains data-parallel (README: "Distributed training"):
+each process takes its share of every train.batch_size batch; rank 0 alone writes outputs and logs to MLflow.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from gan_pipeline.models.classifier import DigitClassifier
 from gan_pipeline.plots import plot_training
 from gan_pipeline.runtime import device
 from gan_pipeline.tracking import Tracker, file_md5, run_tags
+from gan_pipeline.training import distributed
 from gan_pipeline.training.checkpoint import resume_point
 from gan_pipeline.training.loop import Checkpointing, train_gan
 from gan_pipeline.training.monitor import MONITOR_COLUMNS, CollapseMonitor
@@ -46,6 +49,14 @@ def main(argv: list[str] | None = None) -> None:
         "--eval-log", type=Path, help="coverage log CSV (dvc plots) of the mode-collapse alarm to write"
     )
     args = parser.parse_args(argv)
+    replicas = distributed.start()
+    try:
+        _train(args, replicas)
+    finally:
+        distributed.stop()
+
+
+def _train(args: argparse.Namespace, replicas: distributed.Replicas) -> None:
     params = load_params(args.params)
     exp = experiment(params, args.experiment)
     key = experiment_key(params, args.experiment)
@@ -61,6 +72,17 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.params}: {key}.train.batch_size: expected at most the "
             f"{n_train} training images, got {exp.train.batch_size}"
         )
+    if exp.train.batch_size % replicas.world_size:
+        raise ParamsError(
+            f"{args.params}: {key}.train.batch_size: expected a multiple of the "
+            f"{replicas.world_size} torchrun processes, got {exp.train.batch_size}"
+        )
+    if replicas.distributed and exp.model.minibatch_kernels:
+        raise ParamsError(
+            f"{args.params}: {key}.model.minibatch_kernels: expected 0 under "
+            f"torchrun (each process would compare only its share of the batch), got "
+            f"{exp.model.minibatch_kernels}"
+        )
     # MNIST-sized data lives on the device as one tensor; faces stream from the HDF5 file.
     spec = GAN_MODELS[exp.model.name]
     batches = train_batches(args.data, spec.value_range, exp.train.batch_size, device())
@@ -69,6 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     identity = {f"{key}.{k}": v for k, v in flatten(exp).items()}
     identity["data content hash"] = content_hash
     resume, note = resume_point(checkpoint_path, identity, exp.train.epochs * len(batches))
+    if not replicas.is_main:  # the other ranks train in step with rank 0, which writes and logs alone
+        checkpointing = Checkpointing(checkpoint_path, identity, resume)
+        train_gan(exp, batches, None, _monitor(args, params, exp, None, resume), checkpointing=checkpointing)
+        return
     print(note)
 
     tracker = Tracker(params.tracking.experiment_name, retries=params.tracking.retries,
@@ -80,20 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"MLflow run {run_id} in {tracker.uri}{' (resumed)' if run_id == earlier_run else ''}")
     try:
         checkpointing = Checkpointing(checkpoint_path, identity, resume, {"mlflow_run_id": run_id})
-        monitor = None
-        if exp.monitor.eval_every is not None:
-            classifier, _ = load_module(args.classifier, lambda c: DigitClassifier(c["feature_dim"]))
-            cov = params.evaluate
-            monitor = CollapseMonitor(
-                exp.monitor,
-                classifier.to(device()),
-                spec,
-                exp.model.latent_dim,
-                cov.coverage_confidence,
-                cov.coverage_min_fraction,
-                tracker.step_logger(run_id, logged_until),
-                rows=resume.extra.get("monitor_rows") if resume else None,
-            )
+        monitor = _monitor(args, params, exp, tracker.step_logger(run_id, logged_until), resume)
+        if monitor is not None:
             checkpointing.extra["monitor_rows"] = monitor.rows  # each checkpoint carries the checks so far
         result = train_gan(
             exp, batches, tracker.step_logger(run_id, logged_until), monitor, checkpointing=checkpointing
@@ -140,6 +154,25 @@ def main(argv: list[str] | None = None) -> None:
         f"({result.images_per_s:.0f} real images/s); run {run_id}"
     )
     tracker.warn_if_not_logged()
+
+
+def _monitor(args: argparse.Namespace, params, exp, log, resume) -> CollapseMonitor | None:
+    """The mode-collapse alarm when monitor.eval_every is set (every rank runs it, so all stop together),
+    going on from the checks that the checkpoint `resume` carries."""
+    if exp.monitor.eval_every is None:
+        return None
+    classifier, _ = load_module(args.classifier, lambda c: DigitClassifier(c["feature_dim"]))
+    cov = params.evaluate
+    return CollapseMonitor(
+        exp.monitor,
+        classifier.to(device()),
+        GAN_MODELS[exp.model.name],
+        exp.model.latent_dim,
+        cov.coverage_confidence,
+        cov.coverage_min_fraction,
+        log,
+        rows=resume.extra.get("monitor_rows") if resume else None,
+    )
 
 
 if __name__ == "__main__":

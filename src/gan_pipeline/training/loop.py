@@ -20,6 +20,7 @@ from gan_pipeline.data.loading import BatchSource
 from gan_pipeline.errors import PipelineError
 from gan_pipeline.models import GAN_MODELS, build_gan
 from gan_pipeline.runtime import device, progress_enabled, seed_everything
+from gan_pipeline.training import distributed
 from gan_pipeline.training.checkpoint import Checkpoint, Trainables, TrainState, save_checkpoint
 from gan_pipeline.training.losses import G_LOSSES
 from gan_pipeline.training.steps import ema_update, gan_step
@@ -79,7 +80,10 @@ def train_gan(
     Every `train.log_every` steps (and at the last step) the window's mean stats go to `on_step(step, stats)`
     and into the result's history; after every epoch `on_epoch(epoch, step, generator)` runs. Deterministic
     on the CPU for a given `train.seed`; with `checkpointing`, a run resumed from any of its checkpoints ends
-    bit-identical to an uninterrupted one. A non-finite loss or weight raises TrainingDiverged.
+    bit-identical to an uninterrupted one. A non-finite loss or weight raises TrainingDiverged. In a process
+    group (torchrun, see training/distributed.py) each rank trains on its slice of every global batch with
+    DistributedDataParallel and synchronized BatchNorm, the stats are the ranks' means, and rank 0 alone
+    writes checkpoints.
     """
     cfg, spec = exp.train, GAN_MODELS[exp.model.name]
     rng = seed_everything(cfg.seed)
@@ -94,6 +98,9 @@ def train_gan(
     dev = device()
     generator.to(dev).train()
     discriminator.to(dev).train()
+    replicas = distributed.current()
+    replicas.sync_batchnorm(generator)
+    replicas.sync_batchnorm(discriminator)
     ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema_decay is not None else None
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -114,24 +121,26 @@ def train_gan(
 
     def checkpoint() -> None:
         _check_weights_finite(state.step, checkpointing, generator, discriminator)
-        save_checkpoint(
-            checkpointing.path,
-            parts,
-            identity=checkpointing.identity,
-            total_steps=total,
-            state=state,
-            epoch_rng=epoch_rng,
-            extra=checkpointing.extra,
-        )
+        if replicas.is_main:
+            save_checkpoint(
+                checkpointing.path,
+                parts,
+                identity=checkpointing.identity,
+                total_steps=total,
+                state=state,
+                epoch_rng=epoch_rng,
+                extra=checkpointing.extra,
+            )
         checkpointing.last_step = state.step
 
+    step_g, step_d = replicas.wrap(generator), replicas.wrap(discriminator)
     start = time.perf_counter()
     bar = tqdm(
         total=total,
         initial=state.step,
         desc=f"train {spec.name}",
         unit="step",
-        disable=not progress_enabled(),
+        disable=not (progress_enabled() and replicas.is_main),
     )
     while state.epoch < cfg.epochs:
         epoch_batches = _epoch_from(batches, rng, epoch_rng, state.batch)
@@ -143,14 +152,14 @@ def train_gan(
                 fake_cond = (torch.randint(0, 10, (cfg.batch_size,), generator=rng).to(dev),)
             update_g = (state.step + 1) % cfg.d_steps == 0
             stats = gan_step(
-                generator,
-                discriminator,
+                step_g,
+                step_d,
                 opt_g,
                 opt_d,
-                real,
-                cond,
-                fake_cond,
-                z,
+                replicas.shard(real),
+                tuple(replicas.shard(c) for c in cond),
+                tuple(replicas.shard(c) for c in fake_cond),
+                replicas.shard(z),
                 real_label=cfg.real_label,
                 g_loss=G_LOSSES[cfg.g_loss],
                 update_g=update_g,
@@ -160,6 +169,7 @@ def train_gan(
                 grad_clip=cfg.grad_clip,
                 rng=rng,
             )
+            stats = replicas.mean(stats)
             state.step += 1
             state.batch += 1
             _check_losses_finite(state.step, stats, update_g, checkpointing)
@@ -187,6 +197,7 @@ def train_gan(
     if checkpointing is not None and checkpointing.last_step != state.step:
         checkpoint()  # a finished checkpoint, also when train.epochs only grew by nothing
     _check_weights_finite(state.step, checkpointing, generator, discriminator)
+    replicas.plain_batchnorm(generator, discriminator, ema)
     result.steps = state.step
     result.seconds = time.perf_counter() - start
     result.images_per_s = (state.step - result.resumed_from) * cfg.batch_size / max(result.seconds, 1e-9)
