@@ -84,7 +84,7 @@ def plain(name: str, steps: int, batch: int) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
-def bench_models(models: list[str], rounds: int, scale: float) -> None:
+def bench_models(models: list[str], rounds: int, scale: float, ours_fp32: bool = True) -> None:
     best: dict[tuple[str, str], float] = {}
     resolved: dict[str, str] = {}
     for r in range(rounds):
@@ -93,7 +93,7 @@ def bench_models(models: list[str], rounds: int, scale: float) -> None:
             auto, resolved[name], _ = ours(name, batched, "auto")
             runs = {
                 "ours auto": auto,
-                "ours fp32": ours(name, batched, "fp32")[0],
+                "ours fp32": ours(name, batched, "fp32")[0] if ours_fp32 else float("nan"),
                 "plain fp32 batch 64": plain(name, batched, BATCH),
                 "plain fp32 batch 1": plain(name, single, 1),
             }
@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the timed steps")
     parser.add_argument("--compile", action="store_true", help="only dcgan28: torch.compile vs eager")
     parser.add_argument("--precision", action="store_true", help="gan_step in fp32/bf16, +-channels_last")
+    parser.add_argument("--skip-ours-fp32", action="store_true", help="not our loop in fp32 (saves time)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()
     if args.threads:
@@ -191,7 +192,7 @@ def main() -> None:
     elif args.precision:
         bench_precision(args.models, args.rounds, args.scale)
     else:
-        bench_models(args.models, args.rounds, args.scale)
+        bench_models(args.models, args.rounds, args.scale, not args.skip_ours_fp32)
 
 
 if __name__ == "__main__":

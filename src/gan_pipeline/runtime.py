@@ -121,14 +121,15 @@ def choose_precision(
 ) -> Amp:
     """The Amp that runs `modules` on `dev` for a `train.precision` value (auto, fp32, bf16, fp16).
 
-    auto picks the fastest that is safe. On CUDA: bf16 where supported, else fp16 with a grad scaler; on a
-    CPU, measured on a 2-core AMD EPYC with AVX512-BF16 (benchmarks/train_throughput.py, batch 64, real
-    images/s fp32 -> bf16 + channels_last): conv GANs gain (dcgan64 12 -> 26, convgan128 ... ), while
-    MLP GANs lose (mlp_gan 345 -> 159: oneDNN's bf16 matmuls of these small layers cost more in
-    conversions than they save), so auto = bf16 + channels_last for models with conv layers and fp32
-    for the others, and fp32 on CPUs without native bf16. Channels_last goes with every reduced precision
-    of a conv model (alone, in fp32, it was slower here). On CUDA, cudnn.benchmark is switched on (CUDA
-    runs are not bit-reproducible anyway).
+    auto picks the fastest that is safe. On CUDA: bf16 where supported, else fp16 with a grad scaler. On a
+    CPU, measured on this project's 2-core AMD EPYC (AVX512-BF16, no AMX), shared and noisy, one torch
+    thread, batch 64 (`benchmarks/train_throughput.py --precision`, images/s of gan_step, fp32 -> bf16 +
+    channels_last): dcgan28 155 -> 297 (1.9x), dcgan64 11 -> 35 (3.2x); in bf16 alone (no channels_last)
+    dcgan28 gained 1.0-2.0x and dcgan64 2.9x. The MLP GANs' gain was within the noise and not repeatable
+    (mlp_gan 1.3-1.6x in gan_step, 0.62x in the loop of benchmarks/precision_quality.py; cgan 1.1-1.2x),
+    so auto = bf16 + channels_last for models with conv layers, fp32 for the others, and fp32 on CPUs
+    without native bf16. Quality after the same steps (benchmarks/precision_quality.py) is in
+    docs/benchmarks.md. On CUDA, cudnn.benchmark is switched on (CUDA runs are not bit-reproducible anyway).
     """
     if requested not in PRECISIONS:
         raise ParamsError(f"{key}: expected one of {', '.join(PRECISIONS)}, got {requested!r}")
