@@ -131,7 +131,7 @@ def _train(args: argparse.Namespace, replicas: distributed.Replicas) -> None:
         )
         generator_md5 = file_md5(args.out / "generator.safetensors")
         model_tag = {"generator_model_uri": model_uri} if model_uri else {}
-        tracker.set_tags(run_id, {"generator_md5": generator_md5, **model_tag})
+        tracker.set_tags(run_id, {"generator_md5": generator_md5, "precision": result.precision, **model_tag})
     except BaseException:
         tracker.finish(run_id, failed=True)
         raise
@@ -147,11 +147,12 @@ def _train(args: argparse.Namespace, replicas: distributed.Replicas) -> None:
             "steps": result.steps,
             "train_seconds": round(result.seconds, 2),
             "train_images_per_s": round(result.images_per_s, 1),
+            "precision": result.precision,
         },
     )
     print(
         f"{args.experiment}: {result.steps} steps in {result.seconds:.0f} s "
-        f"({result.images_per_s:.0f} real images/s); run {run_id}"
+        f"({result.images_per_s:.0f} real images/s, {result.precision}); run {run_id}"
     )
     tracker.warn_if_not_logged()
 

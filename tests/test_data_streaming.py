@@ -96,6 +96,38 @@ def test_a_read_error_reaches_the_consumer(face_file):
         list(batches.epoch(torch.Generator()))
 
 
+@pytest.mark.parametrize("prefetch", [1, 8])
+def test_prefetching_changes_neither_the_order_nor_the_content(face_file, prefetch):
+    """The reader thread runs `prefetch` batches ahead; what arrives is what a synchronous read gives: the
+    rows of shuffled_order (drawn the same way from the same seed), in that order, as to_float values."""
+    path, images = face_file
+    batches = H5Batches(path, (-1.0, 1.0), batch_size=8, buffer_images=8, prefetch=prefetch)
+    got = [x for x, _ in batches.epoch(torch.Generator().manual_seed(7))]
+    order = shuffled_order(50, 4, batches.buffer_blocks, torch.Generator().manual_seed(7))[:48]
+    expected = to_float(images[order.numpy()], (-1.0, 1.0))
+    assert torch.equal(torch.cat(got), expected)
+
+
+def test_an_error_in_the_reader_mid_epoch_reaches_the_consumer_after_the_good_batches(face_file, monkeypatch):
+    from gan_pipeline.data import streaming
+
+    convert, calls = streaming._nchw_float, []
+
+    def failing(batch, value_range):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("bad block")
+        return convert(batch, value_range)
+
+    monkeypatch.setattr(streaming, "_nchw_float", failing)
+    before = threading.active_count()
+    epoch = H5Batches(face_file[0], (0.0, 1.0), batch_size=5, prefetch=2).epoch(torch.Generator())
+    assert len([next(epoch), next(epoch)]) == 2
+    with pytest.raises(ValueError, match="bad block"):
+        next(epoch)
+    assert threading.active_count() == before  # the reader thread has ended
+
+
 def test_train_batches_streams_faces_and_holds_mnist_in_memory(face_file, tmp_path):
     from gan_pipeline.config import DataConfig
     from gan_pipeline.data import prepare

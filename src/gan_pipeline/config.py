@@ -126,6 +126,12 @@ class TrainConfig:
     checkpoint_every: int = field(default=500, metadata=_positive("an int"))
     # Warn when D wins totally (D(x) > 0.99 and D(G(z)) < 0.01) for this many steps in a row.
     collapse_steps: int = field(default=200, metadata=_positive("an int"))
+    # Arithmetic of G's and D's forward passes (losses and statistics stay fp32): auto picks the fastest
+    # that is safe for the model and device (runtime.choose_precision says how it was measured); fp32; bf16
+    # autocast (+ channels_last for conv models); fp16 autocast with a gradient scaler (GPUs).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # torch.compile G and D: off by default, as it did not pay on the 2-core CPU (docs/benchmarks.md).
+    compile: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,16 @@
-"""Seeding and device choice: the one copy the whole package uses."""
+"""Seeding, device and precision choice (autocast, channels_last, grad scaling): the one copy the whole
+package uses."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
 import numpy as np
 import torch
+
+from gan_pipeline.errors import ParamsError
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -34,3 +38,123 @@ def module_device(module: torch.nn.Module) -> torch.device:
 def progress_enabled() -> bool:
     """Progress bars everywhere except where GAN_PIPELINE_PROGRESS=0 turns them off (tests, CI logs)."""
     return os.environ.get("GAN_PIPELINE_PROGRESS", "1") != "0"
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_CONV = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+
+
+class Amp:
+    """How a GAN's forward passes run on a device: fp32, or autocast to bf16/fp16 (losses stay fp32), with
+    channels_last weights and batches for conv models, and a gradient scaler for fp16. Built by
+    `choose_precision`; `gan_step` uses `autocast`, `backward`, `unscale`, `step` and `update`."""
+
+    def __init__(self, precision: str, device_type: str, channels_last: bool):
+        self.precision, self.device_type, self.channels_last = precision, device_type, channels_last
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        # fp16's 5 exponent bits underflow small gradients: scale the loss up, the gradients back down.
+        self.scaler = torch.amp.GradScaler(device_type) if precision == "fp16" else None
+
+    def describe(self) -> str:
+        """E.g. "bf16, channels_last" or "fp32"."""
+        return self.precision + (", channels_last" if self.channels_last else "")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the reduced precision; for fp32 nothing (so an outer autocast still applies)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def prepare(self, *modules: torch.nn.Module) -> None:
+        """Put the modules' weights in the memory format the batches will have (once, before optimizers)."""
+        if self.channels_last:
+            for module in modules:
+                module.to(memory_format=torch.channels_last)
+
+    def batch(self, images: torch.Tensor) -> torch.Tensor:
+        """A (N, C, H, W) batch in the memory format of the weights."""
+        if self.channels_last and images.ndim == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring the gradients back to their true size (before clipping them)."""
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """optimizer.step(), skipped by the scaler when a scaled gradient overflowed."""
+        if self.scaler:
+            self.scaler.step(optimizer)
+        else:
+            optimizer.step()
+
+    def update(self) -> None:
+        """Once per training step, after every optimizer stepped: adapt the loss scale."""
+        if self.scaler:
+            self.scaler.update()
+
+
+def fast_bf16_cpu() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), without which oneDNN
+    emulates bf16 and autocast only slows training down."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def _fp16_works_on_cpu() -> bool:
+    """A tiny conv's forward and backward under CPU fp16 autocast (missing kernels in older torch)."""
+    try:
+        conv = torch.nn.Conv2d(1, 2, 3)
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = conv(torch.ones(1, 1, 4, 4))
+        out.float().sum().backward()
+        return True
+    except RuntimeError:
+        return False
+
+
+def choose_precision(
+    requested: str, dev: torch.device, *modules: torch.nn.Module, key: str = "train.precision"
+) -> Amp:
+    """The Amp that runs `modules` on `dev` for a `train.precision` value (auto, fp32, bf16, fp16).
+
+    auto picks the fastest that is safe. On CUDA: bf16 where supported, else fp16 with a grad scaler. On a
+    CPU, measured on this project's 2-core AMD EPYC (AVX512-BF16, no AMX), shared and noisy, one torch
+    thread, batch 64 (`benchmarks/train_throughput.py --precision`, images/s of gan_step, fp32 -> bf16 +
+    channels_last): dcgan28 155 -> 297 (1.9x), dcgan64 11 -> 35 (3.2x); in bf16 alone (no channels_last)
+    dcgan28 gained 1.0-2.0x and dcgan64 2.9x. The MLP GANs' gain was within the noise and not repeatable
+    (mlp_gan 1.3-1.6x in gan_step, 0.62x in the loop of benchmarks/precision_quality.py; cgan 1.1-1.2x),
+    so auto = bf16 + channels_last for models with conv layers, fp32 for the others, and fp32 on CPUs
+    without native bf16. Quality after the same steps (benchmarks/precision_quality.py) is in
+    docs/benchmarks.md. On CUDA, cudnn.benchmark is switched on (CUDA runs are not bit-reproducible anyway).
+    """
+    if requested not in PRECISIONS:
+        raise ParamsError(f"{key}: expected one of {', '.join(PRECISIONS)}, got {requested!r}")
+    conv = any(isinstance(m, _CONV) for module in modules for m in module.modules())
+    cuda = dev.type == "cuda"
+    if requested == "auto":
+        if cuda:
+            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            requested = "bf16" if conv and fast_bf16_cpu() else "fp32"
+    if requested == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ParamsError(f"{key}: expected fp16, fp32 or auto on this GPU (it has no bf16), got 'bf16'")
+    if requested == "fp16" and dev.type == "cpu" and not _fp16_works_on_cpu():
+        raise ParamsError(
+            f"{key}: expected auto, fp32 or bf16 on the CPU (this torch {torch.__version__} has no CPU fp16 "
+            "autocast), got 'fp16'"
+        )
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # picks the fastest conv algorithm per shape, once
+    return Amp(requested, dev.type, channels_last=conv and requested != "fp32")
+
+
+def to_device(tensor: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """A host tensor on `dev`; to a GPU through pinned memory, without blocking the host (the copy is
+    ordered on the stream before the kernels that use it)."""
+    if dev.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(dev, non_blocking=True)
+    return tensor.to(dev)

@@ -1,6 +1,7 @@
 """Training batches streamed from a prepared face HDF5 file, never loading it whole (CelebA at 128 px is
 ~10 GB): chunk-aligned blocks are visited in a random order and shuffled within a buffer of a few blocks,
-and a background thread reads and converts them while the model trains."""
+and a background thread reads and converts them while the model trains (to a GPU through pinned memory,
+without blocking)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from gan_pipeline.data.loading import BatchSource, TensorBatches, load_split, to_float
 from gan_pipeline.errors import DataError
+from gan_pipeline.runtime import to_device
 
 _DONE = object()
 
@@ -147,7 +149,9 @@ class H5Batches:
                         remaining[b] -= used
                         if remaining[b] == 0:
                             del loaded[b]
-                    if not put(torch.from_numpy(_nchw_float(batch, self.value_range)).to(self.device)):
+                    if not put(
+                        to_device(torch.from_numpy(_nchw_float(batch, self.value_range)), self.device)
+                    ):
                         return
             put(_DONE)
         except BaseException as exc:  # handed to the consumer, which re-raises it

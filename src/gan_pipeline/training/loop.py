@@ -19,7 +19,7 @@ from gan_pipeline.config import ExperimentConfig
 from gan_pipeline.data.loading import BatchSource
 from gan_pipeline.errors import PipelineError
 from gan_pipeline.models import GAN_MODELS, build_gan
-from gan_pipeline.runtime import device, progress_enabled, seed_everything
+from gan_pipeline.runtime import choose_precision, device, progress_enabled, seed_everything, to_device
 from gan_pipeline.training import distributed
 from gan_pipeline.training.checkpoint import Checkpoint, Trainables, TrainState, save_checkpoint
 from gan_pipeline.training.losses import G_LOSSES
@@ -60,6 +60,7 @@ class TrainResult:
     images_per_s: float = 0.0  # real images through D per second
     ema: nn.Module | None = None  # the moving average of G's weights when train.ema_decay is set
     resumed_from: int = 0  # the step the run went on from (0: from scratch)
+    precision: str = "fp32"  # what train.precision resolved to on this device, e.g. "bf16, channels_last"
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -101,6 +102,8 @@ def train_gan(
     replicas = distributed.current()
     replicas.sync_batchnorm(generator)
     replicas.sync_batchnorm(discriminator)
+    amp = choose_precision(cfg.precision, dev, generator, discriminator)
+    amp.prepare(generator, discriminator)
     ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema_decay is not None else None
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -118,6 +121,7 @@ def train_gan(
             # A checkpoint at an epoch's end is written before that epoch's on_epoch ran: run it now.
             on_epoch(state.epoch, state.step, generator)
     result = TrainResult(generator, discriminator, history=state.history, ema=ema, resumed_from=state.step)
+    result.precision = amp.describe()
 
     def checkpoint() -> None:
         _check_weights_finite(state.step, checkpointing, generator, discriminator)
@@ -134,6 +138,8 @@ def train_gan(
         checkpointing.last_step = state.step
 
     step_g, step_d = replicas.wrap(generator), replicas.wrap(discriminator)
+    if cfg.compile:
+        step_g, step_d = torch.compile(step_g), torch.compile(step_d)
     start = time.perf_counter()
     bar = tqdm(
         total=total,
@@ -145,18 +151,18 @@ def train_gan(
     while state.epoch < cfg.epochs:
         epoch_batches = _epoch_from(batches, rng, epoch_rng, state.batch)
         for real, real_labels in epoch_batches:
-            z = torch.randn(cfg.batch_size, exp.model.latent_dim, generator=rng).to(dev)
+            z = to_device(torch.randn(cfg.batch_size, exp.model.latent_dim, generator=rng), dev)
             cond, fake_cond = (), ()
             if spec.conditional:
                 cond = (real_labels,)
-                fake_cond = (torch.randint(0, 10, (cfg.batch_size,), generator=rng).to(dev),)
+                fake_cond = (to_device(torch.randint(0, 10, (cfg.batch_size,), generator=rng), dev),)
             update_g = (state.step + 1) % cfg.d_steps == 0
             stats = gan_step(
                 step_g,
                 step_d,
                 opt_g,
                 opt_d,
-                replicas.shard(real),
+                replicas.shard(amp.batch(real)),
                 tuple(replicas.shard(c) for c in cond),
                 tuple(replicas.shard(c) for c in fake_cond),
                 replicas.shard(z),
@@ -168,6 +174,7 @@ def train_gan(
                 label_noise=cfg.label_noise,
                 grad_clip=cfg.grad_clip,
                 rng=rng,
+                amp=amp,
             )
             stats = replicas.mean(stats)
             state.step += 1

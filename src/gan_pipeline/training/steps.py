@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gan_pipeline.runtime import Amp
 from gan_pipeline.training.losses import (
     d_loss_bce,
     d_loss_bce_targets,
@@ -15,6 +16,8 @@ from gan_pipeline.training.losses import (
     gradient_penalty,
     noisy_targets,
 )
+
+FP32 = Amp("fp32", "cpu", channels_last=False)  # plain float32: autocast off, no scaling
 
 
 def gan_step(
@@ -35,6 +38,7 @@ def gan_step(
     label_noise: float = 0.0,
     grad_clip: float | None = None,
     rng: torch.Generator | None = None,
+    amp: Amp | None = None,
 ) -> dict[str, float]:
     """Update D once and, when `update_g`, G once; return loss_d, loss_g, d_real, d_fake (D's mean probs).
 
@@ -42,15 +46,19 @@ def gan_step(
     labels G is asked to draw. loss_g is NaN on steps that do not update G. `loss` "wgan_gp" makes D a
     critic (Wasserstein loss plus gp_lambda times the gradient penalty; `g_loss` and `real_label` are then
     unused); `label_noise` flips that fraction of D's BCE targets; `grad_clip` bounds each gradient's L2
-    norm. Random draws (noisy labels, the penalty's interpolation) come from `rng`.
+    norm. Random draws (noisy labels, the penalty's interpolation) come from `rng`. `amp` (default fp32)
+    runs the forward passes in reduced precision; D's logits, the losses and the stats stay fp32.
     """
-    fake = generator(z, *fake_cond)
-
+    amp = amp or FP32
+    with amp.autocast():
+        fake = generator(z, *fake_cond)
     opt_d.zero_grad(set_to_none=True)
-    real_logits = discriminator(real, *cond)
-    fake_logits = discriminator(fake.detach(), *fake_cond)
+    with amp.autocast():
+        real_logits = discriminator(real, *cond).float()
+        fake_logits = discriminator(fake.detach(), *fake_cond).float()
+        if loss == "wgan_gp":
+            penalty = gradient_penalty(lambda x: discriminator(x, *cond).float(), real, fake, rng)
     if loss == "wgan_gp":
-        penalty = gradient_penalty(lambda x: discriminator(x, *cond), real, fake, rng)
         loss_d = d_loss_wasserstein(real_logits, fake_logits) + gp_lambda * penalty
     elif label_noise > 0:
         real_target, fake_target = noisy_targets(len(real_logits), real_label, label_noise, rng)
@@ -59,20 +67,24 @@ def gan_step(
         )
     else:
         loss_d = d_loss_bce(real_logits, fake_logits, real_label)
-    loss_d.backward()
+    amp.backward(loss_d)
     if grad_clip is not None:
+        amp.unscale(opt_d)
         nn.utils.clip_grad_norm_(discriminator.parameters(), grad_clip)
-    opt_d.step()
+    amp.step(opt_d)
 
     loss_g = torch.tensor(float("nan"))
     if update_g:
         opt_g.zero_grad(set_to_none=True)
-        fake_scores = discriminator(fake, *fake_cond)
+        with amp.autocast():
+            fake_scores = discriminator(fake, *fake_cond).float()
         loss_g = g_loss_wasserstein(fake_scores) if loss == "wgan_gp" else g_loss(fake_scores)
-        loss_g.backward()
+        amp.backward(loss_g)
         if grad_clip is not None:
+            amp.unscale(opt_g)
             nn.utils.clip_grad_norm_(generator.parameters(), grad_clip)
-        opt_g.step()
+        amp.step(opt_g)
+    amp.update()
 
     return {
         "loss_d": loss_d.item(),

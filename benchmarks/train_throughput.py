@@ -1,0 +1,198 @@
+"""Training throughput (real images/s through D) per model, all measured in one run so ratios hold on a
+shared, noisy CPU: our train_gan loop (train.precision auto, and fp32) vs a plain fp32 batched PyTorch loop
+of the same architecture written here vs the tutorials' one-image-per-step loop. Configurations are
+interleaved over `--rounds` rounds and the best round of each is kept (the least disturbed by neighbours);
+the first step of every measurement is a warm-up and not timed. Faces train on random uint8 images.
+
+    python benchmarks/train_throughput.py                       # all five models, ~5-10 min on 2 cores
+    python benchmarks/train_throughput.py --models dcgan64 --rounds 3 --scale 4   # longer, steadier
+    python benchmarks/train_throughput.py --compile              # dcgan28: torch.compile vs eager
+    python benchmarks/train_throughput.py --precision            # fp32 / bf16, +- channels_last per model
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
+from gan_pipeline.data.loading import TensorBatches, to_float
+from gan_pipeline.models import GAN_MODELS, build_gan
+from gan_pipeline.runtime import Amp
+from gan_pipeline.training.loop import train_gan
+from gan_pipeline.training.losses import G_LOSSES
+from gan_pipeline.training.steps import gan_step
+
+# model -> (timed batch-64 steps, timed one-image steps) at --scale 1
+STEPS = {
+    "mlp_gan": (40, 200),
+    "cgan": (40, 200),
+    "dcgan28": (20, 100),
+    "dcgan64": (4, 32),
+    "convgan128": (2, 8),
+}
+BATCH = 64
+
+
+def _random_batches(name: str, n: int, batch: int) -> TensorBatches:
+    spec = GAN_MODELS[name]
+    g = torch.Generator().manual_seed(0)
+    shape = (n, *spec.image_shape[1:], 3) if spec.image_shape[0] == 3 else (n, *spec.image_shape[1:])
+    images = to_float(torch.randint(0, 256, shape, generator=g, dtype=torch.uint8), spec.value_range)
+    return TensorBatches(images, torch.arange(n) % 10, batch)
+
+
+def ours(name: str, steps: int, precision: str, compile_: bool = False) -> tuple[float, str, float]:
+    """(images/s over steps 2..steps+1 of train_gan, what precision resolved to, seconds of step 1)."""
+    exp = ExperimentConfig(
+        model=ModelConfig(name=name),
+        train=TrainConfig(epochs=1, batch_size=BATCH, log_every=1, precision=precision, compile=compile_),
+    )
+    stamps: list[float] = []
+    start = time.perf_counter()
+    result = train_gan(exp, _random_batches(name, (steps + 1) * BATCH, BATCH), lambda s, r: stamps.append(
+        time.perf_counter()))  # fmt: skip
+    return steps * BATCH / (stamps[-1] - stamps[0]), result.precision, stamps[0] - start
+
+
+def plain(name: str, steps: int, batch: int) -> float:
+    """A plain fp32 PyTorch GAN loop as a tutorial writes it (batch 1: the one-image-per-step loop)."""
+    torch.manual_seed(0)
+    spec = GAN_MODELS[name]
+    generator, discriminator = build_gan(name, 100)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    bce = nn.BCEWithLogitsLoss()
+    data = _random_batches(name, (steps + 1) * batch, batch)
+    ones, zeros = torch.ones(batch), torch.zeros(batch)
+    start = 0.0
+    for i, (real, labels) in enumerate(data.epoch(torch.Generator().manual_seed(0))):
+        if i == 1:
+            start = time.perf_counter()
+        cond = (labels,) if spec.conditional else ()
+        fake = generator(torch.randn(batch, 100), *cond)
+        opt_d.zero_grad()
+        loss_d = bce(discriminator(real, *cond), ones) + bce(discriminator(fake.detach(), *cond), zeros)
+        loss_d.backward()
+        opt_d.step()
+        opt_g.zero_grad()
+        bce(discriminator(fake, *cond), ones).backward()
+        opt_g.step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def bench_models(models: list[str], rounds: int, scale: float, ours_fp32: bool = True) -> None:
+    best: dict[tuple[str, str], float] = {}
+    resolved: dict[str, str] = {}
+    for r in range(rounds):
+        for name in models:
+            batched, single = (max(2, round(s * scale)) for s in STEPS[name])
+            auto, resolved[name], _ = ours(name, batched, "auto")
+            runs = {"ours auto": auto}
+            if ours_fp32:
+                runs["ours fp32"] = ours(name, batched, "fp32")[0]
+            runs["plain fp32 batch 64"] = plain(name, batched, BATCH)
+            runs["plain fp32 batch 1"] = plain(name, single, 1)
+            for key, value in runs.items():
+                best[name, key] = max(best.get((name, key), 0.0), value)
+            print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in runs.items()), flush=True)
+    threads = torch.get_num_threads()
+    print(f"\ntorch {torch.__version__}, {threads} threads; best of {rounds} rounds, real images/s")
+    for name in models:
+        a, p, one = (best[name, k] for k in ("ours auto", "plain fp32 batch 64", "plain fp32 batch 1"))
+        f32 = best.get((name, "ours fp32"))
+        fp32_part = f", ours fp32/plain {f32 / p:.2f}x ({f32:.1f})" if f32 else ""
+        print(
+            f"RESULT {name}: ours auto ({resolved[name]}) {a:.1f}, plain fp32 batch 64 {p:.1f}, "
+            f"one image per step {one:.1f} | ours/plain {a / p:.2f}x, "
+            f"ours/one-image {a / one:.1f}x{fp32_part}"
+        )
+
+
+def step_rate(name: str, steps: int, amp: Amp) -> float:
+    """Images/s of gan_step alone (no loop) at batch 64 under `amp`, after one warm-up step."""
+    torch.manual_seed(0)
+    generator, discriminator = build_gan(name, 100)
+    amp.prepare(generator, discriminator)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    start = 0.0
+    for i, (real, labels) in enumerate(
+        _random_batches(name, (steps + 1) * BATCH, BATCH).epoch(torch.Generator())
+    ):
+        if i == 1:
+            start = time.perf_counter()
+        cond = (labels,) if GAN_MODELS[name].conditional else ()
+        gan_step(generator, discriminator, opt_g, opt_d, amp.batch(real), cond, cond, torch.randn(BATCH, 100),
+                 real_label=1.0, g_loss=G_LOSSES["non_saturating"], update_g=True, amp=amp)  # fmt: skip
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+def bench_precision(models: list[str], rounds: int, scale: float) -> None:
+    """The measurements behind train.precision auto: gan_step images/s per model in fp32, bf16 autocast,
+    and each with and without channels_last."""
+    kinds = {
+        "fp32": Amp("fp32", "cpu", False),
+        "fp32+cl": Amp("fp32", "cpu", True),
+        "bf16": Amp("bf16", "cpu", False),
+        "bf16+cl": Amp("bf16", "cpu", True),
+    }
+    best: dict[tuple[str, str], float] = {}
+    for r in range(rounds):
+        for name in models:
+            steps = max(2, round(STEPS[name][0] * scale))
+            runs = {k: step_rate(name, steps, amp) for k, amp in kinds.items()}
+            for key, value in runs.items():
+                best[name, key] = max(best.get((name, key), 0.0), value)
+            print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in runs.items()), flush=True)
+    for name in models:
+        f32 = best[name, "fp32"]
+        rates = ", ".join(f"{k} {best[name, k]:.1f} ({best[name, k] / f32:.2f}x)" for k in kinds)
+        print(f"RESULT precision {name} ({torch.get_num_threads()} threads, images/s): {rates}")
+
+
+def bench_compile(rounds: int, scale: float) -> None:
+    """dcgan28 at fp32 and bf16: eager vs torch.compile (steady-state images/s; compile time apart), and
+    whether two compiled runs end with the same weights."""
+    steps = max(2, round(STEPS["dcgan28"][0] * scale))
+    best: dict[tuple[str, bool], float] = {}
+    for r in range(rounds):
+        for precision in ("fp32", "bf16"):
+            for compiled in (False, True):
+                rate, _, first = ours("dcgan28", steps, precision, compiled)
+                best[precision, compiled] = max(best.get((precision, compiled), 0.0), rate)
+                print(f"round {r + 1} dcgan28 {precision} compile={compiled}: {rate:.1f} images/s, "
+                      f"first step {first:.1f} s", flush=True)  # fmt: skip
+    for precision in ("fp32", "bf16"):
+        eager, compiled = best[precision, False], best[precision, True]
+        print(f"RESULT compile dcgan28 {precision}: eager {eager:.1f}, compiled {compiled:.1f} images/s "
+              f"({compiled / eager:.2f}x)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", nargs="+", default=list(STEPS), choices=list(STEPS))
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best is kept")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the timed steps")
+    parser.add_argument("--compile", action="store_true", help="only dcgan28: torch.compile vs eager")
+    parser.add_argument("--precision", action="store_true", help="gan_step in fp32/bf16, +-channels_last")
+    parser.add_argument("--skip-ours-fp32", action="store_true", help="not our loop in fp32 (saves time)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.compile:
+        bench_compile(args.rounds, args.scale)
+    elif args.precision:
+        bench_precision(args.models, args.rounds, args.scale)
+    else:
+        bench_models(args.models, args.rounds, args.scale, not args.skip_ours_fp32)
+
+
+if __name__ == "__main__":
+    main()

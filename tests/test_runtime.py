@@ -1,0 +1,131 @@
+"""Precision choice (train.precision): what auto picks where, bit-identical CPU runs in fp32 and bf16,
+reduced precision that stays close to fp32 and keeps the losses fp32, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
+from gan_pipeline.data.loading import TensorBatches, to_float
+from gan_pipeline.errors import ParamsError
+from gan_pipeline.models import build_gan
+from gan_pipeline.runtime import choose_precision, fast_bf16_cpu, seed_everything, to_device
+from gan_pipeline.training.loop import train_gan
+from gan_pipeline.training.losses import G_LOSSES
+from gan_pipeline.training.steps import gan_step
+
+CPU = torch.device("cpu")
+
+
+def _exp(model: str, precision: str, seed: int = 0) -> ExperimentConfig:
+    return ExperimentConfig(
+        model=ModelConfig(name=model, latent_dim=8),
+        train=TrainConfig(epochs=1, batch_size=16, log_every=2, seed=seed, precision=precision),
+    )
+
+
+def _batches(n: int = 64) -> TensorBatches:
+    g = torch.Generator().manual_seed(1)
+    images = to_float(torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8), (-1.0, 1.0))
+    return TensorBatches(images, torch.arange(n) % 10, 16)
+
+
+@pytest.mark.parametrize("model", ["dcgan28", "convgan128", "dcgan64"])
+def test_auto_is_bf16_with_channels_last_for_conv_gans_on_a_bf16_cpu(model):
+    amp = choose_precision("auto", CPU, *build_gan(model, 8))
+    expected = "bf16, channels_last" if fast_bf16_cpu() else "fp32"
+    assert amp.describe() == expected
+
+
+@pytest.mark.parametrize("model", ["mlp_gan", "cgan"])
+def test_auto_is_fp32_for_mlp_gans_on_the_cpu(model):
+    assert choose_precision("auto", CPU, *build_gan(model, 8)).describe() == "fp32"
+
+
+def test_explicit_choices_are_kept_and_channels_last_only_goes_with_convs():
+    conv, mlp = build_gan("dcgan28", 8), build_gan("cgan", 8)
+    assert choose_precision("fp32", CPU, *conv).describe() == "fp32"
+    assert choose_precision("bf16", CPU, *conv).describe() == "bf16, channels_last"
+    assert choose_precision("bf16", CPU, *mlp).describe() == "bf16"
+    fp16 = choose_precision("fp16", CPU, *conv)
+    assert fp16.describe() == "fp16, channels_last" and fp16.scaler is not None
+
+
+def test_an_unknown_precision_names_the_key():
+    with pytest.raises(
+        ParamsError, match=r"^train\.precision: expected one of auto, fp32, bf16, fp16, got 'fp8'"
+    ):
+        choose_precision("fp8", CPU, nn.Linear(2, 2))
+
+
+def test_fp16_on_a_cpu_without_fp16_kernels_names_the_key(monkeypatch):
+    monkeypatch.setattr("gan_pipeline.runtime._fp16_works_on_cpu", lambda: False)
+    with pytest.raises(ParamsError, match=r"^train\.precision: expected auto, fp32 or bf16 on the CPU"):
+        choose_precision("fp16", CPU, nn.Linear(2, 2))
+
+
+def test_channels_last_applies_to_weights_and_4d_batches_only():
+    generator, discriminator = build_gan("dcgan28", 8)
+    amp = choose_precision("bf16", CPU, generator, discriminator)
+    amp.prepare(generator, discriminator)
+    assert discriminator.net[2].weight.is_contiguous(memory_format=torch.channels_last)  # (128, 64, 4, 4)
+    assert not discriminator.net[2].weight.is_contiguous()
+    assert amp.batch(torch.zeros(2, 3, 4, 4)).is_contiguous(memory_format=torch.channels_last)
+    z = torch.zeros(2, 8)
+    assert amp.batch(z) is z
+    assert to_device(z, CPU) is z
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_cpu_run_is_bit_identical_for_the_same_params_and_seed(precision):
+    batches = _batches()
+    a = train_gan(_exp("dcgan28", precision), batches)
+    b = train_gan(_exp("dcgan28", precision), batches)
+    assert a.precision == b.precision == ("fp32" if precision == "fp32" else "bf16, channels_last")
+    for (key, wa), wb in zip(
+        a.generator.state_dict().items(), b.generator.state_dict().values(), strict=True
+    ):
+        assert torch.equal(wa, wb), key
+    for (key, wa), wb in zip(
+        a.discriminator.state_dict().items(), b.discriminator.state_dict().values(), strict=True
+    ):
+        assert torch.equal(wa, wb), key
+    assert a.history == b.history
+
+
+def test_bf16_training_differs_from_fp32_but_stays_close():
+    batches = _batches()
+    full = train_gan(_exp("dcgan28", "fp32"), batches)
+    half = train_gan(_exp("dcgan28", "bf16"), batches)
+    seed_everything(0)  # the loop's init, again
+    start = build_gan("dcgan28", 8, init_std=0.02)[0].net[0].weight
+    wf, wh = full.generator.net[0].weight, half.generator.net[0].weight
+    assert wh.dtype == torch.float32  # autocast: the weights (and the optimizer) stay fp32
+    assert not torch.equal(wf, wh)
+    # bf16 changes the path of the 4 Adam steps a little, not where they go
+    assert (wf - wh).abs().mean() < 0.3 * (wf - start).abs().mean()  # measured 0.19 here
+    assert full.history[-1]["loss_d"] == pytest.approx(half.history[-1]["loss_d"], abs=0.05)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_steps_keep_logits_losses_and_stats_fp32(precision, monkeypatch):
+    generator, discriminator = build_gan("dcgan28", 8)
+    amp = choose_precision(precision, CPU, generator, discriminator)
+    amp.prepare(generator, discriminator)
+    seen = []
+    loss = G_LOSSES["non_saturating"]
+    monkeypatch.setattr("gan_pipeline.training.steps.d_loss_bce", lambda r, f, label: seen.append(r.dtype) or
+                        nn.functional.softplus(-r).mean() + nn.functional.softplus(f).mean())  # fmt: skip
+    opt_g = torch.optim.Adam(generator.parameters())
+    opt_d = torch.optim.Adam(discriminator.parameters())
+    before = discriminator.net[0].weight.detach().clone()
+    real = amp.batch(torch.rand(4, 1, 28, 28))
+    stats = gan_step(
+        generator, discriminator, opt_g, opt_d, real, (), (), torch.randn(4, 8),
+        real_label=1.0, g_loss=lambda s: seen.append(s.dtype) or loss(s), update_g=True, amp=amp,
+    )  # fmt: skip
+    assert seen == [torch.float32, torch.float32]
+    assert all(isinstance(v, float) and v == v for v in stats.values())
+    assert not torch.equal(before, discriminator.net[0].weight)  # the (scaled, for fp16) step was taken
