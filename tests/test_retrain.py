@@ -14,6 +14,7 @@ from pipeline_helpers import clone_reproduced, commit, experiment_stages, ran_st
 
 from gan_pipeline.views.retrain import changed_experiments, stages_by_outcome
 
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 SWEEP = (0.0001, 0.001)  # one round of the two workers: a sweep, kept short for the suite
 
 
@@ -67,7 +68,10 @@ def retrained(reproduced_project, tmp_path_factory) -> tuple[Path, str]:
     run(["git", "checkout", "-qb", "cgan-lr"], repo)
     set_params(repo, lambda p: p["experiments"]["cgan"]["train"].update(lr=0.0003))
     commit(repo, "cgan: lr 0.0003")
-    return repo, run(["bash", "scripts/retrain_report.sh", "main", "reports/retrain"], repo).stdout
+    output = run(["bash", "scripts/retrain_report.sh", "main", "reports/retrain"], repo).stdout
+    ARTIFACTS.mkdir(exist_ok=True)  # what CI's job summary would show, kept for people to read
+    (ARTIFACTS / "retrain_report.md").write_text(output)
+    return repo, output
 
 
 def test_retrain_script_reruns_only_the_changed_experiment(retrained):
@@ -129,6 +133,10 @@ def test_queued_sweep_with_two_workers_lands_each_run_in_mlflow(reproduced_proje
     assert status.count("Success") == len(SWEEP), status
 
     shown = run(["dvc", "exp", "show", "--json"], repo).stdout
+    drop = "Created|State|Executor|data/.*|models/.*|samples/.*|src/.*|stages/.*"
+    table = run(["dvc", "exp", "show", "--no-pager", "--md", "--drop", drop], repo, check=False).stdout
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "sweep_exp_show.md").write_text(table)
     experiments = _exp_metrics(json.loads(shown))
     assert len(experiments) == len(SWEEP), shown[:2000]
     lrs = sorted(e["params"]["experiments"]["mlp_gan"]["train"]["lr"] for e in experiments.values())
