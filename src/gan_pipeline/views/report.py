@@ -101,7 +101,10 @@ def render_report(experiments: Sequence[str], metrics_dir: Path, samples_dir: Pa
     parts.append(_table(["experiment", *HEADLINE], rows, "summary"))
     classifier = metrics_dir / "classifier.json"
     if classifier.exists():
-        parts.append("<p>Metrics are computed in the digit classifier's features; the classifier:</p>")
+        parts.append(
+            "<p>The <code>_classifier</code> metrics are computed in the digit classifier's features, "
+            "<code>fid_inception</code> in the standard TF Inception's; the classifier:</p>"
+        )
         parts.append(_table(["metric", "value"], list(read_json(classifier).items()), "classifier"))
     for exp in experiments:
         grid = _existing(samples_dir / exp / "grid.png").read_bytes()
