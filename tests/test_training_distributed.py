@@ -56,6 +56,8 @@ def _free_port() -> int:
 
 
 def _tiny(name: str, epochs: int = 1, **train) -> ExperimentConfig:
+    """fp32 arithmetic (not `auto`'s bf16 for conv models): these tests compare processes with each other."""
+    train = {"precision": "fp32", **train}
     return ExperimentConfig(
         model=ModelConfig(name=name, latent_dim=16),
         train=TrainConfig(epochs=epochs, batch_size=32, log_every=2, seed=5, **train),
@@ -74,7 +76,7 @@ def _weights(result) -> dict[str, torch.Tensor]:
     if result.ema is not None:
         modules["ema"] = result.ema
     return {
-        f"{m}/{k}": v.detach().clone()
+        f"{m}/{k}": v.detach().clone().contiguous()  # channels_last weights too
         for m, module in modules.items()
         for k, v in module.state_dict().items()
     }

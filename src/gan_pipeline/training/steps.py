@@ -20,6 +20,11 @@ from gan_pipeline.training.losses import (
 FP32 = Amp("fp32", "cpu", channels_last=False)  # plain float32: autocast off, no scaling
 
 
+def _full(logits: torch.Tensor) -> torch.Tensor:
+    """Autocast's bf16/fp16 logits as float32 for the losses; float32 and float64 ones as they are."""
+    return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
+
+
 def gan_step(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -54,10 +59,10 @@ def gan_step(
         fake = generator(z, *fake_cond)
     opt_d.zero_grad(set_to_none=True)
     with amp.autocast():
-        real_logits = discriminator(real, *cond).float()
-        fake_logits = discriminator(fake.detach(), *fake_cond).float()
+        real_logits = _full(discriminator(real, *cond))
+        fake_logits = _full(discriminator(fake.detach(), *fake_cond))
         if loss == "wgan_gp":
-            penalty = gradient_penalty(lambda x: discriminator(x, *cond).float(), real, fake, rng)
+            penalty = gradient_penalty(lambda x: _full(discriminator(x, *cond)), real, fake, rng)
     if loss == "wgan_gp":
         loss_d = d_loss_wasserstein(real_logits, fake_logits) + gp_lambda * penalty
     elif label_noise > 0:
@@ -77,7 +82,7 @@ def gan_step(
     if update_g:
         opt_g.zero_grad(set_to_none=True)
         with amp.autocast():
-            fake_scores = discriminator(fake, *fake_cond).float()
+            fake_scores = _full(discriminator(fake, *fake_cond))
         loss_g = g_loss_wasserstein(fake_scores) if loss == "wgan_gp" else g_loss(fake_scores)
         amp.backward(loss_g)
         if grad_clip is not None:
