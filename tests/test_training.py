@@ -12,7 +12,7 @@ from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.models import build_gan
 from gan_pipeline.training.loop import train_gan
 from gan_pipeline.training.losses import d_loss_bce, g_loss_non_saturating, g_loss_saturating
-from gan_pipeline.training.steps import gan_step
+from gan_pipeline.training.steps import frozen, gan_step
 
 
 def test_losses_at_an_undecided_discriminator():
@@ -92,6 +92,26 @@ def test_g_is_untouched_on_d_only_steps_and_moves_on_g_steps():
     assert not math.isnan(stats["loss_g"])
     assert not all(torch.equal(a, b) for a, b in zip(before, generator.parameters(), strict=True))
     assert 0 < stats["d_real"] < 1 and 0 < stats["d_fake"] < 1
+
+
+def test_g_step_gets_the_same_g_gradient_with_d_frozen_and_leaves_d_gradients_alone():
+    generator, discriminator, _, _ = _step_setup("dcgan28")
+    fake = generator(torch.randn(8, 8))
+
+    def g_backward() -> list[torch.Tensor]:
+        generator.zero_grad(set_to_none=True)
+        g_loss_non_saturating(discriminator(fake)).backward(retain_graph=True)
+        return [p.grad.clone() for p in generator.parameters()]
+
+    reference = g_backward()  # the tutorial way: D's weight gradients are computed too
+    assert all(p.grad is not None for p in discriminator.parameters())
+    discriminator.zero_grad(set_to_none=True)
+    with frozen(discriminator):
+        assert not any(p.requires_grad for p in discriminator.parameters())
+        frozen_grads = g_backward()
+    assert all(torch.equal(a, b) for a, b in zip(reference, frozen_grads, strict=True))
+    assert all(p.grad is None for p in discriminator.parameters())  # none computed, none thrown away
+    assert all(p.requires_grad for p in discriminator.parameters())  # restored
 
 
 def _tiny(name: str, **train) -> ExperimentConfig:

@@ -22,7 +22,14 @@ from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig, flat
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.errors import DataError, ParamsError
 from gan_pipeline.io import save_weights
-from gan_pipeline.training.checkpoint import load_checkpoint, resume_point
+from gan_pipeline.models import build_gan
+from gan_pipeline.training.checkpoint import (
+    Trainables,
+    TrainState,
+    load_checkpoint,
+    resume_point,
+    save_checkpoint,
+)
 from gan_pipeline.training.loop import Checkpointing, TrainingDiverged, train_gan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,3 +292,41 @@ def test_d_winning_totally_for_n_steps_is_a_warning_with_the_step(caplog):
     step = int(first.split(":")[0].removeprefix("step "))
     assert 5 <= step <= 60 and "D has won totally for 5 steps" in first
     assert first in caplog.text
+
+
+def test_channels_last_weights_resume_with_fused_adam_exactly(tmp_path):
+    """The file holds Adam's moments contiguous; restored for channels_last weights they must get the
+    weights' layout back, or torch's fused CPU Adam mixes up their elements."""
+
+    def parts() -> Trainables:
+        torch.manual_seed(0)
+        g, d = build_gan("dcgan28", 8)
+        for m in (g, d):
+            m.to(memory_format=torch.channels_last)
+        adam = lambda m: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True)  # noqa: E731
+        return Trainables(g, d, None, adam(g), adam(d), torch.Generator().manual_seed(0))
+
+    grads = [[torch.randn_like(p) for p in parts().discriminator.parameters()] for _ in range(4)]
+
+    def step(p: Trainables, i: int) -> None:
+        for param, grad in zip(p.discriminator.parameters(), grads[i], strict=True):
+            param.grad = grad.clone()
+        p.opt_d.step()
+
+    whole = parts()
+    for i in range(4):
+        step(whole, i)
+    first = parts()
+    for i in range(2):
+        step(first, i)
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, first, identity={}, total_steps=4, state=TrainState(step=2),
+                    epoch_rng=first.rng.get_state())  # fmt: skip
+    resumed = parts()
+    load_checkpoint(path).restore(resumed)
+    for p in resumed.discriminator.parameters():
+        assert resumed.opt_d.state[p]["exp_avg"].stride() == p.stride()
+    for i in range(2, 4):
+        step(resumed, i)
+    for a, b in zip(whole.discriminator.parameters(), resumed.discriminator.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -105,8 +105,9 @@ def train_gan(
     amp = choose_precision(cfg.precision, dev, generator, discriminator)
     amp.prepare(generator, discriminator)
     ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema_decay is not None else None
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
+    # fused: one kernel per parameter group instead of a chain of foreach ops (2-10% of a dcgan64 step).
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
 
     if batches.batch_size != cfg.batch_size:
         raise ValueError(f"batches of {batches.batch_size}, but train.batch_size is {cfg.batch_size}")
