@@ -187,6 +187,22 @@ def test_more_epochs_extend_a_finished_run_as_if_it_had_never_stopped(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_an_fp16_run_resumes_with_its_loss_scale_as_if_it_had_never_stopped(tmp_path):
+    # The MLP (fp16 convolutions are slow on a CPU) with weights large enough that fp16 gradients overflow
+    # at the initial loss scale: 4 steps, then 4 more.
+    exp = lambda epochs: _tiny(epochs=epochs, name="mlp_gan", precision="fp16", init_std=0.1)  # noqa: E731
+    _train(tmp_path, exp(1))
+    saved = load_checkpoint(tmp_path / "ckpt.safetensors").meta["grad_scaler"]
+    assert saved["scale"] < 2.0**16  # the scaler backed off from its initial scale: state worth keeping
+    extended = _train(tmp_path, exp(2))
+    assert extended.resumed_from == 4
+    whole = train_gan(exp(2), _batches())
+    for a, b in zip(
+        whole.generator.state_dict().values(), extended.generator.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
 def test_an_unfinished_run_with_other_params_is_refused_naming_the_param(tmp_path):
     path = tmp_path / "ckpt.safetensors"
     with pytest.raises(TrainingDiverged):  # stops at step 6, leaving the checkpoint of step 4 unfinished

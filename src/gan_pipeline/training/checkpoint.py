@@ -2,7 +2,8 @@
 
 One safetensors file holds G, D (and G's EMA), both optimizers' tensors and the RNG states; its metadata
 holds, as JSON, the position (step, epoch, batch within the epoch), the loss log, the optimizers' other
-state and the params that made it (`identity`), so that a checkpoint from other params is refused by name.
+state, fp16's loss scale and the params that made it (`identity`), so that a checkpoint from other params
+is refused by name.
 Written atomically: a kill during the write leaves the previous checkpoint.
 """
 
@@ -51,6 +52,7 @@ class Trainables:
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     rng: torch.Generator  # the loop's explicit generator (permutations, z, labels, noise)
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scale, which adapts as training goes
 
     def modules(self) -> dict[str, nn.Module | None]:
         return {"generator": self.generator, "discriminator": self.discriminator, "ema": self.ema}
@@ -81,6 +83,8 @@ class Checkpoint:
         for name, opt in parts.optimizers().items():
             opt.load_state_dict(_optimizer_from(self._prefixed(name), self.meta[name]))
             _in_parameter_layout(opt)
+        if parts.scaler is not None and "grad_scaler" in self.meta:
+            parts.scaler.load_state_dict(self.meta["grad_scaler"])
         parts.rng.set_state(self.tensors["rng/loop"])
         torch.set_rng_state(self.tensors["rng/torch"])
         version, internal, gauss = self.meta["python_random"]
@@ -121,6 +125,8 @@ def save_checkpoint(
     for name, opt in parts.optimizers().items():
         opt_tensors, meta[name] = _optimizer_to(opt)
         tensors.update({f"{name}/{k}": v for k, v in opt_tensors.items()})
+    if parts.scaler is not None:
+        meta["grad_scaler"] = parts.scaler.state_dict()  # floats and ints: scale, growth tracker, factors
     tensors["rng/loop"] = parts.rng.get_state()
     tensors["rng/epoch_start"] = epoch_rng
     tensors["rng/torch"] = torch.get_rng_state()

@@ -113,7 +113,7 @@ def train_gan(
         raise ValueError(f"batches of {batches.batch_size}, but train.batch_size is {cfg.batch_size}")
     total = cfg.epochs * len(batches)
     state, epoch_rng = TrainState(), rng.get_state()
-    parts = Trainables(generator, discriminator, ema, opt_g, opt_d, rng)
+    parts = Trainables(generator, discriminator, ema, opt_g, opt_d, rng, amp.scaler)
     resume = checkpointing.resume if checkpointing else None
     if resume is not None:
         state, epoch_rng = resume.restore(parts)
