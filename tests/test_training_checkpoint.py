@@ -203,6 +203,25 @@ def test_an_fp16_run_resumes_with_its_loss_scale_as_if_it_had_never_stopped(tmp_
         assert torch.equal(a, b)
 
 
+def test_a_finished_run_made_by_other_training_code_is_retrained_an_unfinished_one_resumed(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "ckpt.safetensors"
+    _train(tmp_path, _tiny(epochs=1))  # finished: 4 of 4 steps
+    assert resume_point(path, flatten(_tiny(epochs=1)), 4)[0] is not None  # same code: nothing to redo
+    monkeypatch.setattr("gan_pipeline.training.checkpoint.training_code", lambda: "edited")
+    checkpoint, note = resume_point(path, flatten(_tiny(epochs=1)), 4)
+    assert checkpoint is None
+    assert note == f"{path}: a finished run made by other training code: training from scratch"
+    monkeypatch.undo()
+    with pytest.raises(TrainingDiverged):  # stops at step 6, leaving the checkpoint of step 4 unfinished
+        train_gan(_tiny(), _batches(poison_batch=6), checkpointing=Checkpointing(path, flatten(_tiny())))
+    monkeypatch.setattr("gan_pipeline.training.checkpoint.training_code", lambda: "edited")
+    checkpoint, note = resume_point(path, flatten(_tiny()), 8)
+    assert checkpoint.state.step == 4
+    assert note.endswith("at step 4 of 8 (the training code has changed since it was written)")
+
+
 def test_an_unfinished_run_with_other_params_is_refused_naming_the_param(tmp_path):
     path = tmp_path / "ckpt.safetensors"
     with pytest.raises(TrainingDiverged):  # stops at step 6, leaving the checkpoint of step 4 unfinished

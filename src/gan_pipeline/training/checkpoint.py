@@ -9,6 +9,8 @@ Written atomically: a kill during the write leaves the previous checkpoint.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -25,6 +27,22 @@ from gan_pipeline.errors import DataError, ParamsError
 from gan_pipeline.io import atomic_path
 
 FORMAT = "gan-pipeline-checkpoint/1"
+PACKAGE = Path(__file__).resolve().parents[1]
+# The modules whose code decides the trained weights (the train stage's code deps in dvc.yaml, less I/O).
+TRAINING_CODE = ("models", "training", "runtime.py", "data/loading.py", "data/streaming.py")
+
+
+@functools.cache
+def training_code() -> str:
+    """An MD5 over the source of TRAINING_CODE: a finished checkpoint made by other code is retrained."""
+    digest = hashlib.md5()
+    for entry in TRAINING_CODE:
+        path = PACKAGE / entry
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(str(file.relative_to(PACKAGE)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
 # Params that may differ between a checkpoint and the run that goes on from it: they change neither
 # shapes nor the updates already made (a larger `epochs` extends a finished run).
 RESUMABLE = ("train.epochs", "train.log_every", "train.checkpoint_every", "train.collapse_steps")
@@ -121,6 +139,7 @@ def save_checkpoint(
         "identity": identity,
         "total_steps": total_steps,
         "extra": extra or {},
+        "training_code": training_code(),
     }
     for name, opt in parts.optimizers().items():
         opt_tensors, meta[name] = _optimizer_to(opt)
@@ -181,7 +200,10 @@ def resume_point(
 
     A finished run with other params is replaced (its results are the stage's outputs already); an
     unfinished one with other params is refused, naming the first param that differs, since going on
-    would mix two configurations and starting afresh would throw its work away.
+    would mix two configurations and starting afresh would throw its work away. Likewise a finished run
+    made by other training code (`training_code`: DVC re-runs the stage after a code change, and the old
+    weights would come back unchanged) is retrained; an unfinished one goes on, with a note (the usual
+    crash, fix, resume).
     """
     path = Path(path)
     if not path.exists():
@@ -197,13 +219,17 @@ def resume_point(
             f"with {key} {old!r}, the params say {new!r}; restore that value to resume it, or delete the "
             f"checkpoint to start over"
         )
+    same_code = checkpoint.meta.get("training_code") == training_code()
+    if checkpoint.finished and not same_code:
+        return None, f"{path}: a finished run made by other training code: training from scratch"
     if checkpoint.state.step > total_steps:
         epochs_key = next((k for k in identity if k.endswith("train.epochs")), "train.epochs")
         raise ParamsError(
             f"{path}: the checkpoint is at step {checkpoint.state.step}, past the {total_steps} steps of "
             f"{epochs_key} {identity.get(epochs_key)!r}; raise it, or delete the checkpoint to start over"
         )
-    return checkpoint, f"resuming from {path} at step {checkpoint.state.step} of {total_steps}"
+    changed = "" if same_code else " (the training code has changed since it was written)"
+    return checkpoint, f"resuming from {path} at step {checkpoint.state.step} of {total_steps}{changed}"
 
 
 def _in_parameter_layout(opt: torch.optim.Optimizer) -> None:
