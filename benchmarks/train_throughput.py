@@ -8,6 +8,7 @@ the first step of every measurement is a warm-up and not timed. Faces train on r
     python benchmarks/train_throughput.py --models dcgan64 --rounds 3 --scale 4   # longer, steadier
     python benchmarks/train_throughput.py --compile              # dcgan28: torch.compile vs eager
     python benchmarks/train_throughput.py --precision            # fp32 / bf16, +- channels_last per model
+    python benchmarks/train_throughput.py --flops                # GFLOP per real image: ours vs plain step
 """
 
 from __future__ import annotations
@@ -172,6 +173,30 @@ def bench_compile(rounds: int, scale: float) -> None:
               f"({compiled / eager:.2f}x)")  # fmt: skip
 
 
+def bench_flops(models: list[str], batch: int = 4) -> None:
+    """FLOPs per real image of one training step (torch.utils.flop_counter, fp32): our gan_step, whose
+    G update backpropagates through a frozen D, and the plain loop's step, which also computes D's weight
+    gradients there. With a CPU's peak FLOP rate this bounds the images/s any loop can reach."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name in models:
+        spec = GAN_MODELS[name]
+        generator, discriminator = build_gan(name, 100)
+        opt_g = torch.optim.Adam(generator.parameters())
+        opt_d = torch.optim.Adam(discriminator.parameters())
+        real, labels = next(iter(_random_batches(name, batch, batch).epoch(torch.Generator())))
+        cond = (labels,) if spec.conditional else ()
+        with FlopCounterMode(display=False) as ours_count:
+            gan_step(generator, discriminator, opt_g, opt_d, real, cond, cond, torch.randn(batch, 100),
+                     real_label=1.0, g_loss=G_LOSSES["non_saturating"], update_g=True)  # fmt: skip
+        with FlopCounterMode(display=False) as plain_count:
+            plain(name, 1, batch)  # a warm-up step and a timed one
+        ours_f = ours_count.get_total_flops() / batch / 1e9
+        plain_f = plain_count.get_total_flops() / (2 * batch) / 1e9
+        print(f"RESULT flops {name}: ours {ours_f:.3g} GFLOP per real image, plain loop {plain_f:.3g} "
+              f"({plain_f / ours_f:.2f}x ours)", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,12 +206,15 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the timed steps")
     parser.add_argument("--compile", action="store_true", help="only dcgan28: torch.compile vs eager")
     parser.add_argument("--precision", action="store_true", help="gan_step in fp32/bf16, +-channels_last")
+    parser.add_argument("--flops", action="store_true", help="GFLOP per real image of one step, per model")
     parser.add_argument("--skip-ours-fp32", action="store_true", help="not our loop in fp32 (saves time)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.compile:
+    if args.flops:
+        bench_flops(args.models)
+    elif args.compile:
         bench_compile(args.rounds, args.scale)
     elif args.precision:
         bench_precision(args.models, args.rounds, args.scale)
