@@ -19,9 +19,9 @@ slice are a random draw) but such runs match a single-process run only in distri
 
 The step under DDP. gan_step calls D on real and on fake.detach() before one backward: one backward after
 several forwards is what DDP's reducer supports (each parameter's gradient is accumulated once over the
-graph, then all-reduced). The generator step calls D again and backpropagates through it: DDP all-reduces
-D's gradients of that backward too, which costs one extra all-reduce and is harmless, since D's update
-never reads them (opt_d.zero_grad at the start of the next step clears them). Gradients are averaged over
+graph, then all-reduced). The generator step calls D again and backpropagates through it with D's
+parameters frozen and the wrapper's gradient sync off (`steps.frozen`): no D gradients are computed or
+all-reduced there, and G's gradients are all-reduced by G's own wrapper. Gradients are averaged over
 ranks, and each rank's losses are means over its equal slice, so the averaged gradient is the gradient of
 the global-batch mean loss, as in one process. BatchNorm layers become synchronized BatchNorm (statistics
 over the global batch): torch's nn.SyncBatchNorm on CUDA, and `CpuSyncBatchNorm` on the CPU, where
