@@ -149,59 +149,63 @@ def train_gan(
         unit="step",
         disable=not (progress_enabled() and replicas.is_main),
     )
-    while state.epoch < cfg.epochs:
-        epoch_batches = _epoch_from(batches, rng, epoch_rng, state.batch)
-        for real, real_labels in epoch_batches:
-            z = to_device(torch.randn(cfg.batch_size, exp.model.latent_dim, generator=rng), dev)
-            cond, fake_cond = (), ()
-            if spec.conditional:
-                cond = (real_labels,)
-                fake_cond = (to_device(torch.randint(0, 10, (cfg.batch_size,), generator=rng), dev),)
-            update_g = (state.step + 1) % cfg.d_steps == 0
-            stats = gan_step(
-                step_g,
-                step_d,
-                opt_g,
-                opt_d,
-                replicas.shard(amp.batch(real)),
-                tuple(replicas.shard(c) for c in cond),
-                tuple(replicas.shard(c) for c in fake_cond),
-                replicas.shard(z),
-                real_label=cfg.real_label,
-                g_loss=G_LOSSES[cfg.g_loss],
-                update_g=update_g,
-                loss=cfg.loss,
-                gp_lambda=cfg.gp_lambda,
-                label_noise=cfg.label_noise,
-                grad_clip=cfg.grad_clip,
-                rng=rng,
-                amp=amp,
-            )
-            stats = replicas.mean(stats)
-            state.step += 1
-            state.batch += 1
-            _check_losses_finite(state.step, stats, update_g, checkpointing)
-            if ema is not None and update_g:
-                ema_update(ema, generator, cfg.ema_decay)
-            state.window.append(stats)
-            bar.update(1)
-            if cfg.loss == "bce":
-                _watch_collapse(state, stats, cfg.collapse_steps, result.warnings)
-            if state.step % cfg.log_every == 0 or state.step == total:
-                row = {"step": state.step, "epoch": state.epoch + 1, **_mean(state.window)}
-                state.window.clear()
-                state.history.append(row)
-                bar.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}")
-                if on_step is not None:
-                    on_step(state.step, row)
-            if state.batch == len(batches):
-                state.epoch, state.batch = state.epoch + 1, 0
-                epoch_rng = rng.get_state()  # the next epoch's permutation is drawn from here
-            if checkpointing is not None and (state.step % cfg.checkpoint_every == 0 or state.step == total):
-                checkpoint()
-        if on_epoch is not None:
-            on_epoch(state.epoch, state.step, generator)
-    bar.close()
+    try:  # closed also when a diverging step or the caller's on_epoch raises
+        while state.epoch < cfg.epochs:
+            epoch_batches = _epoch_from(batches, rng, epoch_rng, state.batch)
+            for real, real_labels in epoch_batches:
+                z = to_device(torch.randn(cfg.batch_size, exp.model.latent_dim, generator=rng), dev)
+                cond, fake_cond = (), ()
+                if spec.conditional:
+                    cond = (real_labels,)
+                    fake_cond = (to_device(torch.randint(0, 10, (cfg.batch_size,), generator=rng), dev),)
+                update_g = (state.step + 1) % cfg.d_steps == 0
+                stats = gan_step(
+                    step_g,
+                    step_d,
+                    opt_g,
+                    opt_d,
+                    replicas.shard(amp.batch(real)),
+                    tuple(replicas.shard(c) for c in cond),
+                    tuple(replicas.shard(c) for c in fake_cond),
+                    replicas.shard(z),
+                    real_label=cfg.real_label,
+                    g_loss=G_LOSSES[cfg.g_loss],
+                    update_g=update_g,
+                    loss=cfg.loss,
+                    gp_lambda=cfg.gp_lambda,
+                    label_noise=cfg.label_noise,
+                    grad_clip=cfg.grad_clip,
+                    rng=rng,
+                    amp=amp,
+                )
+                stats = replicas.mean(stats)
+                state.step += 1
+                state.batch += 1
+                _check_losses_finite(state.step, stats, update_g, checkpointing)
+                if ema is not None and update_g:
+                    ema_update(ema, generator, cfg.ema_decay)
+                state.window.append(stats)
+                bar.update(1)
+                if cfg.loss == "bce":
+                    _watch_collapse(state, stats, cfg.collapse_steps, result.warnings)
+                if state.step % cfg.log_every == 0 or state.step == total:
+                    row = {"step": state.step, "epoch": state.epoch + 1, **_mean(state.window)}
+                    state.window.clear()
+                    state.history.append(row)
+                    bar.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}")
+                    if on_step is not None:
+                        on_step(state.step, row)
+                if state.batch == len(batches):
+                    state.epoch, state.batch = state.epoch + 1, 0
+                    epoch_rng = rng.get_state()  # the next epoch's permutation is drawn from here
+                if checkpointing is not None and (
+                    state.step % cfg.checkpoint_every == 0 or state.step == total
+                ):
+                    checkpoint()
+            if on_epoch is not None:
+                on_epoch(state.epoch, state.step, generator)
+    finally:
+        bar.close()
     if checkpointing is not None and checkpointing.last_step != state.step:
         checkpoint()  # a finished checkpoint, also when train.epochs only grew by nothing
     _check_weights_finite(state.step, checkpointing, generator, discriminator)
