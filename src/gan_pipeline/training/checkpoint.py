@@ -244,9 +244,9 @@ def _in_parameter_layout(opt: torch.optim.Optimizer) -> None:
         for param in group["params"]:
             state = opt.state.get(param, {})
             for name, value in state.items():
-                if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                    if value.stride() != param.stride():
-                        state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                is_moment = isinstance(value, torch.Tensor) and value.shape == param.shape
+                if is_moment and value.stride() != param.stride():
+                    state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _optimizer_to(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
