@@ -22,10 +22,10 @@ from torch import nn
 from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.models import GAN_MODELS, build_gan
-from gan_pipeline.runtime import Amp
+from gan_pipeline.runtime import Precision
 from gan_pipeline.training.loop import train_gan
-from gan_pipeline.training.losses import G_LOSSES
-from gan_pipeline.training.steps import gan_step
+from gan_pipeline.training.losses import Bce
+from gan_pipeline.training.steps import StepBatch, gan_step
 
 # model -> (timed batch-64 steps, timed one-image steps) at --scale 1
 STEPS = {
@@ -113,11 +113,11 @@ def bench_models(models: list[str], rounds: int, scale: float, ours_fp32: bool =
         )
 
 
-def step_rate(name: str, steps: int, amp: Amp) -> float:
-    """Images/s of gan_step alone (no loop) at batch 64 under `amp`, after one warm-up step."""
+def step_rate(name: str, steps: int, precision: Precision) -> float:
+    """Images/s of gan_step alone (no loop) at batch 64 under `precision`, after one warm-up step."""
     torch.manual_seed(0)
     generator, discriminator = build_gan(name, 100)
-    amp.prepare(generator, discriminator)
+    precision.prepare(generator, discriminator)
     opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     start = 0.0
@@ -127,8 +127,8 @@ def step_rate(name: str, steps: int, amp: Amp) -> float:
         if i == 1:
             start = time.perf_counter()
         cond = (labels,) if GAN_MODELS[name].conditional else ()
-        gan_step(generator, discriminator, opt_g, opt_d, amp.batch(real), cond, cond, torch.randn(BATCH, 100),
-                 real_label=1.0, g_loss=G_LOSSES["non_saturating"], update_g=True, amp=amp)  # fmt: skip
+        batch = StepBatch(precision.batch(real), cond, cond, torch.randn(BATCH, 100))
+        gan_step(generator, discriminator, opt_g, opt_d, batch, Bce(), precision=precision)
     return steps * BATCH / (time.perf_counter() - start)
 
 
@@ -136,16 +136,16 @@ def bench_precision(models: list[str], rounds: int, scale: float) -> None:
     """The measurements behind train.precision auto: gan_step images/s per model in fp32, bf16 autocast,
     and each with and without channels_last."""
     kinds = {
-        "fp32": Amp("fp32", "cpu", False),
-        "fp32+cl": Amp("fp32", "cpu", True),
-        "bf16": Amp("bf16", "cpu", False),
-        "bf16+cl": Amp("bf16", "cpu", True),
+        "fp32": Precision("fp32", "cpu", False),
+        "fp32+cl": Precision("fp32", "cpu", True),
+        "bf16": Precision("bf16", "cpu", False),
+        "bf16+cl": Precision("bf16", "cpu", True),
     }
     best: dict[tuple[str, str], float] = {}
     for r in range(rounds):
         for name in models:
             steps = max(2, round(STEPS[name][0] * scale))
-            runs = {k: step_rate(name, steps, amp) for k, amp in kinds.items()}
+            runs = {k: step_rate(name, steps, precision) for k, precision in kinds.items()}
             for key, value in runs.items():
                 best[name, key] = max(best.get((name, key), 0.0), value)
             print(f"round {r + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in runs.items()), flush=True)
@@ -187,8 +187,8 @@ def bench_flops(models: list[str], batch: int = 4) -> None:
         real, labels = next(iter(_random_batches(name, batch, batch).epoch(torch.Generator())))
         cond = (labels,) if spec.conditional else ()
         with FlopCounterMode(display=False) as ours_count:
-            gan_step(generator, discriminator, opt_g, opt_d, real, cond, cond, torch.randn(batch, 100),
-                     real_label=1.0, g_loss=G_LOSSES["non_saturating"], update_g=True)  # fmt: skip
+            step_batch = StepBatch(real, cond, cond, torch.randn(batch, 100))
+            gan_step(generator, discriminator, opt_g, opt_d, step_batch, Bce())
         with FlopCounterMode(display=False) as plain_count:
             plain(name, 1, batch)  # a warm-up step and a timed one
         ours_f = ours_count.get_total_flops() / batch / 1e9

@@ -13,8 +13,8 @@ from gan_pipeline.errors import ParamsError
 from gan_pipeline.models import build_gan
 from gan_pipeline.runtime import choose_precision, fast_bf16_cpu, seed_everything, to_device
 from gan_pipeline.training.loop import train_gan
-from gan_pipeline.training.losses import G_LOSSES
-from gan_pipeline.training.steps import gan_step
+from gan_pipeline.training.losses import G_LOSSES, Bce
+from gan_pipeline.training.steps import StepBatch, gan_step
 
 CPU = torch.device("cpu")
 
@@ -34,9 +34,9 @@ def _batches(n: int = 64) -> TensorBatches:
 
 @pytest.mark.parametrize("model", ["dcgan28", "convgan128", "dcgan64"])
 def test_auto_is_bf16_with_channels_last_for_conv_gans_on_a_bf16_cpu(model):
-    amp = choose_precision("auto", CPU, *build_gan(model, 8))
+    precision = choose_precision("auto", CPU, *build_gan(model, 8))
     expected = "bf16, channels_last" if fast_bf16_cpu() else "fp32"
-    assert amp.describe() == expected
+    assert precision.describe() == expected
 
 
 @pytest.mark.parametrize("model", ["mlp_gan", "cgan"])
@@ -68,13 +68,13 @@ def test_fp16_on_a_cpu_without_fp16_kernels_names_the_key(monkeypatch):
 
 def test_channels_last_applies_to_weights_and_4d_batches_only():
     generator, discriminator = build_gan("dcgan28", 8)
-    amp = choose_precision("bf16", CPU, generator, discriminator)
-    amp.prepare(generator, discriminator)
+    precision = choose_precision("bf16", CPU, generator, discriminator)
+    precision.prepare(generator, discriminator)
     assert discriminator.net[2].weight.is_contiguous(memory_format=torch.channels_last)  # (128, 64, 4, 4)
     assert not discriminator.net[2].weight.is_contiguous()
-    assert amp.batch(torch.zeros(2, 3, 4, 4)).is_contiguous(memory_format=torch.channels_last)
+    assert precision.batch(torch.zeros(2, 3, 4, 4)).is_contiguous(memory_format=torch.channels_last)
     z = torch.zeros(2, 8)
-    assert amp.batch(z) is z
+    assert precision.batch(z) is z
     assert to_device(z, CPU) is z
 
 
@@ -112,20 +112,19 @@ def test_bf16_training_differs_from_fp32_but_stays_close():
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_steps_keep_logits_losses_and_stats_fp32(precision, monkeypatch):
     generator, discriminator = build_gan("dcgan28", 8)
-    amp = choose_precision(precision, CPU, generator, discriminator)
-    amp.prepare(generator, discriminator)
+    chosen = choose_precision(precision, CPU, generator, discriminator)
+    chosen.prepare(generator, discriminator)
     seen = []
     loss = G_LOSSES["non_saturating"]
-    monkeypatch.setattr("gan_pipeline.training.steps.d_loss_bce", lambda r, f, label: seen.append(r.dtype) or
+    monkeypatch.setattr("gan_pipeline.training.losses.d_loss_bce", lambda r, f, label: seen.append(r.dtype) or
                         nn.functional.softplus(-r).mean() + nn.functional.softplus(f).mean())  # fmt: skip
+    monkeypatch.setitem(G_LOSSES, "non_saturating", lambda s: seen.append(s.dtype) or loss(s))
     opt_g = torch.optim.Adam(generator.parameters())
     opt_d = torch.optim.Adam(discriminator.parameters())
     before = discriminator.net[0].weight.detach().clone()
-    real = amp.batch(torch.rand(4, 1, 28, 28))
-    stats = gan_step(
-        generator, discriminator, opt_g, opt_d, real, (), (), torch.randn(4, 8),
-        real_label=1.0, g_loss=lambda s: seen.append(s.dtype) or loss(s), update_g=True, amp=amp,
-    )  # fmt: skip
+    real = chosen.batch(torch.rand(4, 1, 28, 28))
+    batch = StepBatch(real, (), (), torch.randn(4, 8))
+    stats = gan_step(generator, discriminator, opt_g, opt_d, batch, Bce(), precision=chosen)
     assert seen == [torch.float32, torch.float32]
     assert all(isinstance(v, float) and v == v for v in stats.values())
     assert not torch.equal(before, discriminator.net[0].weight)  # the (scaled, for fp16) step was taken

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,8 +12,8 @@ from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.models import build_gan
 from gan_pipeline.training.loop import train_gan
-from gan_pipeline.training.losses import d_loss_bce, g_loss_non_saturating, g_loss_saturating
-from gan_pipeline.training.steps import frozen, gan_step
+from gan_pipeline.training.losses import Bce, d_loss_bce, g_loss_non_saturating, g_loss_saturating
+from gan_pipeline.training.steps import StepBatch, frozen, gan_step
 
 
 def test_losses_at_an_undecided_discriminator():
@@ -52,22 +53,8 @@ def test_d_steps_lower_d_loss_on_an_easy_case():
     generator, discriminator, opt_g, opt_d = _step_setup()
     real = torch.ones(32, 1, 28, 28) * 0.8  # a constant bright image, easy to tell from G's noise
     z = torch.randn(32, 8)
-    losses = [
-        gan_step(
-            generator,
-            discriminator,
-            opt_g,
-            opt_d,
-            real,
-            (),
-            (),
-            z,
-            real_label=1.0,
-            g_loss=g_loss_non_saturating,
-            update_g=False,
-        )["loss_d"]
-        for _ in range(20)
-    ]
+    batch = StepBatch(real, (), (), z, update_g=False)
+    losses = [gan_step(generator, discriminator, opt_g, opt_d, batch, Bce())["loss_d"] for _ in range(20)]
     assert losses[-1] < 0.1 * losses[0]
 
 
@@ -75,20 +62,12 @@ def test_g_is_untouched_on_d_only_steps_and_moves_on_g_steps():
     generator, discriminator, opt_g, opt_d = _step_setup("cgan")
     before = [p.detach().clone() for p in generator.parameters()]
     labels = torch.arange(16) % 10
-    args = (
-        generator,
-        discriminator,
-        opt_g,
-        opt_d,
-        torch.rand(16, 1, 28, 28),
-        (labels,),
-        (labels,),
-        torch.randn(16, 8),
-    )
-    stats = gan_step(*args, real_label=1.0, g_loss=g_loss_non_saturating, update_g=False)
+    models = (generator, discriminator, opt_g, opt_d)
+    batch = StepBatch(torch.rand(16, 1, 28, 28), (labels,), (labels,), torch.randn(16, 8), update_g=False)
+    stats = gan_step(*models, batch, Bce())
     assert math.isnan(stats["loss_g"])
     assert all(torch.equal(a, b) for a, b in zip(before, generator.parameters(), strict=True))
-    stats = gan_step(*args, real_label=1.0, g_loss=g_loss_non_saturating, update_g=True)
+    stats = gan_step(*models, dataclasses.replace(batch, update_g=True), Bce())
     assert not math.isnan(stats["loss_g"])
     assert not all(torch.equal(a, b) for a, b in zip(before, generator.parameters(), strict=True))
     assert 0 < stats["d_real"] < 1 and 0 < stats["d_fake"] < 1

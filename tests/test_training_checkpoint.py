@@ -23,14 +23,9 @@ from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.errors import DataError, ParamsError
 from gan_pipeline.io import save_weights
 from gan_pipeline.models import build_gan
-from gan_pipeline.training.checkpoint import (
-    Trainables,
-    TrainState,
-    load_checkpoint,
-    resume_point,
-    save_checkpoint,
-)
+from gan_pipeline.training.checkpoint import CheckpointedObjects, TrainState, load_checkpoint, save_checkpoint
 from gan_pipeline.training.loop import Checkpointing, TrainingDiverged, train_gan
+from gan_pipeline.training.resume import resume_point, training_code
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -209,14 +204,14 @@ def test_a_finished_run_made_by_other_training_code_is_retrained_an_unfinished_o
     path = tmp_path / "ckpt.safetensors"
     _train(tmp_path, _tiny(epochs=1))  # finished: 4 of 4 steps
     assert resume_point(path, flatten(_tiny(epochs=1)), 4)[0] is not None  # same code: nothing to redo
-    monkeypatch.setattr("gan_pipeline.training.checkpoint.training_code", lambda: "edited")
+    monkeypatch.setattr("gan_pipeline.training.resume.training_code", lambda: "edited")
     checkpoint, note = resume_point(path, flatten(_tiny(epochs=1)), 4)
     assert checkpoint is None
     assert note == f"{path}: a finished run made by other training code: training from scratch"
     monkeypatch.undo()
     with pytest.raises(TrainingDiverged):  # stops at step 6, leaving the checkpoint of step 4 unfinished
         train_gan(_tiny(), _batches(poison_batch=6), checkpointing=Checkpointing(path, flatten(_tiny())))
-    monkeypatch.setattr("gan_pipeline.training.checkpoint.training_code", lambda: "edited")
+    monkeypatch.setattr("gan_pipeline.training.resume.training_code", lambda: "edited")
     checkpoint, note = resume_point(path, flatten(_tiny()), 8)
     assert checkpoint.state.step == 4
     assert note.endswith("at step 4 of 8 (the training code has changed since it was written)")
@@ -333,17 +328,17 @@ def test_channels_last_weights_resume_with_fused_adam_exactly(tmp_path):
     """The file holds Adam's moments contiguous; restored for channels_last weights they must get the
     weights' layout back, or torch's fused CPU Adam mixes up their elements."""
 
-    def parts() -> Trainables:
+    def parts() -> CheckpointedObjects:
         torch.manual_seed(0)
         g, d = build_gan("dcgan28", 8)
         for m in (g, d):
             m.to(memory_format=torch.channels_last)
         adam = lambda m: torch.optim.Adam(m.parameters(), lr=1e-3, fused=True)  # noqa: E731
-        return Trainables(g, d, None, adam(g), adam(d), torch.Generator().manual_seed(0))
+        return CheckpointedObjects(g, d, None, adam(g), adam(d), torch.Generator().manual_seed(0))
 
     grads = [[torch.randn_like(p) for p in parts().discriminator.parameters()] for _ in range(4)]
 
-    def step(p: Trainables, i: int) -> None:
+    def step(p: CheckpointedObjects, i: int) -> None:
         for param, grad in zip(p.discriminator.parameters(), grads[i], strict=True):
             param.grad = grad.clone()
         p.opt_d.step()
@@ -356,7 +351,7 @@ def test_channels_last_weights_resume_with_fused_adam_exactly(tmp_path):
         step(first, i)
     path = tmp_path / "ckpt.safetensors"
     save_checkpoint(path, first, identity={}, total_steps=4, state=TrainState(step=2),
-                    epoch_rng=first.rng.get_state())  # fmt: skip
+                    epoch_rng=first.rng.get_state(), training_code=training_code())  # fmt: skip
     resumed = parts()
     load_checkpoint(path).restore(resumed)
     for p in resumed.discriminator.parameters():

@@ -16,8 +16,8 @@ from gan_pipeline.models import GAN_MODELS, build_gan
 from gan_pipeline.models.layers import MinibatchDiscrimination
 from gan_pipeline.runtime import seed_everything
 from gan_pipeline.training.loop import train_gan
-from gan_pipeline.training.losses import g_loss_non_saturating, gradient_penalty, noisy_targets
-from gan_pipeline.training.steps import ema_update, gan_step
+from gan_pipeline.training.losses import Bce, WassersteinGp, gradient_penalty, noisy_targets
+from gan_pipeline.training.steps import StepBatch, ema_update, gan_step
 
 
 def _grad_norm(module: nn.Module) -> float:
@@ -33,8 +33,8 @@ def test_grad_clip_bounds_the_gradient_norm_of_d_and_g(clip):
     real, z = torch.rand(16, 1, 28, 28) * 2 - 1, torch.randn(16, 8)
     norms = []
     for update_g, module in ((False, discriminator), (True, generator)):  # G's step also reaches D's grads
-        gan_step(generator, discriminator, opt_g, opt_d, real, (), (), z, real_label=1.0,
-                 g_loss=g_loss_non_saturating, update_g=update_g, grad_clip=clip)  # fmt: skip
+        batch = StepBatch(real, (), (), z, update_g=update_g)
+        gan_step(generator, discriminator, opt_g, opt_d, batch, Bce(), grad_clip=clip)
         norms.append(_grad_norm(module))
     if clip is None:
         assert min(norms) > 0.01  # so that the clipped case below is a real bound
@@ -100,9 +100,8 @@ def test_wgan_gp_step_trains_a_critic_with_the_penalty_in_its_loss():
     losses = {}
     for lam in (0.0, 10.0):
         state_d = {k: v.clone() for k, v in discriminator.state_dict().items()}
-        stats = gan_step(generator, discriminator, opt_g, opt_d, real, (), (), z, real_label=1.0,
-                         g_loss=g_loss_non_saturating, update_g=False, loss="wgan_gp", gp_lambda=lam,
-                         rng=torch.Generator().manual_seed(0))  # fmt: skip
+        batch = StepBatch(real, (), (), z, update_g=False, rng=torch.Generator().manual_seed(0))
+        stats = gan_step(generator, discriminator, opt_g, opt_d, batch, WassersteinGp(gp_lambda=lam))
         discriminator.load_state_dict(state_d)
         losses[lam] = stats["loss_d"]
     assert losses[10.0] > losses[0.0]  # the penalty adds a positive term for a fresh critic

@@ -44,24 +44,24 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _CONV = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
 
 
-class Amp:
+class Precision:
     """How a GAN's forward passes run on a device: fp32, or autocast to bf16/fp16 (losses stay fp32), with
     channels_last weights and batches for conv models, and a gradient scaler for fp16. Built by
     `choose_precision`; `gan_step` uses `autocast`, `backward`, `unscale`, `step` and `update`."""
 
-    def __init__(self, precision: str, device_type: str, channels_last: bool):
-        self.precision, self.device_type, self.channels_last = precision, device_type, channels_last
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    def __init__(self, name: str, device_type: str, channels_last: bool):
+        self.name, self.device_type, self.channels_last = name, device_type, channels_last
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
         # fp16's 5 exponent bits underflow small gradients: scale the loss up, the gradients back down.
-        self.scaler = torch.amp.GradScaler(device_type) if precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(device_type) if name == "fp16" else None
 
     def describe(self) -> str:
         """E.g. "bf16, channels_last" or "fp32"."""
-        return self.precision + (", channels_last" if self.channels_last else "")
+        return self.name + (", channels_last" if self.channels_last else "")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to the reduced precision; for fp32 nothing (so an outer autocast still applies)."""
-        if self.precision == "fp32":
+        if self.name == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
@@ -118,18 +118,15 @@ def _fp16_works_on_cpu() -> bool:
 
 def choose_precision(
     requested: str, dev: torch.device, *modules: torch.nn.Module, key: str = "train.precision"
-) -> Amp:
-    """The Amp that runs `modules` on `dev` for a `train.precision` value (auto, fp32, bf16, fp16).
+) -> Precision:
+    """The Precision that runs `modules` on `dev` for a `train.precision` value (auto, fp32, bf16, fp16).
 
     auto picks the fastest that is safe. On CUDA: bf16 where supported, else fp16 with a grad scaler. On a
-    CPU, measured on this project's 2-core AMD EPYC (AVX512-BF16, no AMX), shared and noisy, one torch
-    thread, batch 64 (`benchmarks/train_throughput.py --precision`, images/s of gan_step, fp32 -> bf16 +
-    channels_last): dcgan28 155 -> 297 (1.9x), dcgan64 11 -> 35 (3.2x); in bf16 alone (no channels_last)
-    dcgan28 gained 1.0-2.0x and dcgan64 2.9x. The MLP GANs' gain was within the noise and not repeatable
-    (mlp_gan 1.3-1.6x in gan_step, 0.62x in the loop of benchmarks/precision_quality.py; cgan 1.1-1.2x),
-    so auto = bf16 + channels_last for models with conv layers, fp32 for the others, and fp32 on CPUs
-    without native bf16. Quality after the same steps (benchmarks/precision_quality.py) is in
-    docs/benchmarks.md. On CUDA, cudnn.benchmark is switched on (CUDA runs are not bit-reproducible anyway).
+    CPU: bf16 + channels_last for models with conv layers on CPUs with native bf16, fp32 for the others
+    (the MLP GANs' gain was within the noise) and on CPUs without native bf16; the measurements behind
+    this rule (`benchmarks/train_throughput.py --precision`) and the quality after the same steps
+    (`benchmarks/precision_quality.py`) are in docs/benchmarks.md. On CUDA, cudnn.benchmark is switched
+    on (CUDA runs are not bit-reproducible anyway).
     """
     if requested not in PRECISIONS:
         raise ParamsError(f"{key}: expected one of {', '.join(PRECISIONS)}, got {requested!r}")
@@ -149,7 +146,7 @@ def choose_precision(
         )
     if cuda:
         torch.backends.cudnn.benchmark = True  # picks the fastest conv algorithm per shape, once
-    return Amp(requested, dev.type, channels_last=conv and requested != "fp32")
+    return Precision(requested, dev.type, channels_last=conv and requested != "fp32")
 
 
 def to_device(tensor: torch.Tensor, dev: torch.device) -> torch.Tensor:

@@ -2,15 +2,13 @@
 
 One safetensors file holds G, D (and G's EMA), both optimizers' tensors and the RNG states; its metadata
 holds, as JSON, the position (step, epoch, batch within the epoch), the loss log, the optimizers' other
-state, fp16's loss scale and the params that made it (`identity`), so that a checkpoint from other params
-is refused by name.
+state, fp16's loss scale, the params that made it (`identity`) and the digest of the training code, from
+which training.resume decides whether a run goes on from it.
 Written atomically: a kill during the write leaves the previous checkpoint.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -23,29 +21,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gan_pipeline.errors import DataError, ParamsError
+from gan_pipeline.errors import DataError
 from gan_pipeline.io import atomic_path
 
 FORMAT = "gan-pipeline-checkpoint/1"
-PACKAGE = Path(__file__).resolve().parents[1]
-# The modules whose code decides the trained weights (the train stage's code deps in dvc.yaml, less I/O).
-TRAINING_CODE = ("models", "training", "runtime.py", "data/loading.py", "data/streaming.py")
-
-
-@functools.cache
-def training_code() -> str:
-    """An MD5 over the source of TRAINING_CODE: a finished checkpoint made by other code is retrained."""
-    digest = hashlib.md5()
-    for entry in TRAINING_CODE:
-        path = PACKAGE / entry
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(str(file.relative_to(PACKAGE)).encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()
-
-
-# Params that may differ between a checkpoint and the run that goes on from it: they change neither
-# shapes nor the updates already made (a larger `epochs` extends a finished run).
-RESUMABLE = ("train.epochs", "train.log_every", "train.checkpoint_every", "train.collapse_steps")
 
 
 @dataclass
@@ -61,7 +40,7 @@ class TrainState:
 
 
 @dataclass
-class Trainables:
+class CheckpointedObjects:
     """The objects whose state a checkpoint holds."""
 
     generator: nn.Module
@@ -93,17 +72,17 @@ class Checkpoint:
     def finished(self) -> bool:
         return self.state.step >= self.total_steps
 
-    def restore(self, parts: Trainables) -> tuple[TrainState, torch.Tensor]:
+    def restore(self, objects: CheckpointedObjects) -> tuple[TrainState, torch.Tensor]:
         """Load every saved state into the fresh objects; return the position and the epoch-start RNG."""
-        for name, module in parts.modules().items():
+        for name, module in objects.modules().items():
             if module is not None:
                 module.load_state_dict(self._prefixed(name))
-        for name, opt in parts.optimizers().items():
+        for name, opt in objects.optimizers().items():
             opt.load_state_dict(_optimizer_from(self._prefixed(name), self.meta[name]))
             _in_parameter_layout(opt)
-        if parts.scaler is not None and "grad_scaler" in self.meta:
-            parts.scaler.load_state_dict(self.meta["grad_scaler"])
-        parts.rng.set_state(self.tensors["rng/loop"])
+        if objects.scaler is not None and "grad_scaler" in self.meta:
+            objects.scaler.load_state_dict(self.meta["grad_scaler"])
+        objects.rng.set_state(self.tensors["rng/loop"])
         torch.set_rng_state(self.tensors["rng/torch"])
         version, internal, gauss = self.meta["python_random"]
         random.setstate((version, tuple(internal), gauss))
@@ -118,20 +97,22 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | Path,
-    parts: Trainables,
+    objects: CheckpointedObjects,
     *,
     identity: dict[str, Any],
     total_steps: int,
     state: TrainState,
     epoch_rng: torch.Tensor,
+    training_code: str,
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write the whole training state to `path` atomically (safetensors + JSON metadata).
 
-    `epoch_rng` is the loop RNG's state when the current epoch began (its permutation is drawn from it).
+    `epoch_rng` is the loop RNG's state when the current epoch began (its permutation is drawn from it);
+    `training_code` is the digest of the code that trained it (`resume.training_code`).
     """
     tensors: dict[str, torch.Tensor] = {}
-    for name, module in parts.modules().items():
+    for name, module in objects.modules().items():
         if module is not None:
             tensors.update({f"{name}/{k}": v for k, v in module.state_dict().items()})
     meta: dict[str, Any] = {
@@ -139,14 +120,14 @@ def save_checkpoint(
         "identity": identity,
         "total_steps": total_steps,
         "extra": extra or {},
-        "training_code": training_code(),
+        "training_code": training_code,
     }
-    for name, opt in parts.optimizers().items():
+    for name, opt in objects.optimizers().items():
         opt_tensors, meta[name] = _optimizer_to(opt)
         tensors.update({f"{name}/{k}": v for k, v in opt_tensors.items()})
-    if parts.scaler is not None:
-        meta["grad_scaler"] = parts.scaler.state_dict()  # floats and ints: scale, growth tracker, factors
-    tensors["rng/loop"] = parts.rng.get_state()
+    if objects.scaler is not None:
+        meta["grad_scaler"] = objects.scaler.state_dict()  # floats and ints: scale, growth tracker, factors
+    tensors["rng/loop"] = objects.rng.get_state()
     tensors["rng/epoch_start"] = epoch_rng
     tensors["rng/torch"] = torch.get_rng_state()
     meta["python_random"] = random.getstate()
@@ -180,56 +161,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         tensors=tensors,
         meta=meta,
     )
-
-
-def differences(checkpoint: Checkpoint, identity: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, checkpoint's value, current value) for each identity key that differs, resumable ones aside."""
-    # Model (shape) params first: they are the likeliest reason and the one to name.
-    keys = sorted(set(checkpoint.identity) | set(identity), key=lambda k: (".model." not in f".{k}", k))
-    return [
-        (key, checkpoint.identity.get(key), identity.get(key))
-        for key in keys
-        if not key.endswith(RESUMABLE) and checkpoint.identity.get(key) != identity.get(key)
-    ]
-
-
-def resume_point(
-    path: str | Path, identity: dict[str, Any], total_steps: int
-) -> tuple[Checkpoint | None, str]:
-    """The checkpoint to go on from (None: start afresh) and a line saying what was decided.
-
-    A finished run with other params is replaced (its results are the stage's outputs already); an
-    unfinished one with other params is refused, naming the first param that differs, since going on
-    would mix two configurations and starting afresh would throw its work away. Likewise a finished run
-    made by other training code (`training_code`: DVC re-runs the stage after a code change, and the old
-    weights would come back unchanged) is retrained; an unfinished one goes on, with a note (the usual
-    crash, fix, resume).
-    """
-    path = Path(path)
-    if not path.exists():
-        return None, f"no checkpoint at {path}: training from scratch"
-    checkpoint = load_checkpoint(path)
-    diff = differences(checkpoint, identity)
-    if diff:
-        key, old, new = diff[0]
-        if checkpoint.finished:
-            return None, f"{path}: a finished run with {key} {old!r} (now {new!r}): training from scratch"
-        raise ParamsError(
-            f"{path}: an unfinished run (step {checkpoint.state.step} of {checkpoint.total_steps}) was made "
-            f"with {key} {old!r}, the params say {new!r}; restore that value to resume it, or delete the "
-            f"checkpoint to start over"
-        )
-    same_code = checkpoint.meta.get("training_code") == training_code()
-    if checkpoint.finished and not same_code:
-        return None, f"{path}: a finished run made by other training code: training from scratch"
-    if checkpoint.state.step > total_steps:
-        epochs_key = next((k for k in identity if k.endswith("train.epochs")), "train.epochs")
-        raise ParamsError(
-            f"{path}: the checkpoint is at step {checkpoint.state.step}, past the {total_steps} steps of "
-            f"{epochs_key} {identity.get(epochs_key)!r}; raise it, or delete the checkpoint to start over"
-        )
-    changed = "" if same_code else " (the training code has changed since it was written)"
-    return checkpoint, f"resuming from {path} at step {checkpoint.state.step} of {total_steps}{changed}"
 
 
 def _in_parameter_layout(opt: torch.optim.Optimizer) -> None:
@@ -275,3 +206,13 @@ def _optimizer_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
         for group in meta["param_groups"]
     ]
     return {"state": state, "param_groups": groups}
+
+
+def __getattr__(name: str) -> Any:
+    """`resume_point`, which moved to training.resume, still importable from here (stages/train.py)."""
+    # Imported on first use: training.resume imports this module, so a top-level import would be circular.
+    if name == "resume_point":
+        from gan_pipeline.training.resume import resume_point
+
+        return resume_point
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,26 +15,24 @@ from tqdm import tqdm
 
 from gan_pipeline.config import ExperimentConfig
 from gan_pipeline.data.loading import BatchSource
-from gan_pipeline.errors import PipelineError
-from gan_pipeline.models import GAN_MODELS, build_gan
-from gan_pipeline.runtime import choose_precision, device, progress_enabled, seed_everything, to_device
-from gan_pipeline.training import distributed
-from gan_pipeline.training.checkpoint import Checkpoint, Trainables, TrainState, save_checkpoint
-from gan_pipeline.training.losses import G_LOSSES
-from gan_pipeline.training.steps import ema_update, gan_step
+from gan_pipeline.models import GAN_MODELS
+from gan_pipeline.runtime import progress_enabled, to_device
+from gan_pipeline.training import resume as resume_policy
+from gan_pipeline.training.checkpoint import Checkpoint, CheckpointedObjects, TrainState, save_checkpoint
+from gan_pipeline.training.guards import (
+    TrainingDiverged,
+    check_losses_finite,
+    check_weights_finite,
+    watch_collapse,
+)
+from gan_pipeline.training.setup import TrainingSetup, build_training
+from gan_pipeline.training.steps import StepBatch, ema_update, gan_step
 
-log = logging.getLogger(__name__)
+__all__ = ["Checkpointing", "OnEpoch", "OnStep", "TrainResult", "TrainingDiverged", "train_gan"]
 
 OnStep = Callable[[int, dict[str, float]], None]
 # (epoch, step, generator) after each epoch, G in train mode; may raise to stop training.
 OnEpoch = Callable[[int, int, nn.Module], None]
-
-# D "wins totally" when its mean probability on reals is above this and on fakes below 1 - this.
-COLLAPSE_PROBABILITY = 0.99
-
-
-class TrainingDiverged(PipelineError):
-    """A loss or a weight became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -86,137 +82,183 @@ def train_gan(
     DistributedDataParallel and synchronized BatchNorm, the stats are the ranks' means, and rank 0 alone
     writes checkpoints.
     """
-    cfg, spec = exp.train, GAN_MODELS[exp.model.name]
-    rng = seed_everything(cfg.seed)
-    generator, discriminator = build_gan(
-        spec.name,
-        exp.model.latent_dim,
-        exp.model.label_embedding,
-        cfg.init_std,
-        exp.model.minibatch_kernels,
-        critic=cfg.loss == "wgan_gp",
-    )
-    dev = device()
-    generator.to(dev).train()
-    discriminator.to(dev).train()
-    replicas = distributed.current()
-    replicas.sync_batchnorm(generator)
-    replicas.sync_batchnorm(discriminator)
-    amp = choose_precision(cfg.precision, dev, generator, discriminator)
-    amp.prepare(generator, discriminator)
-    ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema_decay is not None else None
-    # fused: one kernel per parameter group instead of a chain of foreach ops (+1-9% dcgan64 images/s).
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
-
+    cfg = exp.train
+    setup = build_training(exp)
     if batches.batch_size != cfg.batch_size:
         raise ValueError(f"batches of {batches.batch_size}, but train.batch_size is {cfg.batch_size}")
-    total = cfg.epochs * len(batches)
-    state, epoch_rng = TrainState(), rng.get_state()
-    parts = Trainables(generator, discriminator, ema, opt_g, opt_d, rng, amp.scaler)
-    resume = checkpointing.resume if checkpointing else None
-    if resume is not None:
-        state, epoch_rng = resume.restore(parts)
-        checkpointing.last_step = state.step
-        if on_epoch is not None and state.batch == 0 and state.epoch > 0:
-            # A checkpoint at an epoch's end is written before that epoch's on_epoch ran: run it now.
-            on_epoch(state.epoch, state.step, generator)
-    result = TrainResult(generator, discriminator, history=state.history, ema=ema, resumed_from=state.step)
-    result.precision = amp.describe()
-
-    def checkpoint() -> None:
-        _check_weights_finite(state.step, checkpointing, generator, discriminator)
-        if replicas.is_main:
-            save_checkpoint(
-                checkpointing.path,
-                parts,
-                identity=checkpointing.identity,
-                total_steps=total,
-                state=state,
-                epoch_rng=epoch_rng,
-                extra=checkpointing.extra,
-            )
-        checkpointing.last_step = state.step
-
-    step_g, step_d = replicas.wrap(generator), replicas.wrap(discriminator)
-    if cfg.compile:
-        step_g, step_d = torch.compile(step_g), torch.compile(step_d)
-    start = time.perf_counter()
-    bar = tqdm(
-        total=total,
-        initial=state.step,
-        desc=f"train {spec.name}",
-        unit="step",
-        disable=not (progress_enabled() and replicas.is_main),
+    generator = setup.objects.generator
+    state, epoch_rng = _start(setup.objects, checkpointing, on_epoch)
+    run = _Run(exp, setup, len(batches), checkpointing, state, epoch_rng, *setup.step_modules(cfg.compile))
+    result = TrainResult(
+        generator,
+        setup.objects.discriminator,
+        history=state.history,
+        ema=setup.objects.ema,
+        resumed_from=state.step,
+        precision=setup.precision.describe(),
+        warnings=run.warnings,
     )
+    start = time.perf_counter()
+    quiet = not (progress_enabled() and setup.replicas.is_main)
+    bar = tqdm(total=run.total, initial=state.step, desc=f"train {run.spec.name}", unit="step", disable=quiet)
     try:  # closed also when a diverging step or the caller's on_epoch raises
         while state.epoch < cfg.epochs:
-            epoch_batches = _epoch_from(batches, rng, epoch_rng, state.batch)
-            for real, real_labels in epoch_batches:
-                z = to_device(torch.randn(cfg.batch_size, exp.model.latent_dim, generator=rng), dev)
-                cond, fake_cond = (), ()
-                if spec.conditional:
-                    cond = (real_labels,)
-                    fake_cond = (to_device(torch.randint(0, 10, (cfg.batch_size,), generator=rng), dev),)
-                update_g = (state.step + 1) % cfg.d_steps == 0
-                stats = gan_step(
-                    step_g,
-                    step_d,
-                    opt_g,
-                    opt_d,
-                    replicas.shard(amp.batch(real)),
-                    tuple(replicas.shard(c) for c in cond),
-                    tuple(replicas.shard(c) for c in fake_cond),
-                    replicas.shard(z),
-                    real_label=cfg.real_label,
-                    g_loss=G_LOSSES[cfg.g_loss],
-                    update_g=update_g,
-                    loss=cfg.loss,
-                    gp_lambda=cfg.gp_lambda,
-                    label_noise=cfg.label_noise,
-                    grad_clip=cfg.grad_clip,
-                    rng=rng,
-                    amp=amp,
-                )
-                stats = replicas.mean(stats)
-                state.step += 1
-                state.batch += 1
-                _check_losses_finite(state.step, stats, update_g, checkpointing)
-                if ema is not None and update_g:
-                    ema_update(ema, generator, cfg.ema_decay)
-                state.window.append(stats)
+            for real, real_labels in run.rest_of_epoch(batches):
+                stats = run.step(real, real_labels)
                 bar.update(1)
-                if cfg.loss == "bce":
-                    _watch_collapse(state, stats, cfg.collapse_steps, result.warnings)
-                if state.step % cfg.log_every == 0 or state.step == total:
-                    row = {"step": state.step, "epoch": state.epoch + 1, **_mean(state.window)}
-                    state.window.clear()
-                    state.history.append(row)
+                row = run.record(stats)
+                if row is not None:
                     bar.set_postfix(loss_d=f"{row['loss_d']:.3f}", loss_g=f"{row['loss_g']:.3f}")
                     if on_step is not None:
                         on_step(state.step, row)
-                if state.batch == len(batches):
-                    state.epoch, state.batch = state.epoch + 1, 0
-                    epoch_rng = rng.get_state()  # the next epoch's permutation is drawn from here
-                if checkpointing is not None and (
-                    state.step % cfg.checkpoint_every == 0 or state.step == total
-                ):
-                    checkpoint()
+                run.end_batch()
             if on_epoch is not None:
                 on_epoch(state.epoch, state.step, generator)
     finally:
         bar.close()
-    if checkpointing is not None and checkpointing.last_step != state.step:
-        checkpoint()  # a finished checkpoint, also when train.epochs only grew by nothing
-    _check_weights_finite(state.step, checkpointing, generator, discriminator)
-    replicas.plain_batchnorm(generator, discriminator, ema)
-    result.steps = state.step
-    result.seconds = time.perf_counter() - start
-    result.images_per_s = (state.step - result.resumed_from) * cfg.batch_size / max(result.seconds, 1e-9)
-    generator.eval()
-    discriminator.eval()
-    if ema is not None:
-        ema.eval()
+    run.finish()
+    return _finished(result, state.step, time.perf_counter() - start, cfg.batch_size)
+
+
+def _start(
+    objects: CheckpointedObjects, checkpointing: Checkpointing | None, on_epoch: OnEpoch | None
+) -> tuple[TrainState, torch.Tensor]:
+    """Where the run starts and its epoch's RNG state: afresh, or restored from the checkpoint to resume."""
+    resume = checkpointing.resume if checkpointing else None
+    if resume is None:
+        return TrainState(), objects.rng.get_state()
+    state, epoch_rng = resume.restore(objects)
+    checkpointing.last_step = state.step
+    if on_epoch is not None and state.batch == 0 and state.epoch > 0:
+        # A checkpoint at an epoch's end is written before that epoch's on_epoch ran: run it now.
+        on_epoch(state.epoch, state.step, objects.generator)
+    return state, epoch_rng
+
+
+@dataclass
+class _Run:
+    """One training run in progress: its objects, where it is, and where it checkpoints."""
+
+    exp: ExperimentConfig
+    setup: TrainingSetup
+    batches_per_epoch: int
+    checkpointing: Checkpointing | None
+    state: TrainState
+    epoch_rng: torch.Tensor  # the loop RNG's state when the current epoch began
+    step_g: nn.Module  # G and D as the step calls them (DDP-wrapped, compiled)
+    step_d: nn.Module
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self):
+        return GAN_MODELS[self.exp.model.name]
+
+    @property
+    def total(self) -> int:
+        return self.exp.train.epochs * self.batches_per_epoch
+
+    def rest_of_epoch(self, batches: BatchSource) -> Iterable:
+        return _epoch_from(batches, self.setup.objects.rng, self.epoch_rng, self.state.batch)
+
+    def step(self, real: torch.Tensor, real_labels: torch.Tensor) -> dict[str, float]:
+        """Train on one global batch; return the step's stats (the ranks' means), checked finite."""
+        cfg, objects = self.exp.train, self.setup.objects
+        batch = self._step_batch(real, real_labels)
+        stats = gan_step(
+            self.step_g,
+            self.step_d,
+            objects.opt_g,
+            objects.opt_d,
+            batch,
+            self.setup.loss,
+            cfg.grad_clip,
+            self.setup.precision,
+        )
+        stats = self.setup.replicas.mean(stats)
+        self.state.step += 1
+        self.state.batch += 1
+        check_losses_finite(self.state.step, stats, batch.update_g, self.checkpointing)
+        if objects.ema is not None and batch.update_g:
+            ema_update(objects.ema, objects.generator, cfg.ema_decay)
+        self.state.window.append(stats)
+        return stats
+
+    def _step_batch(self, real: torch.Tensor, real_labels: torch.Tensor) -> StepBatch:
+        """This rank's slice of the batch, with G's latents (and labels) drawn from the loop's RNG."""
+        cfg, rng, dev = self.exp.train, self.setup.objects.rng, self.setup.device
+        replicas = self.setup.replicas
+        z = to_device(torch.randn(cfg.batch_size, self.exp.model.latent_dim, generator=rng), dev)
+        cond, fake_cond = (), ()
+        if self.spec.conditional:
+            cond = (real_labels,)
+            fake_cond = (to_device(torch.randint(0, 10, (cfg.batch_size,), generator=rng), dev),)
+        return StepBatch(
+            replicas.shard(self.setup.precision.batch(real)),
+            tuple(replicas.shard(c) for c in cond),
+            tuple(replicas.shard(c) for c in fake_cond),
+            replicas.shard(z),
+            update_g=(self.state.step + 1) % cfg.d_steps == 0,
+            rng=rng,
+        )
+
+    def record(self, stats: dict[str, float]) -> dict[str, float] | None:
+        """Watch for D winning totally; every log_every steps (and at the last) the window's mean row."""
+        state = self.state
+        if self.setup.loss.has_probabilities:
+            watch_collapse(state, stats, self.exp.train.collapse_steps, self.warnings)
+        if state.step % self.exp.train.log_every != 0 and state.step != self.total:
+            return None
+        row = {"step": state.step, "epoch": state.epoch + 1, **_mean(state.window)}
+        state.window.clear()
+        state.history.append(row)
+        return row
+
+    def end_batch(self) -> None:
+        """Move on to the next epoch after the last batch; checkpoint when one is due."""
+        state = self.state
+        if state.batch == self.batches_per_epoch:
+            state.epoch, state.batch = state.epoch + 1, 0
+            # the next epoch's permutation is drawn from here
+            self.epoch_rng = self.setup.objects.rng.get_state()
+        if self.checkpointing is not None and (
+            state.step % self.exp.train.checkpoint_every == 0 or state.step == self.total
+        ):
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Check G and D finite and, on the main process, write the checkpoint."""
+        objects, checkpointing = self.setup.objects, self.checkpointing
+        check_weights_finite(self.state.step, checkpointing, objects.generator, objects.discriminator)
+        if self.setup.replicas.is_main:
+            save_checkpoint(
+                checkpointing.path,
+                objects,
+                identity=checkpointing.identity,
+                total_steps=self.total,
+                state=self.state,
+                epoch_rng=self.epoch_rng,
+                training_code=resume_policy.training_code(),
+                extra=checkpointing.extra,
+            )
+        checkpointing.last_step = self.state.step
+
+    def finish(self) -> None:
+        """The last checkpoint and weight check; BatchNorm back to the plain kind for saving and sampling."""
+        objects = self.setup.objects
+        if self.checkpointing is not None and self.checkpointing.last_step != self.state.step:
+            self.checkpoint()  # a finished checkpoint, also when train.epochs only grew by nothing
+        check_weights_finite(self.state.step, self.checkpointing, objects.generator, objects.discriminator)
+        self.setup.replicas.plain_batchnorm(objects.generator, objects.discriminator, objects.ema)
+
+
+def _finished(result: TrainResult, steps: int, seconds: float, batch_size: int) -> TrainResult:
+    """The result with the run's step count and speed, its modules in eval mode."""
+    result.steps = steps
+    result.seconds = seconds
+    result.images_per_s = (steps - result.resumed_from) * batch_size / max(seconds, 1e-9)
+    for module in (result.generator, result.discriminator, result.ema):
+        if module is not None:
+            module.eval()
     return result
 
 
@@ -235,45 +277,6 @@ def _epoch_from(batches: BatchSource, rng: torch.Generator, epoch_rng: torch.Ten
         next(iterator)
     rng.set_state(current)
     return iterator
-
-
-def _where(checkpointing: Checkpointing | None) -> str:
-    if checkpointing is None or checkpointing.last_step is None:
-        return "no checkpoint was written"
-    return f"last good checkpoint: {checkpointing.path} (step {checkpointing.last_step}), kept"
-
-
-def _check_losses_finite(step: int, stats: dict[str, float], update_g: bool, checkpointing) -> None:
-    for key in ("loss_d", "loss_g") if update_g else ("loss_d",):
-        if not math.isfinite(stats[key]):
-            raise TrainingDiverged(
-                f"training diverged at step {step}: {key} is {stats[key]}; {_where(checkpointing)}"
-            )
-
-
-def _check_weights_finite(step: int, checkpointing, *modules: nn.Module) -> None:
-    for module, name in zip(modules, ("generator", "discriminator"), strict=False):
-        for key, value in module.state_dict().items():
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                raise TrainingDiverged(
-                    f"training diverged at step {step}: {name} weight {key} is not finite; "
-                    f"{_where(checkpointing)}"
-                )
-
-
-def _watch_collapse(state: TrainState, stats: dict[str, float], steps: int, warnings: list[str]) -> None:
-    """Count the steps in a row that D wins totally; warn once when the streak reaches `steps`."""
-    if stats["d_real"] > COLLAPSE_PROBABILITY and stats["d_fake"] < 1 - COLLAPSE_PROBABILITY:
-        state.collapse_streak += 1
-    else:
-        state.collapse_streak = 0
-    if state.collapse_streak == steps:
-        message = (
-            f"step {state.step}: D has won totally for {steps} steps "
-            f"(D(x) {stats['d_real']:.4f}, D(G(z)) {stats['d_fake']:.4f}): G may have collapsed"
-        )
-        log.warning(message)
-        warnings.append(message)
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:

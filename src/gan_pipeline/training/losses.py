@@ -1,11 +1,19 @@
-"""GAN losses as pure functions of D's logits, chosen by name."""
+"""GAN losses as pure functions of D's logits, and `LOSSES`: each `train.loss` as one object that gives D's
+loss, G's loss and an optional penalty, so that the step never branches on the loss's name."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import torch
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from gan_pipeline.config import TrainConfig
+
+Critic = Callable[[torch.Tensor], torch.Tensor]
 
 
 def d_loss_bce(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0) -> torch.Tensor:
@@ -64,7 +72,7 @@ def g_loss_wasserstein(fake_scores: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_penalty(
-    critic: Callable[[torch.Tensor], torch.Tensor],
+    critic: Critic,
     real: torch.Tensor,
     fake: torch.Tensor,
     rng: torch.Generator | None = None,
@@ -78,3 +86,101 @@ def gradient_penalty(
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+@dataclass(frozen=True)
+class GradientPenalty:
+    """WGAN-GP's penalty on D's gradient between reals and fakes, added to D's loss times `weight`."""
+
+    weight: float
+
+    def __call__(
+        self, critic: Critic, real: torch.Tensor, fake: torch.Tensor, rng: torch.Generator | None
+    ) -> torch.Tensor:
+        """The unweighted penalty (`gradient_penalty`), its interpolation weights drawn from `rng`."""
+        return gradient_penalty(critic, real, fake, rng)
+
+
+class GanLoss(Protocol):
+    """What the step needs of a loss: D's and G's losses of D's fp32 logits, and the penalty, if any."""
+
+    # D's outputs are logits of probabilities: D "winning totally" is meaningful and watched for.
+    has_probabilities: ClassVar[bool]
+    # D is built as a critic (no BatchNorm, see models), so that each sample's score is its own.
+    critic: ClassVar[bool]
+
+    @property
+    def penalty(self) -> GradientPenalty | None: ...
+
+    def d_loss(
+        self, real_logits: torch.Tensor, fake_logits: torch.Tensor, rng: torch.Generator | None
+    ) -> torch.Tensor: ...
+
+    def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Bce:
+    """The tutorials' GAN loss: BCE of D on reals (target `real_label`) and fakes (target 0), a fraction
+    `label_noise` of the targets flipped at random each step, and G's loss in its `g_variant`."""
+
+    real_label: float = 1.0
+    label_noise: float = 0.0
+    g_variant: Literal["non_saturating", "saturating"] = "non_saturating"
+
+    has_probabilities: ClassVar[bool] = True
+    critic: ClassVar[bool] = False
+    penalty: ClassVar[None] = None
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Bce:
+        return cls(real_label=cfg.real_label, label_noise=cfg.label_noise, g_variant=cfg.g_loss)
+
+    def d_loss(
+        self, real_logits: torch.Tensor, fake_logits: torch.Tensor, rng: torch.Generator | None
+    ) -> torch.Tensor:
+        """D's loss; the noisy labels' flips are drawn from `rng` only when label_noise > 0."""
+        if self.label_noise > 0:
+            real_target, fake_target = noisy_targets(len(real_logits), self.real_label, self.label_noise, rng)
+            dev = real_logits.device
+            return d_loss_bce_targets(real_logits, fake_logits, real_target.to(dev), fake_target.to(dev))
+        return d_loss_bce(real_logits, fake_logits, self.real_label)
+
+    def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return G_LOSSES[self.g_variant](fake_logits)
+
+
+@dataclass(frozen=True)
+class WassersteinGp:
+    """WGAN-GP (Gulrajani et al. 2017): D is a critic with the Wasserstein loss plus `gp_lambda` times the
+    gradient penalty."""
+
+    gp_lambda: float = 10.0
+
+    has_probabilities: ClassVar[bool] = False
+    critic: ClassVar[bool] = True
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> WassersteinGp:
+        return cls(gp_lambda=cfg.gp_lambda)
+
+    @property
+    def penalty(self) -> GradientPenalty:
+        return GradientPenalty(self.gp_lambda)
+
+    def d_loss(
+        self, real_logits: torch.Tensor, fake_logits: torch.Tensor, rng: torch.Generator | None
+    ) -> torch.Tensor:
+        return d_loss_wasserstein(real_logits, fake_logits)
+
+    def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        return g_loss_wasserstein(fake_logits)
+
+
+# train.loss -> its loss; a new loss is one entry here (and its name in config's train.loss).
+LOSSES: dict[str, type[Bce] | type[WassersteinGp]] = {"bce": Bce, "wgan_gp": WassersteinGp}
+
+
+def loss_from_config(cfg: TrainConfig) -> GanLoss:
+    """The loss `train.loss` names, with its settings from the train config."""
+    return LOSSES[cfg.loss].from_config(cfg)

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from gan_pipeline.runtime import Amp
-from gan_pipeline.training.losses import (
-    d_loss_bce,
-    d_loss_bce_targets,
-    d_loss_wasserstein,
-    g_loss_wasserstein,
-    gradient_penalty,
-    noisy_targets,
-)
+from gan_pipeline.runtime import Precision
+from gan_pipeline.training.losses import GanLoss
 
-FP32 = Amp("fp32", "cpu", channels_last=False)  # plain float32: autocast off, no scaling
+FP32 = Precision("fp32", "cpu", channels_last=False)  # plain float32: autocast off, no scaling
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """What one step trains on: the real batch and its labels, G's latents and the labels G is asked to draw.
+
+    `cond` is () for unconditional models or (labels,) for the real batch; `fake_cond` likewise for G's
+    labels. G is updated only when `update_g`. The step's random draws (noisy labels, the penalty's
+    interpolation) come from `rng`.
+    """
+
+    real: torch.Tensor
+    cond: tuple[torch.Tensor, ...]
+    fake_cond: tuple[torch.Tensor, ...]
+    z: torch.Tensor
+    update_g: bool = True
+    rng: torch.Generator | None = None
 
 
 def _full(logits: torch.Tensor) -> torch.Tensor:
@@ -50,67 +61,43 @@ def gan_step(
     discriminator: nn.Module,
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
-    real: torch.Tensor,
-    cond: tuple[torch.Tensor, ...],
-    fake_cond: tuple[torch.Tensor, ...],
-    z: torch.Tensor,
-    *,
-    real_label: float,
-    g_loss: Callable[[torch.Tensor], torch.Tensor],
-    update_g: bool,
-    loss: str = "bce",
-    gp_lambda: float = 10.0,
-    label_noise: float = 0.0,
+    batch: StepBatch,
+    loss: GanLoss,
     grad_clip: float | None = None,
-    rng: torch.Generator | None = None,
-    amp: Amp | None = None,
+    precision: Precision | None = None,
 ) -> dict[str, float]:
-    """Update D once and, when `update_g`, G once; return loss_d, loss_g, d_real, d_fake (D's mean probs).
+    """Update D once and, when `batch.update_g`, G once; return loss_d, loss_g, d_real and d_fake.
 
-    `cond` is () for unconditional models or (labels,) for the real batch; `fake_cond` likewise for the
-    labels G is asked to draw. loss_g is NaN on steps that do not update G. `loss` "wgan_gp" makes D a
-    critic (Wasserstein loss plus gp_lambda times the gradient penalty; `g_loss` and `real_label` are then
-    unused); `label_noise` flips that fraction of D's BCE targets; `grad_clip` bounds each gradient's L2
-    norm. Random draws (noisy labels, the penalty's interpolation) come from `rng`. `amp` (default fp32)
-    runs the forward passes in reduced precision; D's logits, the losses and the stats stay fp32.
+    d_real and d_fake are D's mean probabilities on the reals and the fakes; loss_g is NaN on steps that do
+    not update G. `grad_clip` bounds each gradient's L2 norm. `precision` (default fp32) runs the forward
+    passes in reduced precision; D's logits, the losses and the stats stay fp32.
     """
-    amp = amp or FP32
-    with amp.autocast():
-        fake = generator(z, *fake_cond)
+    precision = precision or FP32
+    with precision.autocast():
+        fake = generator(batch.z, *batch.fake_cond)
     opt_d.zero_grad(set_to_none=True)
-    with amp.autocast():
-        real_logits = _full(discriminator(real, *cond))
-        fake_logits = _full(discriminator(fake.detach(), *fake_cond))
-        if loss == "wgan_gp":
-            penalty = gradient_penalty(lambda x: _full(discriminator(x, *cond)), real, fake, rng)
-    if loss == "wgan_gp":
-        loss_d = d_loss_wasserstein(real_logits, fake_logits) + gp_lambda * penalty
-    elif label_noise > 0:
-        real_target, fake_target = noisy_targets(len(real_logits), real_label, label_noise, rng)
-        loss_d = d_loss_bce_targets(
-            real_logits, fake_logits, real_target.to(real_logits.device), fake_target.to(real_logits.device)
-        )
-    else:
-        loss_d = d_loss_bce(real_logits, fake_logits, real_label)
-    amp.backward(loss_d)
-    if grad_clip is not None:
-        amp.unscale(opt_d)
-        nn.utils.clip_grad_norm_(discriminator.parameters(), grad_clip)
-    amp.step(opt_d)
+    with precision.autocast():
+        real_logits = _full(discriminator(batch.real, *batch.cond))
+        fake_logits = _full(discriminator(fake.detach(), *batch.fake_cond))
+        if loss.penalty is not None:  # drawn after both forward passes, inside autocast like them
+            critic = lambda x: _full(discriminator(x, *batch.cond))  # noqa: E731 -- D on the real labels
+            penalty = loss.penalty(critic, batch.real, fake, batch.rng)
+    loss_d = loss.d_loss(real_logits, fake_logits, batch.rng)
+    if loss.penalty is not None:
+        loss_d = loss_d + loss.penalty.weight * penalty
+    precision.backward(loss_d)
+    _clip_and_step(discriminator, opt_d, grad_clip, precision)
 
     loss_g = torch.tensor(float("nan"))
-    if update_g:
+    if batch.update_g:
         opt_g.zero_grad(set_to_none=True)
         with frozen(discriminator):
-            with amp.autocast():
-                fake_scores = _full(discriminator(fake, *fake_cond))
-            loss_g = g_loss_wasserstein(fake_scores) if loss == "wgan_gp" else g_loss(fake_scores)
-            amp.backward(loss_g)
-        if grad_clip is not None:
-            amp.unscale(opt_g)
-            nn.utils.clip_grad_norm_(generator.parameters(), grad_clip)
-        amp.step(opt_g)
-    amp.update()
+            with precision.autocast():
+                fake_scores = _full(discriminator(fake, *batch.fake_cond))
+            loss_g = loss.g_loss(fake_scores)
+            precision.backward(loss_g)
+        _clip_and_step(generator, opt_g, grad_clip, precision)
+    precision.update()
 
     return {
         "loss_d": loss_d.item(),
@@ -118,6 +105,16 @@ def gan_step(
         "d_real": torch.sigmoid(real_logits).mean().item(),
         "d_fake": torch.sigmoid(fake_logits).mean().item(),
     }
+
+
+def _clip_and_step(
+    module: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float | None, precision: Precision
+) -> None:
+    """Clip the module's (unscaled) gradient to L2 norm `grad_clip`, if set, and take the optimizer's step."""
+    if grad_clip is not None:
+        precision.unscale(optimizer)
+        nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    precision.step(optimizer)
 
 
 @torch.no_grad()

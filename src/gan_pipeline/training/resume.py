@@ -1,0 +1,82 @@
+"""Whether a run goes on from its checkpoint: the same params (less the resumable ones) and, for a finished
+run, the same training code; anything else starts afresh or is refused by name."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from gan_pipeline.errors import ParamsError
+from gan_pipeline.training.checkpoint import Checkpoint, load_checkpoint
+
+PACKAGE = Path(__file__).resolve().parents[1]
+# The modules whose code decides the trained weights (the train stage's code deps in dvc.yaml, less I/O).
+TRAINING_CODE = ("models", "training", "runtime.py", "data/loading.py", "data/streaming.py")
+
+
+@functools.cache
+def training_code() -> str:
+    """An MD5 over the source of TRAINING_CODE: a finished checkpoint made by other code is retrained."""
+    digest = hashlib.md5()
+    for entry in TRAINING_CODE:
+        path = PACKAGE / entry
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(str(file.relative_to(PACKAGE)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+# Params that may differ between a checkpoint and the run that goes on from it: they change neither
+# shapes nor the updates already made (a larger `epochs` extends a finished run).
+RESUMABLE = ("train.epochs", "train.log_every", "train.checkpoint_every", "train.collapse_steps")
+
+
+def differences(checkpoint: Checkpoint, identity: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, checkpoint's value, current value) for each identity key that differs, resumable ones aside."""
+    # Model (shape) params first: they are the likeliest reason and the one to name.
+    keys = sorted(set(checkpoint.identity) | set(identity), key=lambda k: (".model." not in f".{k}", k))
+    return [
+        (key, checkpoint.identity.get(key), identity.get(key))
+        for key in keys
+        if not key.endswith(RESUMABLE) and checkpoint.identity.get(key) != identity.get(key)
+    ]
+
+
+def resume_point(
+    path: str | Path, identity: dict[str, Any], total_steps: int
+) -> tuple[Checkpoint | None, str]:
+    """The checkpoint to go on from (None: start afresh) and a line saying what was decided.
+
+    A finished run with other params is replaced (its results are the stage's outputs already); an
+    unfinished one with other params is refused, naming the first param that differs, since going on
+    would mix two configurations and starting afresh would throw its work away. Likewise a finished run
+    made by other training code (`training_code`: DVC re-runs the stage after a code change, and the old
+    weights would come back unchanged) is retrained; an unfinished one goes on, with a note (the usual
+    crash, fix, resume).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None, f"no checkpoint at {path}: training from scratch"
+    checkpoint = load_checkpoint(path)
+    diff = differences(checkpoint, identity)
+    if diff:
+        key, old, new = diff[0]
+        if checkpoint.finished:
+            return None, f"{path}: a finished run with {key} {old!r} (now {new!r}): training from scratch"
+        raise ParamsError(
+            f"{path}: an unfinished run (step {checkpoint.state.step} of {checkpoint.total_steps}) was made "
+            f"with {key} {old!r}, the params say {new!r}; restore that value to resume it, or delete the "
+            f"checkpoint to start over"
+        )
+    same_code = checkpoint.meta.get("training_code") == training_code()
+    if checkpoint.finished and not same_code:
+        return None, f"{path}: a finished run made by other training code: training from scratch"
+    if checkpoint.state.step > total_steps:
+        epochs_key = next((k for k in identity if k.endswith("train.epochs")), "train.epochs")
+        raise ParamsError(
+            f"{path}: the checkpoint is at step {checkpoint.state.step}, past the {total_steps} steps of "
+            f"{epochs_key} {identity.get(epochs_key)!r}; raise it, or delete the checkpoint to start over"
+        )
+    changed = "" if same_code else " (the training code has changed since it was written)"
+    return checkpoint, f"resuming from {path} at step {checkpoint.state.step} of {total_steps}{changed}"

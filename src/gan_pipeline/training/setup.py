@@ -1,0 +1,66 @@
+"""What a training run is built from, by the experiment's config: G and D on the device (BatchNorm
+synchronized across processes), the precision, G's EMA, both optimizers, the loss and the loop's RNG."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gan_pipeline.config import ExperimentConfig
+from gan_pipeline.models import GAN_MODELS, build_gan
+from gan_pipeline.runtime import Precision, choose_precision, device, seed_everything
+from gan_pipeline.training import distributed
+from gan_pipeline.training.checkpoint import CheckpointedObjects
+from gan_pipeline.training.distributed import Replicas
+from gan_pipeline.training.losses import GanLoss, loss_from_config
+
+
+@dataclass
+class TrainingSetup:
+    """A run's fresh objects: what a checkpoint holds, and how the steps run."""
+
+    objects: CheckpointedObjects
+    precision: Precision
+    replicas: Replicas  # this process's place among the training processes (one: no-ops)
+    loss: GanLoss
+    device: torch.device
+
+    def step_modules(self, compile: bool) -> tuple[nn.Module, nn.Module]:
+        """G and D as the step calls them: wrapped for DDP in a process group, compiled when `compile`."""
+        step_g = self.replicas.wrap(self.objects.generator)
+        step_d = self.replicas.wrap(self.objects.discriminator)
+        if compile:
+            step_g, step_d = torch.compile(step_g), torch.compile(step_d)
+        return step_g, step_d
+
+
+def build_training(exp: ExperimentConfig) -> TrainingSetup:
+    """Seed everything from train.seed and build the run's objects, in an order that fixes their weights."""
+    cfg, spec = exp.train, GAN_MODELS[exp.model.name]
+    loss = loss_from_config(cfg)
+    rng = seed_everything(cfg.seed)
+    generator, discriminator = build_gan(
+        spec.name,
+        exp.model.latent_dim,
+        exp.model.label_embedding,
+        cfg.init_std,
+        exp.model.minibatch_kernels,
+        critic=loss.critic,
+    )
+    dev = device()
+    generator.to(dev).train()
+    discriminator.to(dev).train()
+    replicas = distributed.current()
+    replicas.sync_batchnorm(generator)
+    replicas.sync_batchnorm(discriminator)
+    precision = choose_precision(cfg.precision, dev, generator, discriminator)
+    precision.prepare(generator, discriminator)
+    ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema_decay is not None else None
+    # fused: one kernel per parameter group instead of a chain of foreach ops (+1-9% dcgan64 images/s).
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
+    objects = CheckpointedObjects(generator, discriminator, ema, opt_g, opt_d, rng, precision.scaler)
+    return TrainingSetup(objects, precision, replicas, loss, dev)
