@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from gan_pipeline.config import ExperimentConfig
 from gan_pipeline.data.loading import BatchSource
-from gan_pipeline.models import GAN_MODELS
+from gan_pipeline.models import GAN_MODELS, GanSpec
 from gan_pipeline.runtime import progress_enabled, to_device
 from gan_pipeline.training import resume as resume_policy
 from gan_pipeline.training.checkpoint import Checkpoint, CheckpointedObjects, TrainState, save_checkpoint
@@ -89,18 +89,9 @@ def train_gan(
     generator = setup.objects.generator
     state, epoch_rng = _start(setup.objects, checkpointing, on_epoch)
     run = _Run(exp, setup, len(batches), checkpointing, state, epoch_rng, *setup.step_modules(cfg.compile))
-    result = TrainResult(
-        generator,
-        setup.objects.discriminator,
-        history=state.history,
-        ema=setup.objects.ema,
-        resumed_from=state.step,
-        precision=setup.precision.describe(),
-        warnings=run.warnings,
-    )
+    result = run.result()
     start = time.perf_counter()
-    quiet = not (progress_enabled() and setup.replicas.is_main)
-    bar = tqdm(total=run.total, initial=state.step, desc=f"train {run.spec.name}", unit="step", disable=quiet)
+    bar = run.progress_bar()
     try:  # closed also when a diverging step or the caller's on_epoch raises
         while state.epoch < cfg.epochs:
             for real, real_labels in run.rest_of_epoch(batches):
@@ -123,7 +114,8 @@ def train_gan(
 def _start(
     objects: CheckpointedObjects, checkpointing: Checkpointing | None, on_epoch: OnEpoch | None
 ) -> tuple[TrainState, torch.Tensor]:
-    """Where the run starts and its epoch's RNG state: afresh, or restored from the checkpoint to resume."""
+    """Where the run starts and its epoch's RNG state: afresh, or restored from the checkpoint to resume
+    (then running the `on_epoch` that the checkpoint's epoch end has not run yet)."""
     resume = checkpointing.resume if checkpointing else None
     if resume is None:
         return TrainState(), objects.rng.get_state()
@@ -150,14 +142,40 @@ class _Run:
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def spec(self):
+    def spec(self) -> GanSpec:
         return GAN_MODELS[self.exp.model.name]
 
     @property
     def total(self) -> int:
+        """The run's length in steps (D updates)."""
         return self.exp.train.epochs * self.batches_per_epoch
 
-    def rest_of_epoch(self, batches: BatchSource) -> Iterable:
+    def result(self) -> TrainResult:
+        """The result as the run starts: its modules, the history so far, the resolved precision."""
+        objects = self.setup.objects
+        return TrainResult(
+            objects.generator,
+            objects.discriminator,
+            history=self.state.history,
+            ema=objects.ema,
+            resumed_from=self.state.step,
+            precision=self.setup.precision.describe(),
+            warnings=self.warnings,
+        )
+
+    def progress_bar(self) -> tqdm:
+        """The run's progress bar, on the main process where progress bars are on (`progress_enabled`)."""
+        quiet = not (progress_enabled() and self.setup.replicas.is_main)
+        return tqdm(
+            total=self.total,
+            initial=self.state.step,
+            desc=f"train {self.spec.name}",
+            unit="step",
+            disable=quiet,
+        )
+
+    def rest_of_epoch(self, batches: BatchSource) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The current epoch's batches not yet trained on."""
         return _epoch_from(batches, self.setup.objects.rng, self.epoch_rng, self.state.batch)
 
     def step(self, real: torch.Tensor, real_labels: torch.Tensor) -> dict[str, float]:

@@ -109,6 +109,9 @@ class GanLoss(Protocol):
     # D is built as a critic (no BatchNorm, see models), so that each sample's score is its own.
     critic: ClassVar[bool]
 
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> GanLoss: ...
+
     @property
     def penalty(self) -> GradientPenalty | None: ...
 
@@ -171,6 +174,7 @@ class WassersteinGp:
     def d_loss(
         self, real_logits: torch.Tensor, fake_logits: torch.Tensor, rng: torch.Generator | None
     ) -> torch.Tensor:
+        """The critic's loss without its penalty (the step adds that); draws nothing from `rng`."""
         return d_loss_wasserstein(real_logits, fake_logits)
 
     def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -178,7 +182,7 @@ class WassersteinGp:
 
 
 # train.loss -> its loss; a new loss is one entry here (and its name in config's train.loss).
-LOSSES: dict[str, type[Bce] | type[WassersteinGp]] = {"bce": Bce, "wgan_gp": WassersteinGp}
+LOSSES: dict[str, type[GanLoss]] = {"bce": Bce, "wgan_gp": WassersteinGp}
 
 
 def loss_from_config(cfg: TrainConfig) -> GanLoss:
