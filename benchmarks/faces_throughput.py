@@ -26,8 +26,8 @@ from gan_pipeline.config import FaceDataConfig
 from gan_pipeline.data.faces import prepare_faces
 from gan_pipeline.data.streaming import H5Batches
 from gan_pipeline.models import GAN_MODELS, build_gan
-from gan_pipeline.training.losses import G_LOSSES
-from gan_pipeline.training.steps import gan_step
+from gan_pipeline.training.losses import Bce
+from gan_pipeline.training.steps import StepBatch, gan_step
 
 # ../shared beside the repository (or beside the folder of worktrees that holds it)
 REPO = Path(__file__).resolve().parents[1]
@@ -106,10 +106,8 @@ def _train_rate(name: str, batch: int, steps: int, bf16: bool = False, channels_
         if i == 1:
             start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            gan_step(
-                generator, discriminator, opt_g, opt_d, real, (), (), torch.randn(batch, 100),
-                real_label=1.0, g_loss=G_LOSSES["non_saturating"], update_g=True,
-            )  # fmt: skip
+            batch_of = StepBatch(real, (), (), torch.randn(batch, 100))
+            gan_step(generator, discriminator, opt_g, opt_d, batch_of, Bce())
     return steps * batch / (time.perf_counter() - start)
 
 
