@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from gan_pipeline.metrics.features import Float64Features
 from gan_pipeline.runtime import module_device
 
 KID_IMPLEMENTATION = (
@@ -21,17 +22,6 @@ KID_IMPLEMENTATION = (
     "unchanged); kernel (x.y/d + 1)^3; mean and population std over `subsets` subsets of "
     "min(subset_size, n_real, n_fake) drawn by torch.randperm after torch.manual_seed(seed)"
 )
-
-
-class _Float64Features(nn.Module):
-    """Passes images straight to `features` and returns float64, so the kernel sums are float64 too."""
-
-    def __init__(self, features: nn.Module):
-        super().__init__()
-        self.features = features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).double()
 
 
 def kid(
@@ -61,7 +51,7 @@ def kid(
         warnings.filterwarnings("ignore", message=r"Metric `Kernel Inception Distance` will save")
         # With a custom module, `update` hands the images over unchanged (no resize, no * 255 uint8).
         metric = KernelInceptionDistance(
-            feature=_Float64Features(features_module), subset_size=size, subsets=subsets
+            feature=Float64Features(features_module), subset_size=size, subsets=subsets
         ).to(dev)
     for images, is_real in ((real, True), (fake, False)):
         for batch in images.split(batch_size):
