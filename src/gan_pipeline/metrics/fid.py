@@ -3,8 +3,8 @@
 `fid(features, real, fake)` feeds images to a feature module; `fid_from_features` takes features already
 computed (the Inception ones, which are too costly to compute twice). Classifier FID uses the penultimate
 layer of our own DigitClassifier, fed the 28x28 images as they are (float in [-1, 1], no resize, no uint8
-quantisation): it is not Inception FID and is not comparable with it (PITFALLS 9). Like every FID it is
-biased for small N, so the sample sizes are recorded beside it.
+quantisation): it is not Inception FID and is not comparable with it, since FID depends on the feature
+network. Like every FID it is biased upwards for small N, so the sample sizes are recorded beside it.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def intra_class_fid(
     Labels are (N,) ints beside the (N, 1, 28, 28) images. Only classes with >= 2 samples on both sides
     are scored; the result maps each scored class, as a string ("0", "3", ...), to its FID, and "mean" to
     the mean over those classes. Each class has about 1/10 of the samples, so the bias of FID for small N
-    is larger than for the overall score (PITFALLS 9): record the per-class sample sizes beside it.
+    is larger than for the overall score: record the per-class sample sizes beside it.
     """
     real_labels, fake_labels = torch.as_tensor(real_labels), torch.as_tensor(fake_labels)
     if real_labels.shape != (len(real),) or fake_labels.shape != (len(fake),):

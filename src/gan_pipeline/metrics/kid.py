@@ -2,8 +2,9 @@
 
 KID is the unbiased estimate of the squared MMD between real and fake features under the polynomial kernel
 k(x, y) = (x·y / d + 1)^3, averaged over random subsets. Unlike FID it is unbiased, but its subsets need
->= 1,000 samples to be stable (PITFALLS 9). With the digit classifier's features it is not Inception KID and
-is not comparable with it; record the feature module and the subset size and count beside it.
+>= 1,000 samples to be stable (smaller ones vary widely from subset to subset). With the digit
+classifier's features it is not Inception KID and is not comparable with it; record the feature module and
+the subset size and count beside it.
 """
 
 from __future__ import annotations
