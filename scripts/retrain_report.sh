@@ -19,4 +19,4 @@ dvc repro 2>&1 | tee "$out/repro.log"
 if [ -n "$remote" ]; then
     dvc push
 fi
-python -m gan_pipeline.views.retrain --base "$base" --repro-log "$out/repro.log" --out "$out"
+python -m gan_pipeline.reports.retrain --base "$base" --repro-log "$out/repro.log" --out "$out"

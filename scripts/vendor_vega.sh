@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild src/gan_pipeline/views/dvc_plots.html, the HTML template that `dvc plots show` renders into
+# Rebuild src/gan_pipeline/reports/dvc_plots.html, the HTML template that `dvc plots show` renders into
 # (.dvc/config: plots.html_template), with vega, vega-lite and vega-embed inlined from npm, so that the
 # plots render offline. DVC's default template loads them from a CDN instead.
 # Usage: scripts/vendor_vega.sh [vega-version vega-lite-version vega-embed-version]   (needs npm)
@@ -12,7 +12,7 @@ trap 'rm -rf "$work"' EXIT
 for tgz in "$work"/*.tgz; do
     mkdir -p "${tgz%.tgz}" && tar xzf "$tgz" -C "${tgz%.tgz}"
 done
-python3 - "$work" src/gan_pipeline/views/dvc_plots.html <<'PY'
+python3 - "$work" src/gan_pipeline/reports/dvc_plots.html <<'PY'
 import json, sys
 from pathlib import Path
 

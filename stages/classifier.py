@@ -14,6 +14,7 @@ from gan_pipeline.data.loading import load_split, to_float
 from gan_pipeline.errors import exit_on_error
 from gan_pipeline.io import save_weights, write_json
 from gan_pipeline.metrics.fid import fid
+from gan_pipeline.metrics.suite import real_floor
 from gan_pipeline.models.classifier import ClassifierFeatures
 from gan_pipeline.training.classifier import accuracy, train_classifier
 
@@ -37,12 +38,16 @@ def main(argv: list[str] | None = None) -> None:
     test_accuracy = accuracy(model, test_x, torch.from_numpy(test_labels).long())
 
     # The floor: FID between real test images and as many real train images as evaluate scores generated
-    # ones, so that the floor and the models' FID carry the same small-sample bias.
-    n_real = min(params.sample.n_samples, len(train_x))
-    pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(params.classifier.seed))[
-        :n_real
-    ]
-    floor = fid(ClassifierFeatures(model), test_x, train_x[pick])
+    # ones; the train images in the order drawn, as the recorded floors were computed.
+    features = ClassifierFeatures(model)
+    floor, n_real = real_floor(
+        lambda test, train: fid(features, test, train),
+        test_x,
+        train_x,
+        params.sample.n_samples,
+        params.classifier.seed,
+        sort=False,
+    )
 
     save_weights(args.out, model, {"feature_dim": params.classifier.feature_dim})
     write_json(

@@ -15,7 +15,7 @@ from gan_pipeline.data.loading import load_split
 from gan_pipeline.errors import exit_on_error
 from gan_pipeline.io import atomic_path, write_json
 from gan_pipeline.metrics.inception import FID_INCEPTION_IMPLEMENTATION, InceptionFeatures, inception_features
-from gan_pipeline.metrics.suite import feature_metrics, seeded_pick
+from gan_pipeline.metrics.suite import feature_metrics, real_floor, seeded_pick
 from gan_pipeline.runtime import device
 
 
@@ -40,9 +40,12 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         real = inception_features(model, test_u8[test_pick], cfg.inception_batch_size, cfg.inception_bf16)
         rate = len(real) / (time.perf_counter() - start)
-        train_pick = seeded_pick(len(train_u8), len(real), params.sample.seed + 1).numpy()
-        train = inception_features(model, train_u8[train_pick], cfg.inception_batch_size, cfg.inception_bf16)
-        floor = feature_metrics("inception", real, train, cfg)
+
+        def floor_metrics(test_features, train_images):
+            train = inception_features(model, train_images, cfg.inception_batch_size, cfg.inception_bf16)
+            return feature_metrics("inception", test_features, train, cfg)
+
+        floor, _ = real_floor(floor_metrics, real, train_u8, len(real), params.sample.seed + 1)
         metrics = {
             **{k.replace("inception", "inception_real_floor", 1): v for k, v in floor.items()},
             "inception_images_per_s": rate,

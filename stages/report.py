@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gan_pipeline.config import load_params
 from gan_pipeline.errors import exit_on_error
-from gan_pipeline.views.report import write_report
+from gan_pipeline.reports.report import write_report
 
 
 @exit_on_error

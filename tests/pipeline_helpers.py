@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from gan_pipeline.views.retrain import stages_by_outcome
+from gan_pipeline.reports.retrain import stages_by_outcome
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ("mlp_gan", "cgan", "dcgan28")

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from gan_pipeline.metrics.features import Float64Features
 from gan_pipeline.metrics.fid import fid, frechet_distance, intra_class_fid
 from gan_pipeline.models.classifier import ClassifierFeatures, DigitClassifier
 
@@ -91,6 +92,13 @@ def test_fid_needs_num_features_and_two_samples_per_side():
         fid(nn.Flatten(), images, images)
     with pytest.raises(ValueError, match="at least 2"):
         fid(Pixels(), images, images[:1])
+
+
+def test_float64_features_return_float64_and_pass_on_only_an_int_num_features():
+    images = torch.zeros(2, 1, 28, 28)
+    wrapped = Float64Features(Pixels())
+    assert wrapped(images).dtype == torch.float64 and wrapped.num_features == 3
+    assert not hasattr(Float64Features(nn.Flatten()), "num_features")
 
 
 def test_intra_class_fid_scores_each_class_present_on_both_sides_and_averages_them():

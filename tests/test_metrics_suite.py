@@ -9,7 +9,7 @@ import torch
 from gan_pipeline.config import EvaluateConfig
 from gan_pipeline.metrics.fid import fid_from_features, frechet_distance
 from gan_pipeline.metrics.kid import kid_unbiased_mmd2
-from gan_pipeline.metrics.suite import feature_metrics, seeded_pick
+from gan_pipeline.metrics.suite import feature_metrics, real_floor, seeded_pick
 
 
 def _reference_fid(real: np.ndarray, fake: np.ndarray) -> float:
@@ -64,3 +64,40 @@ def test_seeded_pick_is_sorted_distinct_and_the_same_every_run():
     assert torch.equal(a, b) and len(set(a.tolist())) == 10 and torch.equal(a, a.sort().values)
     assert not torch.equal(a, seeded_pick(100, 10, 8))
     assert torch.equal(seeded_pick(5, 10, 0), torch.arange(5))
+
+
+def test_seeded_pick_unsorted_keeps_the_order_drawn():
+    drawn = torch.randperm(100, generator=torch.Generator().manual_seed(7))[:10]
+    assert torch.equal(seeded_pick(100, 10, 7, sort=False), drawn)
+    assert torch.equal(seeded_pick(100, 10, 7, sort=False).sort().values, seeded_pick(100, 10, 7))
+
+
+def test_real_floor_scores_test_against_the_seeded_pick_of_train_as_tensor_or_array():
+    train = torch.arange(50.0)[:, None] * torch.ones(1, 3)
+    test = torch.zeros(4, 3)
+    seen = []
+
+    def score(t, picked):
+        seen.append((t, picked))
+        return "score"
+
+    assert real_floor(score, test, train, 8, 3) == ("score", 8)
+    assert seen[0][0] is test and torch.equal(seen[0][1], train[seeded_pick(50, 8, 3)])
+    assert real_floor(score, test, train, 8, 3, sort=False)[1] == 8
+    assert torch.equal(seen[1][1], train[seeded_pick(50, 8, 3, sort=False)])
+    assert real_floor(score, test, train.numpy(), 80, 3)[1] == 50  # at most all of train
+    assert isinstance(seen[2][1], np.ndarray) and np.array_equal(
+        seen[2][1], train.numpy()[seeded_pick(50, 80, 3)]
+    )
+
+
+def test_real_floor_is_the_fid_of_test_vs_the_picked_train_features():
+    rng = np.random.default_rng(1)
+    train, test = (
+        torch.from_numpy(rng.normal(size=(200, 6))),
+        torch.from_numpy(rng.normal(size=(60, 6)) + 0.2),
+    )
+    floor, n = real_floor(fid_from_features, test, train, 100, 0)
+    picked = train[seeded_pick(200, 100, 0)]
+    assert n == 100 and floor == fid_from_features(test, picked)
+    assert floor == pytest.approx(_reference_fid(test.numpy(), picked.numpy()), rel=1e-6)

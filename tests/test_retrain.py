@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pipeline_helpers import clone_reproduced, commit, experiment_stages, ran_stages, run, set_params
 
-from gan_pipeline.views.retrain import changed_experiments, stages_by_outcome
+from gan_pipeline.reports.retrain import changed_experiments, stages_by_outcome
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 SWEEP = (0.0001, 0.001)  # one round of the two workers: a sweep, kept short for the suite

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
+from gan_pipeline.errors import DataError
 from gan_pipeline.io import save_weights
 from gan_pipeline.models import GAN_MODELS, build_gan
 from gan_pipeline.sampling import (
@@ -13,6 +15,7 @@ from gan_pipeline.sampling import (
     generate,
     grid_image,
     load_generator,
+    load_samples,
     save_grid,
     save_samples,
 )
@@ -58,6 +61,29 @@ def test_save_grid_and_samples(tmp_path):
     with np.load(tmp_path / "s.npz") as npz:
         assert np.array_equal(npz["images"], images)
         assert npz["labels"].dtype == np.int64
+
+
+def test_load_samples_reads_back_what_save_samples_wrote(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    save_samples(tmp_path / "c.npz", images, np.arange(12) % 10)
+    loaded, labels = load_samples(tmp_path / "c.npz")
+    assert loaded.dtype == np.uint8 and np.array_equal(loaded, images)
+    assert labels.dtype == np.int64 and labels.tolist() == (np.arange(12) % 10).tolist()
+    save_samples(tmp_path / "u.npz", images[:, :, :, 0], None)
+    loaded, labels = load_samples(tmp_path / "u.npz")
+    assert np.array_equal(loaded, images[:, :, :, 0]) and labels is None
+
+
+@pytest.mark.parametrize("content", ["text", "missing", "no images"])
+def test_load_samples_of_anything_else_is_a_one_line_data_error(tmp_path, content):
+    path = tmp_path / "s.npz"
+    if content == "text":
+        path.write_text("not\nan npz\n")
+    elif content == "no images":
+        np.savez(path, labels=np.arange(3))
+    with pytest.raises(DataError, match="not a samples file from the sample stage") as info:
+        load_samples(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
 
 
 def test_load_generator_rebuilds_the_model_from_its_config(tmp_path):

@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from gan_pipeline.data.loading import to_uint8
+from gan_pipeline.errors import DataError
 from gan_pipeline.io import atomic_path, load_module
 from gan_pipeline.models import GAN_MODELS, GanSpec, build_gan
 from gan_pipeline.runtime import module_device
@@ -80,6 +81,20 @@ def save_samples(path: str | Path, images: np.ndarray, labels: np.ndarray | None
         arrays["labels"] = labels.astype(np.int64)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
+
+
+def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The `images` (uint8) and `labels` (int64, or None if unconditional) of a save_samples file.
+
+    A file that is missing, not an .npz or without `images` raises a one-line DataError.
+    """
+    try:
+        with np.load(path) as npz:
+            images = npz["images"]
+            labels = npz["labels"] if "labels" in npz else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: not a samples file from the sample stage ({exc})") from None
+    return images, labels
 
 
 def load_generator(path: str | Path) -> tuple[nn.Module, GanSpec, dict]:

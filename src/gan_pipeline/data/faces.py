@@ -117,7 +117,9 @@ def open_celeba_h5(path: Path) -> RawFaces:
         else:
             bad.append((key, "not_an_image", "not an N.jpg dataset"))
     names.sort(key=lambda k: int(k.removesuffix(".jpg")))
-    handle: list[h5py.File] = []  # opened on the first read, by the decode workers (PITFALLS 11)
+    # Opened on the first read, by a decode worker: an open h5py handle does not survive a fork, so none is
+    # made before reading starts.
+    handle: list[h5py.File] = []
 
     def read(name: str) -> np.ndarray:
         if not handle:

@@ -69,7 +69,7 @@ def shuffled_order(n: int, block: int, buffer_blocks: int, rng: torch.Generator)
 def _nchw_float(batch_u8: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
     """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) on value_range, with to_float's arithmetic (so the same
     values). NumPy, single-threaded: torch's OpenMP pool here would fight the training step's for the cores
-    (measured: 80 ms a 64-image batch with 2 threads on a busy 2-core CPU, 3 ms like this)."""
+    (docs/benchmarks.md, "Faces")."""
     low, high = value_range
     out = batch_u8.transpose(0, 3, 1, 2).astype(np.float32)
     out /= np.float32(255)
@@ -121,7 +121,8 @@ class H5Batches:
 
     def _read(self, order: torch.Tensor, batches: queue.Queue, stop: threading.Event) -> None:
         """Reader thread: load whole blocks as the order reaches them, drop them when used up, and queue
-        converted batches. The file is opened here, in the thread that reads it (PITFALLS 11)."""
+        converted batches. The file is opened here, in the one thread that reads it: an open h5py handle does
+        not survive a fork, so H5Batches itself holds none."""
 
         def put(item) -> bool:
             while not stop.is_set():

@@ -3,8 +3,8 @@
 `fid(features, real, fake)` feeds images to a feature module; `fid_from_features` takes features already
 computed (the Inception ones, which are too costly to compute twice). Classifier FID uses the penultimate
 layer of our own DigitClassifier, fed the 28x28 images as they are (float in [-1, 1], no resize, no uint8
-quantisation): it is not Inception FID and is not comparable with it (PITFALLS 9). Like every FID it is
-biased for small N, so the sample sizes are recorded beside it.
+quantisation): it is not Inception FID and is not comparable with it, since FID depends on the feature
+network. Like every FID it is biased upwards for small N, so the sample sizes are recorded beside it.
 """
 
 from __future__ import annotations
@@ -16,29 +16,13 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from gan_pipeline.metrics.features import Float64Features
 from gan_pipeline.runtime import module_device
 
 FID_CLASSIFIER_IMPLEMENTATION = (
     "torchmetrics FrechetInceptionDistance with DigitClassifier penultimate features; "
     "28x28 float input in [-1, 1], no resize, no uint8; covariances with N - 1"
 )
-
-
-class _Float64Features(nn.Module):
-    """Passes images straight to `features` and returns float64, since torchmetrics casts FID to its dtype."""
-
-    def __init__(self, features: nn.Module):
-        super().__init__()
-        if not isinstance(getattr(features, "num_features", None), int):
-            raise TypeError(
-                f"{type(features).__name__}: a feature module needs an int `num_features` attribute "
-                "(otherwise torchmetrics probes it with a 299x299 uint8 image)"
-            )
-        self.features = features
-        self.num_features = features.num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).double()
 
 
 def fid_from_features(real_features: torch.Tensor, fake_features: torch.Tensor) -> float:
@@ -66,8 +50,13 @@ def fid(features: nn.Module, real: torch.Tensor, fake: torch.Tensor, batch_size:
     if len(real) < 2 or len(fake) < 2:
         raise ValueError(f"FID needs at least 2 real and 2 fake samples, got {len(real)} and {len(fake)}")
     dev = module_device(features)
+    if not isinstance(getattr(features, "num_features", None), int):
+        raise TypeError(
+            f"{type(features).__name__}: a feature module needs an int `num_features` attribute "
+            "(otherwise torchmetrics probes it with a 299x299 uint8 image)"
+        )
     # With a custom feature module, `update` hands the images over unchanged (no resize, no * 255 uint8).
-    metric = FrechetInceptionDistance(feature=_Float64Features(features)).to(dev)
+    metric = FrechetInceptionDistance(feature=Float64Features(features)).to(dev)
     for images, is_real in ((real, True), (fake, False)):
         for batch in images.split(batch_size):
             metric.update(batch.to(dev), real=is_real)
@@ -107,7 +96,7 @@ def intra_class_fid(
     Labels are (N,) ints beside the (N, 1, 28, 28) images. Only classes with >= 2 samples on both sides
     are scored; the result maps each scored class, as a string ("0", "3", ...), to its FID, and "mean" to
     the mean over those classes. Each class has about 1/10 of the samples, so the bias of FID for small N
-    is larger than for the overall score (PITFALLS 9): record the per-class sample sizes beside it.
+    is larger than for the overall score: record the per-class sample sizes beside it.
     """
     real_labels, fake_labels = torch.as_tensor(real_labels), torch.as_tensor(fake_labels)
     if real_labels.shape != (len(real),) or fake_labels.shape != (len(fake),):

@@ -6,9 +6,9 @@ graph, sha1 a16e4d89...; install the `inception` extra), remapped into torch-fid
 the reference implementations use, not one written here. Preprocessing is theirs too, with
 `antialias=False`: uint8 RGB (N, 3, H, W) → TF1-compatible bilinear resize to 299×299 (torch-fidelity's
 `interpolate_bilinear_2d_like_tensorflow1x`) → (x - 128) / 128 → 2048-d pool features. torchmetrics'
-default `antialias=True` resize is NOT the TF one and shifts FID (PITFALLS 9). Grayscale images are
-repeated to 3 channels. Users with torch-fidelity's own weights file (`pt_inception-2015-12-05-*.pth`,
-as cached by torch-fidelity/torchmetrics) may pass its path instead.
+default `antialias=True` resize is NOT the TF one and shifts FID from the reference values. Grayscale
+images are repeated to 3 channels. Users with torch-fidelity's own weights file
+(`pt_inception-2015-12-05-*.pth`, as cached by torch-fidelity/torchmetrics) may pass its path instead.
 """
 
 from __future__ import annotations

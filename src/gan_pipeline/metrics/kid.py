@@ -2,8 +2,9 @@
 
 KID is the unbiased estimate of the squared MMD between real and fake features under the polynomial kernel
 k(x, y) = (x·y / d + 1)^3, averaged over random subsets. Unlike FID it is unbiased, but its subsets need
->= 1,000 samples to be stable (PITFALLS 9). With the digit classifier's features it is not Inception KID and
-is not comparable with it; record the feature module and the subset size and count beside it.
+>= 1,000 samples to be stable (smaller ones vary widely from subset to subset). With the digit
+classifier's features it is not Inception KID and is not comparable with it; record the feature module and
+the subset size and count beside it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from gan_pipeline.metrics.features import Float64Features
 from gan_pipeline.runtime import module_device
 
 KID_IMPLEMENTATION = (
@@ -21,17 +23,6 @@ KID_IMPLEMENTATION = (
     "unchanged); kernel (x.y/d + 1)^3; mean and population std over `subsets` subsets of "
     "min(subset_size, n_real, n_fake) drawn by torch.randperm after torch.manual_seed(seed)"
 )
-
-
-class _Float64Features(nn.Module):
-    """Passes images straight to `features` and returns float64, so the kernel sums are float64 too."""
-
-    def __init__(self, features: nn.Module):
-        super().__init__()
-        self.features = features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).double()
 
 
 def kid(
@@ -61,7 +52,7 @@ def kid(
         warnings.filterwarnings("ignore", message=r"Metric `Kernel Inception Distance` will save")
         # With a custom module, `update` hands the images over unchanged (no resize, no * 255 uint8).
         metric = KernelInceptionDistance(
-            feature=_Float64Features(features_module), subset_size=size, subsets=subsets
+            feature=Float64Features(features_module), subset_size=size, subsets=subsets
         ).to(dev)
     for images, is_real in ((real, True), (fake, False)):
         for batch in images.split(batch_size):

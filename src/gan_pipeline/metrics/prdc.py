@@ -15,7 +15,8 @@ and "inside a ball" means strictly closer than its radius:
 `coverage` here is not our digit coverage (`metrics.coverage`, how many digit classes a generator draws), so
 the evaluate stage stores these four as `prdc_precision`, `prdc_recall`, `prdc_density` and `prdc_coverage`.
 Like FID they depend on the feature extractor (ours: the digit classifier's penultimate layer, not Inception)
-and on the sample sizes, so record both beside the scores (PITFALLS 9).
+and on the sample sizes (scores from different extractors or N are not comparable), so record both
+beside the scores.
 """
 
 from __future__ import annotations

@@ -2,17 +2,25 @@
 
 For backend `b` ("classifier" or "inception"): fid_b, kid_b and kid_b_std, prdc_b_{precision, recall,
 density, coverage}, and the sample sizes beside them (fid_b_n_real, fid_b_n_fake, kid_b_subset_size),
-all from the same two feature sets.
+all from the same two feature sets. `real_floor` scores real test images against a seeded pick of real
+train images: the floor that generated images are compared with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
 import torch
 
 from gan_pipeline.config import EvaluateConfig
 from gan_pipeline.metrics.fid import PrecomputedFeatures, fid_from_features
 from gan_pipeline.metrics.kid import kid
 from gan_pipeline.metrics.prdc import prdc
+
+_Test = TypeVar("_Test")
+_Score = TypeVar("_Score")
 
 FEATURE_BACKENDS = {
     "classifier": "DigitClassifier penultimate layer (ours; 28x28 in [-1, 1]; not comparable with Inception)",
@@ -42,7 +50,32 @@ def feature_metrics(
     }
 
 
-def seeded_pick(n_total: int, n: int, seed: int) -> torch.Tensor:
-    """min(n, n_total) distinct indices in 0..n_total-1, sorted, drawn with `seed` (the same every run)."""
-    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
-    return order[: min(n, n_total)].sort().values
+def seeded_pick(n_total: int, n: int, seed: int, *, sort: bool = True) -> torch.Tensor:
+    """min(n, n_total) distinct indices in 0..n_total-1, drawn with `seed` (the same every run).
+
+    Sorted by default; `sort=False` keeps them in the order drawn.
+    """
+    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[: min(n, n_total)]
+    return order.sort().values if sort else order
+
+
+def real_floor(
+    score: Callable[[_Test, torch.Tensor | np.ndarray], _Score],
+    test: _Test,
+    train: torch.Tensor | np.ndarray,
+    n: int,
+    seed: int,
+    *,
+    sort: bool = True,
+) -> tuple[_Score, int]:
+    """The real-vs-real floor of a metric: `score(test, train[pick])` and len(pick), for the pick
+    seeded_pick(len(train), n, seed, sort=sort) of train images.
+
+    `n` is as many images as evaluate scores per model, so that the floor carries the same small-sample
+    bias as the models' scores. `test` goes to `score` as given (images or their features); `train` is
+    indexed by the pick, as a tensor or an array. FID's sums depend on the order of the images in their last
+    bits, so a floor keeps the order (sorted or as drawn) that its recorded values were computed in.
+    """
+    pick = seeded_pick(len(train), n, seed, sort=sort)
+    picked = train[pick.numpy()] if isinstance(train, np.ndarray) else train[pick]
+    return score(test, picked), len(pick)

@@ -1,7 +1,7 @@
 """The Markdown report of a CI retrain (scripts/retrain_report.sh): which stages ran, `dvc params diff` and
 `dvc metrics diff` against the base revision, and the sample grids of the experiments that changed.
 
-    python -m gan_pipeline.views.retrain --base main --repro-log repro.log --out reports/retrain
+    python -m gan_pipeline.reports.retrain --base main --repro-log repro.log --out reports/retrain
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The views people look at, checked in a real browser (headless Chromium) on a copy of the reproduced
-project: `dvc plots show` (rendered offline from our template), reports/index.html and the MLflow UI.
-Screenshots go to tests/artifacts/ (git-ignored)."""
+"""What people look at (the reports), checked in a real browser (headless Chromium) on a copy of the
+reproduced project: `dvc plots show` (rendered offline from our template), reports/index.html and the
+MLflow UI. Screenshots go to tests/artifacts/ (git-ignored)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from PIL import Image
 from pipeline_helpers import EXPERIMENTS, REPO, clone_reproduced, mlflow_server, run
 
 from gan_pipeline.errors import DataError
-from gan_pipeline.views.report import render_report
+from gan_pipeline.reports.report import render_report
 
 ARTIFACTS = REPO / "tests" / "artifacts"
 PLOT_FILES = {"losses": "train_log.csv", "discriminator": "train_log.csv", "coverage": "eval_log.csv"}
@@ -70,7 +70,7 @@ def test_report_renders_a_table_per_experiment_and_names_a_missing_file(tmp_path
 @pytest.fixture(scope="module")
 def project(reproduced_project, tmp_path_factory) -> Path:
     """The reproduced project with a coverage log per experiment in the mode-collapse monitor's schema."""
-    repo = clone_reproduced(reproduced_project[0], tmp_path_factory.mktemp("views"))
+    repo = clone_reproduced(reproduced_project[0], tmp_path_factory.mktemp("reports"))
     for i, exp in enumerate(EXPERIMENTS):
         with open(repo / "plots" / exp / "eval_log.csv", "w", newline="") as f:
             writer = csv.writer(f)
