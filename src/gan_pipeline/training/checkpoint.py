@@ -168,8 +168,8 @@ def _in_parameter_layout(opt: torch.optim.Optimizer) -> None:
 
     The file holds them contiguous, but channels_last weights (train.precision auto on conv models) have
     channels_last moments. torch's fused CPU Adam indexes the moments as if they had the parameter's
-    strides: fed contiguous moments for a channels_last weight it silently mixes up elements (measured:
-    weights off by 3e-3 after two steps at lr 1e-3); the foreach Adam copes with either layout.
+    strides: fed contiguous moments for a channels_last weight it silently mixes up elements (the weights
+    drift from an uninterrupted run's within two steps); the foreach Adam copes with either layout.
     """
     for group in opt.param_groups:
         for param in group["params"]:

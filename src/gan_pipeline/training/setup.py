@@ -59,7 +59,7 @@ def build_training(exp: ExperimentConfig) -> TrainingSetup:
     precision = choose_precision(cfg.precision, dev, generator, discriminator)
     precision.prepare(generator, discriminator)
     ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema_decay is not None else None
-    # fused: one kernel per parameter group instead of a chain of foreach ops (+1-9% dcgan64 images/s).
+    # fused: one kernel per parameter group instead of a chain of foreach ops (docs/benchmarks.md: its gain).
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
     objects = CheckpointedObjects(generator, discriminator, ema, opt_g, opt_d, rng, precision.scaler)
