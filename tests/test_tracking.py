@@ -213,7 +213,7 @@ def mlflow_server_process(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # over a minute on a busy CPU; pipeline_helpers waits as long
         while True:
             try:
                 urllib.request.urlopen(f"{url}/health", timeout=1)
