@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from gan_pipeline import tracking
 from gan_pipeline.config import TrackingConfig
+from gan_pipeline.errors import first_line
 from gan_pipeline.models import build_gan
 
 UNIT = TrackingConfig(experiment_name="unit")
@@ -42,6 +43,13 @@ def test_tracking_uri_is_absolute_sqlite_unless_the_environment_names_one(tmp_pa
     assert tracking.tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_first_line_of_an_exception_or_its_type_when_it_says_nothing():
+    assert first_line(ValueError("\n  no such table: experiments\n(Background on this error ...)")) == (
+        "no such table: experiments"
+    )
+    assert first_line(ConnectionError()) == "ConnectionError"
 
 
 def _local_store(tmp_path: Path, monkeypatch) -> MlflowClient:
@@ -213,7 +221,7 @@ def mlflow_server_process(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120  # over a minute on a busy CPU; pipeline_helpers waits as long
+        deadline = time.monotonic() + 120  # starting and stopping take over a minute on a busy CPU
         while True:
             try:
                 urllib.request.urlopen(f"{url}/health", timeout=1)
@@ -225,7 +233,7 @@ def mlflow_server_process(tmp_path):
         yield url, proc
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=120)
 
 
 @pytest.fixture
@@ -272,7 +280,7 @@ def test_a_server_that_goes_away_during_training_is_reported_not_fatal(
     with tracking.run(TEAM, "mlp_gan", {"train.lr": 0.001}, {}, root=tmp_path) as run:
         run.log_step(10, {"step": 10, "loss_d": 1.0})
         server.terminate()  # the server goes away mid-run
-        server.wait(timeout=30)
+        server.wait(timeout=120)
         for step in (20, 30, 40):
             run.log_step(step, {"step": step, "loss_d": 1.0})
         plot = tmp_path / "training.png"
