@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gan_pipeline import tracking
 from gan_pipeline.config import load_params
 from gan_pipeline.data.loading import load_split, to_float
 from gan_pipeline.errors import DataError, exit_on_error
@@ -24,7 +25,6 @@ from gan_pipeline.metrics.prdc import features_of
 from gan_pipeline.metrics.suite import FEATURE_BACKENDS, feature_metrics
 from gan_pipeline.models.classifier import ClassifierFeatures, DigitClassifier
 from gan_pipeline.runtime import device
-from gan_pipeline.tracking import Tracker
 from gan_pipeline.training.classifier import predict_proba
 
 
@@ -75,17 +75,14 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.metrics, metrics)
 
     run = read_json(args.run)
-    tracker = Tracker(
-        params.tracking.experiment_name,
-        retries=params.tracking.retries,
-        retry_backoff_s=params.tracking.retry_backoff_s,
-    )
-    tracker.log_metrics(run["run_id"], metrics, step=run["steps"])
-    shown = {
-        k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "class_histogram"
-    }
-    print(f"{run['experiment']}: {shown}")
-    tracker.warn_if_not_logged()
+    with tracking.attach(params.tracking, run["run_id"]) as mlflow_run:
+        mlflow_run.log_metrics(metrics, step=run["steps"])
+        shown = {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in metrics.items()
+            if k != "class_histogram"
+        }
+        print(f"{run['experiment']}: {shown}")
 
 
 def inception_metrics(reference: Path, fake_u8: np.ndarray, cfg) -> dict[str, float | int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gan_pipeline import tracking
 from gan_pipeline.config import load_params
 from gan_pipeline.data.streaming import face_counts, read_faces
 from gan_pipeline.errors import DataError, exit_on_error
@@ -19,7 +20,6 @@ from gan_pipeline.metrics.faces import channel_report
 from gan_pipeline.metrics.inception import InceptionFeatures, inception_features
 from gan_pipeline.metrics.suite import FEATURE_BACKENDS, feature_metrics, seeded_pick
 from gan_pipeline.runtime import device
-from gan_pipeline.tracking import Tracker
 
 
 @exit_on_error
@@ -65,31 +65,27 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.metrics, metrics)
 
     run = read_json(args.run)
-    tracker = Tracker(
-        params.tracking.experiment_name,
-        retries=params.tracking.retries,
-        retry_backoff_s=params.tracking.retry_backoff_s,
-    )
-    tracker.log_metrics(run["run_id"], metrics, step=run["steps"])
-    if cfg.inception_n > 0:
+    with tracking.attach(params.tracking, run["run_id"]) as mlflow_run:
+        mlflow_run.log_metrics(metrics, step=run["steps"])
+        if cfg.inception_n > 0:
+            print(
+                f"{run['experiment']}: fid_inception {metrics['fid_inception']:.2f}, kid_inception "
+                f"{metrics['kid_inception']:.4f} ± {metrics['kid_inception_std']:.4f}, precision/recall "
+                f"{metrics['prdc_inception_precision']:.3f}/{metrics['prdc_inception_recall']:.3f} "
+                f"({metrics['fid_inception_n_fake']} samples vs "
+                f"{metrics['fid_inception_n_real']} test faces, "
+                f"{metrics['inception_images_per_s']:.1f} images/s)"
+            )
+        else:
+            print(f"{run['experiment']}: evaluate.inception_n is 0: no Inception metrics")
         print(
-            f"{run['experiment']}: fid_inception {metrics['fid_inception']:.2f}, kid_inception "
-            f"{metrics['kid_inception']:.4f} ± {metrics['kid_inception_std']:.4f}, precision/recall "
-            f"{metrics['prdc_inception_precision']:.3f}/{metrics['prdc_inception_recall']:.3f} "
-            f"({metrics['fid_inception_n_fake']} samples vs {metrics['fid_inception_n_real']} test faces, "
-            f"{metrics['inception_images_per_s']:.1f} images/s)"
+            f"{run['experiment']}: per-channel mean (r, g, b) samples "
+            f"{[round(metrics[f'channel_mean_fake_{c}'], 3) for c in 'rgb']} vs real "
+            f"{[round(metrics[f'channel_mean_real_{c}'], 3) for c in 'rgb']}; std samples "
+            f"{[round(metrics[f'channel_std_fake_{c}'], 3) for c in 'rgb']} vs real "
+            f"{[round(metrics[f'channel_std_real_{c}'], 3) for c in 'rgb']} "
+            f"({metrics['channel_n_fake']} samples, {metrics['channel_n_real']} real test faces)"
         )
-    else:
-        print(f"{run['experiment']}: evaluate.inception_n is 0: no Inception metrics")
-    print(
-        f"{run['experiment']}: per-channel mean (r, g, b) samples "
-        f"{[round(metrics[f'channel_mean_fake_{c}'], 3) for c in 'rgb']} vs real "
-        f"{[round(metrics[f'channel_mean_real_{c}'], 3) for c in 'rgb']}; std samples "
-        f"{[round(metrics[f'channel_std_fake_{c}'], 3) for c in 'rgb']} vs real "
-        f"{[round(metrics[f'channel_std_real_{c}'], 3) for c in 'rgb']} "
-        f"({metrics['channel_n_fake']} samples, {metrics['channel_n_real']} real test faces)"
-    )
-    tracker.warn_if_not_logged()
 
 
 if __name__ == "__main__":

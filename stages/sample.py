@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
+from gan_pipeline import tracking
 from gan_pipeline.config import load_params
 from gan_pipeline.errors import exit_on_error
 from gan_pipeline.io import read_json
 from gan_pipeline.sampling import FACE_GRID_ROWS, generate, load_generator, save_grid, save_samples
-from gan_pipeline.tracking import Tracker
 
 
 @exit_on_error
@@ -42,14 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     save_grid(grid, rows, args.grid)
 
     run = read_json(args.model / "run.json")
-    tracker = Tracker(
-        params.tracking.experiment_name,
-        retries=params.tracking.retries,
-        retry_backoff_s=params.tracking.retry_backoff_s,
-    )
-    tracker.log_artifact(run["run_id"], args.grid)
-    print(f"sampled {len(images)} images; grid {args.grid}")
-    tracker.warn_if_not_logged()
+    with tracking.attach(params.tracking, run["run_id"]) as mlflow_run:
+        mlflow_run.log_artifact(args.grid)
+        print(f"sampled {len(images)} images; grid {args.grid}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gan_pipeline import tracking
 from gan_pipeline.config import data_config, experiment, experiment_key, flatten, load_params
 from gan_pipeline.data.streaming import train_batches, train_size
 from gan_pipeline.errors import ParamsError, exit_on_error
@@ -20,8 +21,8 @@ from gan_pipeline.io import load_module, read_json, save_weights, write_csv, wri
 from gan_pipeline.models import GAN_MODELS
 from gan_pipeline.models.classifier import DigitClassifier
 from gan_pipeline.plots import plot_training
+from gan_pipeline.provenance import file_md5, run_tags
 from gan_pipeline.runtime import device
-from gan_pipeline.tracking import Tracker, file_md5, run_tags
 from gan_pipeline.training import distributed
 from gan_pipeline.training.checkpoint import resume_point
 from gan_pipeline.training.loop import Checkpointing, train_gan
@@ -97,21 +98,16 @@ def _train(args: argparse.Namespace, replicas: distributed.Replicas) -> None:
         return
     print(note)
 
-    tracker = Tracker(params.tracking.experiment_name, retries=params.tracking.retries,
-                      retry_backoff_s=params.tracking.retry_backoff_s)  # fmt: skip
     run_params = {**flatten(exp), **flatten(data_config(params, exp), "data.")}
-    tags = {**run_tags(tracker.root, [str(args.data)], content_hash), "experiment": args.experiment}
+    tags = {**run_tags(tracking.repo_root(), [str(args.data)], content_hash), "experiment": args.experiment}
     earlier_run = resume.extra.get("mlflow_run_id") if resume else None
-    run_id, logged_until = tracker.start_or_resume(earlier_run, args.experiment, run_params, tags)
-    print(f"MLflow run {run_id} in {tracker.uri}{' (resumed)' if run_id == earlier_run else ''}")
-    try:
-        checkpointing = Checkpointing(checkpoint_path, identity, resume, {"mlflow_run_id": run_id})
-        monitor = _monitor(args, params, exp, tracker.step_logger(run_id, logged_until), resume)
+    with tracking.run(params.tracking, args.experiment, run_params, tags, resume=earlier_run) as run:
+        print(f"MLflow run {run.id} in {run.uri}{' (resumed)' if run.resumed else ''}")
+        checkpointing = Checkpointing(checkpoint_path, identity, resume, {"mlflow_run_id": run.id})
+        monitor = _monitor(args, params, exp, run.log_step, resume)
         if monitor is not None:
             checkpointing.extra["monitor_rows"] = monitor.rows  # each checkpoint carries the checks so far
-        result = train_gan(
-            exp, batches, tracker.step_logger(run_id, logged_until), monitor, checkpointing=checkpointing
-        )
+        result = train_gan(exp, batches, run.log_step, monitor, checkpointing=checkpointing)
 
         # With train.ema_decay the EMA of G's weights is the generator that sample and evaluate use.
         config = {"model": flatten(exp.model)}
@@ -122,39 +118,32 @@ def _train(args: argparse.Namespace, replicas: distributed.Replicas) -> None:
             write_csv(args.eval_log, monitor.rows if monitor else [], MONITOR_COLUMNS)
         plot_path = args.out / "training.png"
         plot_training(result.history, args.experiment, plot_path)
-        tracker.log_artifact(run_id, plot_path)
-        tracker.log_metrics(
-            run_id, {"train_images_per_s": result.images_per_s, "train_seconds": result.seconds}, result.steps
+        run.log_artifact(plot_path)
+        run.log_metrics(
+            {"train_images_per_s": result.images_per_s, "train_seconds": result.seconds}, result.steps
         )
-        model_uri = tracker.log_generator(
-            run_id, result.sampling_generator, exp.model.latent_dim, spec.conditional
-        )
+        model_uri = run.log_generator(result.sampling_generator, exp.model.latent_dim, spec.conditional)
         generator_md5 = file_md5(args.out / "generator.safetensors")
         model_tag = {"generator_model_uri": model_uri} if model_uri else {}
-        tracker.set_tags(run_id, {"generator_md5": generator_md5, "precision": result.precision, **model_tag})
-    except BaseException:
-        tracker.finish(run_id, failed=True)
-        raise
-    tracker.finish(run_id)
-    write_json(
-        args.out / "run.json",
-        {
-            "experiment": args.experiment,
-            "run_id": run_id,
-            "tracking_uri": tracker.uri,
-            "model_uri": model_uri,
-            "generator_md5": generator_md5,
-            "steps": result.steps,
-            "train_seconds": round(result.seconds, 2),
-            "train_images_per_s": round(result.images_per_s, 1),
-            "precision": result.precision,
-        },
-    )
-    print(
-        f"{args.experiment}: {result.steps} steps in {result.seconds:.0f} s "
-        f"({result.images_per_s:.0f} real images/s, {result.precision}); run {run_id}"
-    )
-    tracker.warn_if_not_logged()
+        run.set_tags({"generator_md5": generator_md5, "precision": result.precision, **model_tag})
+        write_json(
+            args.out / "run.json",
+            {
+                "experiment": args.experiment,
+                "run_id": run.id,
+                "tracking_uri": run.uri,
+                "model_uri": model_uri,
+                "generator_md5": generator_md5,
+                "steps": result.steps,
+                "train_seconds": round(result.seconds, 2),
+                "train_images_per_s": round(result.images_per_s, 1),
+                "precision": result.precision,
+            },
+        )
+        print(
+            f"{args.experiment}: {result.steps} steps in {result.seconds:.0f} s "
+            f"({result.images_per_s:.0f} real images/s, {result.precision}); run {run.id}"
+        )
 
 
 def _monitor(args: argparse.Namespace, params, exp, log, resume) -> CollapseMonitor | None:

@@ -11,7 +11,9 @@ import yaml
 from moto.server import ThreadedMotoServer
 from pipeline_helpers import clone_reproduced, mlflow_server, run
 
-from gan_pipeline.tracking import Tracker, file_md5
+from gan_pipeline import tracking
+from gan_pipeline.config import TrackingConfig
+from gan_pipeline.provenance import file_md5
 
 BUCKET = "gan-pipeline"
 
@@ -72,10 +74,9 @@ def test_mlflow_artifacts_go_to_s3_through_a_tracking_server(tmp_path, s3_endpoi
     args += ["--artifacts-destination", f"s3://{BUCKET}/mlartifacts"]
     with mlflow_server(args, tmp_path, env=server_env) as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        tracker = Tracker("gan-pipeline", root=tmp_path)
-        run_id = tracker.start_run("mlp_gan", {"train.lr": 0.0002}, {})
-        (tmp_path / "grid.png").write_bytes(b"\x89PNG not really")
-        tracker.log_artifact(run_id, tmp_path / "grid.png")
-        tracker.finish(run_id)
+        cfg = TrackingConfig(experiment_name="gan-pipeline")
+        with tracking.run(cfg, "mlp_gan", {"train.lr": 0.0002}, {}, root=tmp_path) as run:
+            (tmp_path / "grid.png").write_bytes(b"\x89PNG not really")
+            run.log_artifact(tmp_path / "grid.png")
     keys = _objects(s3_endpoint, "mlartifacts/")
-    assert any(key.endswith(f"{run_id}/artifacts/grid.png") for key in keys), keys
+    assert any(key.endswith(f"{run.id}/artifacts/grid.png") for key in keys), keys

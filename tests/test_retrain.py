@@ -41,13 +41,13 @@ def test_stages_by_outcome_reads_dvc_repro_output():
 
 
 def _open_store_and_log_a_run(root: str) -> str:
-    from gan_pipeline.tracking import Tracker
+    from gan_pipeline import tracking
+    from gan_pipeline.config import TrackingConfig
 
-    tracker = Tracker("gan-pipeline", root=Path(root))
-    run_id = tracker.start_run("mlp_gan", {"train.lr": 0.001}, {})
-    tracker.log_metrics(run_id, {"loss_d": 1.0}, step=1)
-    tracker.finish(run_id)
-    return tracker.experiment_id
+    cfg = TrackingConfig(experiment_name="gan-pipeline")
+    with tracking.run(cfg, "mlp_gan", {"train.lr": 0.001}, {}, root=Path(root)) as run:
+        run.log_metrics({"loss_d": 1.0}, step=1)
+    return run.experiment_id
 
 
 def test_parallel_first_use_of_a_new_store_creates_it_once(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The one exception type that stage scripts turn into a one-line message and a non-zero exit."""
+"""The exceptions that stage scripts turn into a one-line message and a non-zero exit, and `first_line` for
+writing such messages."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ class ParamsError(PipelineError):
 
 class DataError(PipelineError):
     """A raw or prepared data file is missing, unreadable or of the wrong shape, dtype or range."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (libraries append tracebacks and hints), or its type's name
+    when the text is empty, for one-line messages."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def exit_on_error(main: F) -> F:

@@ -1,0 +1,58 @@
+"""What ties an MLflow run to the code and data that made it: the git commit, the DVC experiment and the md5s
+that dvc.lock records. No MLflow here, so that these can be read and tested without a tracking store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def dvc_lock_hashes(root: Path, paths: list[str]) -> dict[str, str]:
+    """The md5 that dvc.lock records for each of `paths` (as some stage's output), where it has one."""
+    lock = root / "dvc.lock"
+    if not lock.exists():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    found = {}
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if out.get("path") in paths and "md5" in out:
+                found[out["path"]] = out["md5"]
+    return found
+
+
+def file_md5(path: str | Path) -> str:
+    """The md5 of a file's bytes: what DVC records for a file output."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_tags(root: Path, data_paths: list[str], data_content_hash: str) -> dict[str, str]:
+    """Tags that tie a run to its code and data version: git commit, DVC experiment, data hashes."""
+    tags = {
+        "mlflow.source.git.commit": git_commit(root),
+        "data_content_hash": data_content_hash,
+    }
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    for path, md5 in dvc_lock_hashes(root, data_paths).items():
+        tags[f"dvc_md5:{path}"] = md5
+    return tags
