@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from gan_pipeline.errors import DataError
+from gan_pipeline.errors import DataError, first_line
 
 _UMASK = os.umask(0o22)
 os.umask(_UMASK)
@@ -90,8 +90,8 @@ def load_module(
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DataError(f"{path}: weights do not fit the model its config describes ({first})") from None
+        reason = first_line(exc)
+        raise DataError(f"{path}: weights do not fit the model its config describes ({reason})") from None
     return module.eval(), config
 
 

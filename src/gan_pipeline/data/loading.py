@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from gan_pipeline.data.sources import IMAGE_SHAPE
-from gan_pipeline.errors import DataError
+from gan_pipeline.errors import DataError, first_line
 
 
 def _check_prepared(path: Path, f: h5py.File) -> tuple[int, int]:
@@ -56,8 +56,8 @@ def load_split(path: str | Path, split: Literal["train", "test"]) -> tuple[np.nd
             rows = slice(0, n_train) if split == "train" else slice(n_train, None)
             return f["images"][rows], f["labels"][rows]
     except OSError as exc:  # a truncated or damaged file: h5py says which part it could not read
-        first = str(exc).strip().splitlines()[0]
-        raise DataError(f"{path}: unreadable HDF5 file ({first}); run the prepare stage again") from None
+        reason = first_line(exc)
+        raise DataError(f"{path}: unreadable HDF5 file ({reason}); run the prepare stage again") from None
 
 
 def _bounds(value_range: tuple[float, float]) -> tuple[float, float]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan_pipeline.errors import PipelineError
+from gan_pipeline.errors import PipelineError, first_line
 from gan_pipeline.runtime import module_device
 
 WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -123,8 +123,7 @@ class InceptionFeatures(nn.Module):
                 try:
                     self.net = _network(path)
                 except RuntimeError as exc:
-                    reason = str(exc).splitlines()[0]
-                    raise PipelineError(f"{source}: not InceptionV3 weights ({reason})") from None
+                    raise PipelineError(f"{source}: not InceptionV3 weights ({first_line(exc)})") from None
         self.source = str(source)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gan_pipeline.errors import DataError
+from gan_pipeline.errors import DataError, first_line
 from gan_pipeline.io import atomic_path
 
 FORMAT = "gan-pipeline-checkpoint/1"
@@ -150,8 +150,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         meta = json.loads(metadata["meta"])
         state = TrainState(**meta["state"])
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: not a readable gan-pipeline training checkpoint ({first})") from None
+        reason = first_line(exc)
+        raise DataError(f"{path}: not a readable gan-pipeline training checkpoint ({reason})") from None
     return Checkpoint(
         path=path,
         state=state,
