@@ -62,7 +62,11 @@ def experiment_config(model: str, monitor: dict | None = None, **overrides: Any)
     TrainConfig; `seed` is train.seed) and `monitor` (keys of MonitorConfig). train_defaults has no
     epochs and lr (each experiment sets them), so they are overrides here."""
     raw = repo_params()
-    sections: dict[str, dict[str, Any]] = {"model": {"name": model}, "train": {}, "monitor": dict(monitor or {})}
+    sections: dict[str, dict[str, Any]] = {
+        "model": {"name": model},
+        "train": {},
+        "monitor": dict(monitor or {}),
+    }
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
     for name, value in overrides.items():
         sections["model" if name in model_keys else "train"][name] = value

@@ -15,10 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from configs import experiment_config
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
+from gan_pipeline.config import ExperimentConfig
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.training.checkpoint import load_checkpoint
 from gan_pipeline.training.distributed import CpuSyncBatchNorm, Replicas
@@ -58,9 +59,8 @@ def _free_port() -> int:
 def _tiny(name: str, epochs: int = 1, **train) -> ExperimentConfig:
     """fp32 arithmetic (not `auto`'s bf16 for conv models): these tests compare processes with each other."""
     train = {"precision": "fp32", **train}
-    return ExperimentConfig(
-        model=ModelConfig(name=name, latent_dim=16),
-        train=TrainConfig(epochs=epochs, batch_size=32, log_every=2, seed=5, **train),
+    return experiment_config(
+        name, latent_dim=16, epochs=epochs, lr=2e-4, batch_size=32, log_every=2, seed=5, **train
     )
 
 

@@ -140,7 +140,8 @@ def check_fits_data(key: str, exp: ExperimentConfig, n_train: int, world_size: i
     batch_size = exp.train.batch_size
     if batch_size > n_train:
         raise ParamsError(
-            f"{source}: {key}.train.batch_size: expected at most the {n_train} training images, got {batch_size}"
+            f"{source}: {key}.train.batch_size: expected at most the {n_train} training images, "
+            f"got {batch_size}"
         )
     if batch_size % world_size:
         raise ParamsError(
