@@ -243,7 +243,7 @@ def _torchrun_train(folder: Path, prepared: Path, batch_size: int) -> subprocess
     root, so the MLflow store lands there)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["experiments"]["mlp_gan"]["train"].update(epochs=1, batch_size=batch_size, log_every=2)
-    params["experiments"]["mlp_gan"]["monitor"]["eval_every"] = None
+    params["experiments"]["mlp_gan"]["monitor"] = {"eval_every": None}
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (folder / "dvc.yaml").write_text("stages: {}\n")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
