@@ -22,15 +22,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gan_pipeline.config import FaceDataConfig
 from gan_pipeline.data.faces import prepare_faces
 from gan_pipeline.data.streaming import H5Batches
 from gan_pipeline.models import GAN_MODELS, build_gan
 from gan_pipeline.training.losses import Bce
 from gan_pipeline.training.steps import StepBatch, gan_step
 
-# ../shared beside the repository (or beside the folder of worktrees that holds it)
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from configs import face_data_config  # noqa: E402  (params.yaml's values plus overrides)
+
+# ../shared beside the repository (or beside the folder of worktrees that holds it)
 SHARED = next(
     (
         p / "shared/data/celeba"
@@ -71,7 +73,8 @@ def bench_prepare(raw: Path, out: Path, workers: list[int]) -> None:
     for size in (64, 128):
         for n in workers:
             for source, extra in forms.items():
-                cfg = FaceDataConfig(source=source, image_size=size, decode_workers=n, **extra)
+                seeded = {"split": "seeded", "partition_file": None, "on_bad_image": "error", **extra}
+                cfg = face_data_config(source=source, image_size=size, decode_workers=n, **seeded)
                 stats = prepare_faces(cfg, out / f"{source}{size}.h5", out / f"{source}{size}.json")
                 print(f"RESULT prepare {source} {size}px workers={n}: {stats['images_per_s']:.0f} images/s")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,13 +21,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gan_pipeline.config import EvaluateConfig
 from gan_pipeline.data.loading import load_split, to_float
 from gan_pipeline.io import load_module
 from gan_pipeline.metrics.inception import InceptionFeatures, inception_features
 from gan_pipeline.metrics.prdc import features_of
 from gan_pipeline.metrics.suite import feature_metrics, seeded_pick
 from gan_pipeline.models.classifier import ClassifierFeatures, DigitClassifier
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from configs import evaluate_config  # noqa: E402  (params.yaml's values plus overrides)
 
 
 def timed_features(model, images, bf16):
@@ -59,7 +63,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON")
     args = parser.parse_args()
     torch.manual_seed(0)
-    cfg = EvaluateConfig()
+    cfg = evaluate_config(kid_subset_size=1000)  # the KID subsets that docs/benchmarks.md measured with
     model = InceptionFeatures()
     results: dict = {"torch_threads": torch.get_num_threads()}
 

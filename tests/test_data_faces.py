@@ -8,15 +8,16 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
+from configs import face_data_config
 from PIL import Image
 
-from gan_pipeline.config import FaceDataConfig
 from gan_pipeline.data.faces import chunk_rows, crop_resize, prepare_faces, read_partition
 from gan_pipeline.errors import DataError
 
 
 def _prepare(tmp_path, **cfg):
-    stats = prepare_faces(FaceDataConfig(**cfg), tmp_path / "out.h5", tmp_path / "out.json")
+    cfg = {"split": "seeded", "partition_file": None, "on_bad_image": "error", **cfg}
+    stats = prepare_faces(face_data_config(**cfg), tmp_path / "out.h5", tmp_path / "out.json")
     with h5py.File(tmp_path / "out.h5") as f:
         images, names = f["images"][()], [n.decode() for n in f["names"][()]]
         attrs = dict(f.attrs)

@@ -4,8 +4,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from configs import data_config
 
-from gan_pipeline.config import DataConfig
 from gan_pipeline.data import load_split, prepare, to_float, to_uint8
 from gan_pipeline.errors import DataError
 
@@ -17,7 +17,7 @@ def prepared(tmp_path, real_digits, write_csv):
     """A prepared file of the 40 real digits: 30 train rows, then 10 test rows."""
     csv = write_csv(tmp_path / "digits.csv", real_digits.images, real_digits.labels)
     path = tmp_path / "digits.h5"
-    prepare(DataConfig(source="csv", path=str(csv), test_fraction=0.25), path, tmp_path / "stats.json")
+    prepare(data_config(source="csv", path=str(csv), test_fraction=0.25), path, tmp_path / "stats.json")
     return path
 
 

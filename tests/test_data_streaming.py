@@ -129,12 +129,13 @@ def test_an_error_in_the_reader_mid_epoch_reaches_the_consumer_after_the_good_ba
 
 
 def test_train_batches_streams_faces_and_holds_mnist_in_memory(face_file, tmp_path):
-    from gan_pipeline.config import DataConfig
+    from configs import data_config
+
     from gan_pipeline.data import prepare
 
     assert isinstance(train_batches(face_file[0], (0.0, 1.0), 4, torch.device("cpu")), H5Batches)
     assert train_size(face_file[0]) == 50
-    prepare(DataConfig(), tmp_path / "mnist.h5", tmp_path / "stats.json")
+    prepare(data_config(), tmp_path / "mnist.h5", tmp_path / "stats.json")
     mnist = train_batches(tmp_path / "mnist.h5", (-1.0, 1.0), 64, torch.device("cpu"))
     assert isinstance(mnist, TensorBatches) and train_size(tmp_path / "mnist.h5") == 4000
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from configs import evaluate_config
 
-from gan_pipeline.config import EvaluateConfig
 from gan_pipeline.metrics.fid import fid_from_features, frechet_distance
 from gan_pipeline.metrics.kid import kid_unbiased_mmd2
 from gan_pipeline.metrics.suite import feature_metrics, real_floor, seeded_pick
@@ -42,7 +42,7 @@ def test_feature_metrics_names_say_the_backend_and_record_the_sample_sizes():
     rng = np.random.default_rng(0)
     real = torch.from_numpy(rng.normal(size=(60, 8)))
     fake = torch.from_numpy(rng.normal(size=(40, 8)) + 0.5)
-    cfg = EvaluateConfig(kid_subset_size=1000, kid_subsets=3, prdc_nearest_k=3)
+    cfg = evaluate_config(kid_subset_size=1000, kid_subsets=3, prdc_nearest_k=3)
     metrics = feature_metrics("inception", real, fake, cfg)
     assert set(metrics) == {
         "fid_inception", "fid_inception_n_real", "fid_inception_n_fake", "kid_inception", "kid_inception_std",

@@ -1,6 +1,7 @@
 """End to end: `dvc repro` with tiny params in a temporary git repo, its outputs, metrics, MLflow runs, and
 the re-run behaviour users rely on (nothing re-runs when nothing changed; a param change re-runs only
-the stages that read it: `dvc exp run -S` here; an edited params.yaml in test_retrain.py)."""
+the stages that read it: `dvc exp run -S` here, on one experiment's key and on a train_defaults key that
+every experiment reads; an edited params.yaml in test_retrain.py)."""
 
 from __future__ import annotations
 
@@ -133,7 +134,7 @@ def test_adding_an_experiment_adds_its_stages(repo):
     def add(p):
         p["experiments"]["cgan_embed"] = {
             "model": {"name": "cgan", "label_embedding": "embedding"},
-            "train": dict(TINY["train"]),
+            "train": {**TINY["train"], "lr": 0.0002},
         }
 
     set_params(repo, add)
@@ -141,16 +142,30 @@ def test_adding_an_experiment_adds_its_stages(repo):
     assert {"train@cgan_embed", "sample@cgan_embed", "evaluate@cgan_embed"} <= set(stages)
 
 
-def test_exp_run_with_set_param_shows_metrics(repo):
-    set_params(repo, lambda p: p["experiments"].pop("cgan_embed", None))
-    proc = run(["dvc", "exp", "run", "-n", "fast-mlp", "-S", "experiments.mlp_gan.train.lr=0.001"], repo)
-    assert ran_stages(proc.stdout) == experiment_stages("mlp_gan") | {"report"}
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
-    assert "fast-mlp" in json.dumps(shown)
-    diff = json.loads(run(["dvc", "metrics", "diff", "--json", "HEAD"], repo).stdout)
-    assert "fid_classifier" in diff.get("metrics/mlp_gan.json", {})
+def _exp_runs(repo: Path, name: str) -> list:
+    """The MLflow runs that `dvc exp run -n <name>` made."""
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    runs = client.search_runs(
-        [client.get_experiment_by_name("gan-pipeline").experiment_id], "tags.dvc_exp_name = 'fast-mlp'"
+    experiment = client.get_experiment_by_name("gan-pipeline")
+    return client.search_runs([experiment.experiment_id], f"tags.dvc_exp_name = '{name}'")
+
+
+def test_exp_run_setting_one_experiments_param_reruns_only_that_experiment(repo):
+    set_params(repo, lambda p: p["experiments"].pop("cgan_embed", None))
+    proc = run(["dvc", "exp", "run", "-n", "cgan-lr", "-S", "experiments.cgan.train.lr=0.0003"], repo)
+    assert ran_stages(proc.stdout) == experiment_stages("cgan") | {"report"}
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    assert "cgan-lr" in json.dumps(shown)
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json", "HEAD"], repo).stdout)
+    assert "fid_classifier" in diff.get("metrics/cgan.json", {})
+    runs = _exp_runs(repo, "cgan-lr")
+    assert [(r.info.run_name, r.data.params["train.lr"]) for r in runs] == [("cgan", "0.0003")]
+
+
+def test_exp_run_setting_a_default_reruns_every_experiment_with_it(repo):
+    proc = run(["dvc", "exp", "run", "-n", "seed-3", "-S", "train_defaults.seed=3"], repo)
+    assert ran_stages(proc.stdout) == experiment_stages(*EXPERIMENTS) | {"report"}
+    runs = _exp_runs(repo, "seed-3")
+    assert sorted((r.info.run_name, r.data.params["train.seed"]) for r in runs) == sorted(
+        (exp, "3") for exp in EXPERIMENTS
     )
-    assert [r.info.run_name for r in runs] == ["mlp_gan"]
+    assert {r.data.params["train.lr"] for r in runs if r.info.run_name == "cgan"} == {"0.0003"}  # kept

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from configs import experiment_config
 from torch import nn
 
-from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
+from gan_pipeline.config import ExperimentConfig
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.errors import ParamsError
 from gan_pipeline.models import build_gan
@@ -20,9 +21,8 @@ CPU = torch.device("cpu")
 
 
 def _exp(model: str, precision: str, seed: int = 0) -> ExperimentConfig:
-    return ExperimentConfig(
-        model=ModelConfig(name=model, latent_dim=8),
-        train=TrainConfig(epochs=1, batch_size=16, log_every=2, seed=seed, precision=precision),
+    return experiment_config(
+        model, latent_dim=8, epochs=1, lr=2e-4, batch_size=16, log_every=2, seed=seed, precision=precision
     )
 
 

@@ -125,7 +125,7 @@ def prepared_digits(tmp_path_factory) -> Path:
 def _tiny_train(tmp_path: Path, epochs: int) -> Path:
     def edit(p):
         p["experiments"]["mlp_gan"]["train"].update(epochs=epochs, batch_size=500, checkpoint_every=3)
-        p["experiments"]["mlp_gan"]["monitor"]["eval_every"] = None
+        p["experiments"]["mlp_gan"]["monitor"] = {"eval_every": None}
 
     return _params(tmp_path, edit)
 
@@ -210,7 +210,7 @@ def test_a_diverging_run_fails_the_stage_in_one_line_leaving_earlier_outputs(tmp
 
     def edit(p):
         p["experiments"]["mlp_gan"]["train"].update(epochs=1, batch_size=500, lr=1e8)  # Adam steps of 1e8
-        p["experiments"]["mlp_gan"]["monitor"]["eval_every"] = None
+        p["experiments"]["mlp_gan"]["monitor"] = {"eval_every": None}
 
     proc = _train_in(tmp_path, prepared_digits, _params(tmp_path, edit))
     assert proc.returncode == 1

@@ -7,8 +7,9 @@ import math
 
 import pytest
 import torch
+from configs import experiment_config
 
-from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
+from gan_pipeline.config import ExperimentConfig
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.models import build_gan
 from gan_pipeline.training.loop import train_gan
@@ -94,9 +95,13 @@ def test_g_step_gets_the_same_g_gradient_with_d_frozen_and_leaves_d_gradients_al
 
 
 def _tiny(name: str, **train) -> ExperimentConfig:
-    return ExperimentConfig(
-        model=ModelConfig(name=name, latent_dim=16),
-        train=TrainConfig(epochs=2, batch_size=32, log_every=2, **train),
+    return experiment_config(
+        name,
+        latent_dim=16,
+        epochs=2,
+        batch_size=32,
+        log_every=2,
+        **{"lr": 2e-4, "precision": "auto", **train},
     )
 
 

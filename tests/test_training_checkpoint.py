@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from configs import experiment_config
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig, flatten
+from gan_pipeline.config import ExperimentConfig, flatten
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.errors import DataError, ParamsError
 from gan_pipeline.io import save_weights
@@ -36,18 +37,16 @@ DRIVER = r"""
 import json, sys, time
 import torch
 from safetensors.torch import save_file
-from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig, flatten
+from configs import experiment_config
+from gan_pipeline.config import flatten
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.training.checkpoint import resume_point
 from gan_pipeline.training.loop import Checkpointing, train_gan
 
 checkpoint, out, step_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
 torch.set_num_threads(1)
-exp = ExperimentConfig(
-    model=ModelConfig(name="dcgan28", latent_dim=8),
-    train=TrainConfig(epochs=7, batch_size=16, log_every=3, checkpoint_every=5, d_steps=2, label_noise=0.2,
-                      ema_decay=0.8, seed=5),
-)
+exp = experiment_config("dcgan28", latent_dim=8, epochs=7, lr=2e-4, precision="auto", batch_size=16,
+                        log_every=3, checkpoint_every=5, d_steps=2, label_noise=0.2, ema_decay=0.8, seed=5)
 g = torch.Generator().manual_seed(1)
 images = to_float(torch.randint(0, 256, (100, 28, 28), generator=g, dtype=torch.uint8), (-1.0, 1.0))
 batches = TensorBatches(images, torch.arange(100) % 10, 16)
@@ -65,7 +64,11 @@ save_file(state, out, metadata={"history": json.dumps(result.history)})
 def _run_driver(tmp_path: Path, name: str, step_s: float = 0.0) -> subprocess.Popen:
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    env = {**os.environ, "GAN_PIPELINE_PROGRESS": "0", "PYTHONPATH": str(REPO / "src")}
+    env = {
+        **os.environ,
+        "GAN_PIPELINE_PROGRESS": "0",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]),
+    }
     return subprocess.Popen(
         [
             sys.executable,
@@ -136,9 +139,14 @@ def test_a_run_killed_at_several_points_and_resumed_is_bit_identical(tmp_path):
 
 def _tiny(epochs=2, **changes) -> ExperimentConfig:
     model = {k: changes.pop(k) for k in ("name", "latent_dim") if k in changes}
-    return ExperimentConfig(
-        model=ModelConfig(**{"name": "dcgan28", "latent_dim": 8, **model}),
-        train=TrainConfig(epochs=epochs, batch_size=16, log_every=2, checkpoint_every=4, **changes),
+    return experiment_config(
+        model.get("name", "dcgan28"),
+        latent_dim=model.get("latent_dim", 8),
+        epochs=epochs,
+        batch_size=16,
+        log_every=2,
+        checkpoint_every=4,
+        **{"lr": 2e-4, "precision": "auto", **changes},
     )
 
 
@@ -294,9 +302,8 @@ def test_a_non_finite_weight_stops_training_naming_the_weight(tmp_path):
             bn = next(m for m in generator.modules() if isinstance(m, nn.BatchNorm2d))
             bn.running_mean.fill_(float("inf"))
 
-    exp = ExperimentConfig(
-        model=ModelConfig(name="dcgan28", latent_dim=8),
-        train=TrainConfig(epochs=2, batch_size=16, checkpoint_every=4),
+    exp = experiment_config(
+        "dcgan28", latent_dim=8, epochs=2, lr=2e-4, precision="auto", batch_size=16, checkpoint_every=4
     )
     path = tmp_path / "ckpt.safetensors"
     with pytest.raises(TrainingDiverged) as err:
@@ -311,9 +318,15 @@ def test_a_non_finite_weight_stops_training_naming_the_weight(tmp_path):
 
 def test_d_winning_totally_for_n_steps_is_a_warning_with_the_step(caplog):
     # G never updates (d_steps beyond the run), so D soon tells G's noise from constant bright images.
-    exp = ExperimentConfig(
-        model=ModelConfig(name="mlp_gan", latent_dim=8),
-        train=TrainConfig(epochs=30, batch_size=16, lr=1e-3, d_steps=10_000, collapse_steps=5),
+    exp = experiment_config(
+        "mlp_gan",
+        latent_dim=8,
+        epochs=30,
+        batch_size=16,
+        lr=1e-3,
+        precision="auto",
+        d_steps=10_000,
+        d_wins_steps=5,
     )
     images = torch.full((32, 1, 28, 28), 0.9)
     result = train_gan(exp, TensorBatches(images, torch.zeros(32), 16))

@@ -2,13 +2,13 @@ import math
 
 import pytest
 import torch
+from configs import classifier_config
 from torch import nn
 
-from gan_pipeline.config import ClassifierConfig
 from gan_pipeline.models.classifier import DigitClassifier
 from gan_pipeline.training.classifier import accuracy, predict_proba, train_classifier
 
-TINY = ClassifierConfig(epochs=2, batch_size=16, lr=1e-3, feature_dim=8, seed=3)
+TINY = classifier_config(epochs=2, batch_size=16, lr=1e-3, feature_dim=8, seed=3)
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def test_training_raises_accuracy_on_separable_patterns():
     torch.manual_seed(0)
     untrained = accuracy(DigitClassifier(feature_dim=16), test_x, test_y)
 
-    model, _ = train_classifier(train_x, train_y, ClassifierConfig(epochs=3, batch_size=20, feature_dim=16))
+    model, _ = train_classifier(train_x, train_y, classifier_config(epochs=3, batch_size=20, feature_dim=16))
 
     assert untrained <= 0.3
     assert accuracy(model, test_x, test_y) >= 0.9
@@ -45,7 +45,7 @@ def test_training_is_deterministic_for_the_same_seed_and_data():
 
     first, history_1 = train_classifier(x, y, TINY)
     second, history_2 = train_classifier(x, y, TINY)
-    other_seed, _ = train_classifier(x, y, ClassifierConfig(epochs=2, batch_size=16, feature_dim=8, seed=4))
+    other_seed, _ = train_classifier(x, y, classifier_config(epochs=2, batch_size=16, feature_dim=8, seed=4))
 
     state_1, state_2 = first.state_dict(), second.state_dict()
     assert state_1.keys() == state_2.keys()
@@ -74,7 +74,7 @@ def test_training_rejects_labels_that_do_not_match_the_images():
 
 def test_progress_bar_shows_only_when_enabled(monkeypatch, capsys):
     x, y = patterns(2, seed=0)
-    cfg = ClassifierConfig(epochs=1, batch_size=10, feature_dim=8)
+    cfg = classifier_config(epochs=1, batch_size=10, feature_dim=8)
 
     train_classifier(x, y, cfg)
     assert "classifier" not in capsys.readouterr().err

@@ -15,10 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from configs import experiment_config
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig
+from gan_pipeline.config import ExperimentConfig
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.training.checkpoint import load_checkpoint
 from gan_pipeline.training.distributed import CpuSyncBatchNorm, Replicas
@@ -58,9 +59,8 @@ def _free_port() -> int:
 def _tiny(name: str, epochs: int = 1, **train) -> ExperimentConfig:
     """fp32 arithmetic (not `auto`'s bf16 for conv models): these tests compare processes with each other."""
     train = {"precision": "fp32", **train}
-    return ExperimentConfig(
-        model=ModelConfig(name=name, latent_dim=16),
-        train=TrainConfig(epochs=epochs, batch_size=32, log_every=2, seed=5, **train),
+    return experiment_config(
+        name, latent_dim=16, epochs=epochs, lr=2e-4, batch_size=32, log_every=2, seed=5, **train
     )
 
 
@@ -243,7 +243,7 @@ def _torchrun_train(folder: Path, prepared: Path, batch_size: int) -> subprocess
     root, so the MLflow store lands there)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["experiments"]["mlp_gan"]["train"].update(epochs=1, batch_size=batch_size, log_every=2)
-    params["experiments"]["mlp_gan"]["monitor"]["eval_every"] = None
+    params["experiments"]["mlp_gan"]["monitor"] = {"eval_every": None}
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (folder / "dvc.yaml").write_text("stages: {}\n")
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

