@@ -6,9 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gan_pipeline.config import load_params
-from gan_pipeline.data import prepare
-from gan_pipeline.data.faces import prepare_faces
 from gan_pipeline.errors import ParamsError, exit_on_error
 
 
@@ -22,6 +19,11 @@ def main(argv: list[str] | None = None) -> None:
         "--faces", metavar="NAME", help="prepare the face dataset faces.NAME instead of MNIST"
     )
     args = parser.parse_args(argv)
+    # numpy, h5py and PIL load after parsing, so that --help answers at once.
+    from gan_pipeline.config import load_params
+    from gan_pipeline.data import prepare
+    from gan_pipeline.data.faces import prepare_faces
+
     params = load_params(args.params)
 
     if args.faces is None:

@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gan_pipeline.config import load_params
 from gan_pipeline.errors import exit_on_error
-from gan_pipeline.reports.report import write_report
 
 
 @exit_on_error
@@ -20,6 +18,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plots", type=Path, required=True, help="folder with <experiment>/train_log.csv")
     parser.add_argument("--out", type=Path, required=True, help="HTML file to write")
     args = parser.parse_args(argv)
+    # matplotlib loads after parsing, so that --help answers at once.
+    from gan_pipeline.config import load_params
+    from gan_pipeline.reports.report import write_report
+
     experiments = list(load_params(args.params).experiments)
     write_report(
         args.out, experiments, metrics_dir=args.metrics, samples_dir=args.samples, plots_dir=args.plots

@@ -113,10 +113,9 @@ def test_logged_generator_reloads_and_generates(repo):
     from gan_pipeline import tracking
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    tracking.Tracker("gan-pipeline", root=repo)  # points mlflow at the repo's store
     for exp in ("mlp_gan", "cgan"):
         info = json.loads((repo / "models" / exp / "run.json").read_text())
-        generator = tracking.load_generator(info["model_uri"])
+        generator = tracking.load_generator(info["model_uri"], info["tracking_uri"])
         z = torch.randn(4, 100)
         out = generator(z, torch.tensor([0, 1, 2, 3])) if exp == "cgan" else generator(z)
         assert out.shape == (4, 1, 28, 28)

@@ -17,7 +17,8 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["prepare", "classifier", "reference", "train", "sample", "evaluate", "evaluate_faces"]
+STAGES = ["prepare", "classifier", "reference", "train", "sample", "evaluate", "report"]
+HEAVY = ("torch", "mlflow", "matplotlib", "torchmetrics", "h5py")
 
 
 def stage(name: str, *args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -36,6 +37,24 @@ def test_help_explains_the_stage(name):
     proc = stage(name, "--help")
     assert proc.returncode == 0
     assert f"{name}:" in proc.stdout and "--params" in proc.stdout
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_help_loads_none_of_the_heavy_libraries(name):
+    """--help answers before torch, mlflow, matplotlib, torchmetrics or h5py are imported (each costs
+    seconds), so it is fast; the imports come after argument parsing."""
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{str(REPO / 'stages' / f'{name}.py')!r}, '--help']\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 def _params(tmp_path: Path, edit) -> Path:
@@ -277,7 +296,7 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
     with np.load(tmp_path / "s.npz") as npz:
         assert npz["images"].shape == (70, 64, 64, 3) and npz["images"].dtype == np.uint8
     assert Image.open(tmp_path / "grid.png").size == ((8 * 66 + 2) * 2,) * 2  # 8x8 faces
-    ok("evaluate_faces", "--data", str(data), "--samples", str(tmp_path / "s.npz"),
+    ok("evaluate", "--data", str(data), "--samples", str(tmp_path / "s.npz"),
        "--run", str(model / "run.json"), "--metrics", str(tmp_path / "metrics.json"))  # fmt: skip
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["channel_n_real"] == 3 and metrics["channel_n_fake"] == 70

@@ -52,6 +52,20 @@ def generate(
     return images, (labels.numpy() if spec.conditional else None)
 
 
+def grid_samples(
+    generator: nn.Module, spec: GanSpec, latent_dim: int, images: np.ndarray, grid_rows: int, seed: int
+) -> tuple[np.ndarray, int]:
+    """The pictures of an experiment's sample grid and its number of rows: for conditional models row d
+    shows digit d (one column per latent, drawn with `seed`), RGB models the first 8x8 `images`, digit
+    models the first `grid_rows` x `grid_rows`."""
+    rows = grid_rows if spec.image_shape[0] == 1 else FACE_GRID_ROWS
+    if not spec.conditional:
+        return images[: rows * rows], rows
+    grid_labels = torch.arange(10).repeat_interleave(rows)
+    grid, _ = generate(generator, spec, latent_dim, len(grid_labels), seed, grid_labels)
+    return grid, 10
+
+
 def grid_image(images: np.ndarray, rows: int, pad: int = 2, scale: int = 2) -> Image.Image:
     """Tile uint8 images (n, H, W) or (n, H, W, 3) row by row into one picture, `rows` rows high."""
     n, h, w = images.shape[:3]

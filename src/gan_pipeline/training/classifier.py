@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -75,3 +78,39 @@ def accuracy(
 def predict_proba(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """(N, 10) softmax probabilities on the CPU for (N, 1, 28, 28) images in [-1, 1]."""
     return _logits(model, images, batch_size).softmax(1)
+
+
+def fit_and_score(
+    data: str | Path, cfg: ClassifierConfig, n_floor: int
+) -> tuple[DigitClassifier, dict[str, float | int], float]:
+    """Train the classifier on the prepared file's train split and score it on its test split: the model,
+    its metrics (test and last-epoch train accuracy, split sizes, and the real-vs-real FID floor in its
+    features: the test split vs `n_floor` seeded train images, as many as evaluate scores generated ones, so
+    that floor and models carry the same small-sample bias) and the training time in seconds."""
+    from gan_pipeline.data.loading import load_split, to_float
+    from gan_pipeline.metrics.fid import fid
+    from gan_pipeline.metrics.suite import real_floor
+    from gan_pipeline.models.classifier import ClassifierFeatures
+
+    train_u8, train_labels = load_split(data, "train")
+    test_u8, test_labels = load_split(data, "test")
+    train_x, test_x = to_float(train_u8, (-1.0, 1.0)), to_float(test_u8, (-1.0, 1.0))
+    start = time.perf_counter()
+    model, history = train_classifier(train_x, torch.from_numpy(train_labels).long(), cfg)
+    seconds = time.perf_counter() - start
+    test_accuracy = accuracy(model, test_x, torch.from_numpy(test_labels).long())
+    features = ClassifierFeatures(model)
+    # The train images in the order drawn (not sorted), as the recorded floors were computed.
+    floor, n_real = real_floor(
+        lambda test, train: fid(features, test, train), test_x, train_x, n_floor, cfg.seed, sort=False
+    )
+    metrics = {
+        "test_accuracy": test_accuracy,
+        "train_accuracy": history[-1]["train_accuracy"],
+        "n_train": len(train_x),
+        "n_test": len(test_x),
+        "fid_classifier_real_floor": floor,
+        "fid_real_floor_n_train": n_real,
+        "fid_real_floor_n_test": len(test_x),
+    }
+    return model, metrics, seconds

@@ -223,7 +223,7 @@ class _Run:
         """Watch for D winning totally; every log_every steps (and at the last) the window's mean row."""
         state = self.state
         if self.setup.loss.has_probabilities:
-            watch_collapse(state, stats, self.exp.train.collapse_steps, self.warnings)
+            watch_collapse(state, stats, self.exp.train.d_wins_steps, self.warnings)
         if state.step % self.exp.train.log_every != 0 and state.step != self.total:
             return None
         row = {"step": state.step, "epoch": state.epoch + 1, **_mean(state.window)}

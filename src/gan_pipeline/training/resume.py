@@ -28,8 +28,15 @@ def training_code() -> str:
 
 
 # Params that may differ between a checkpoint and the run that goes on from it: they change neither
-# shapes nor the updates already made (a larger `epochs` extends a finished run).
-RESUMABLE = ("train.epochs", "train.log_every", "train.checkpoint_every", "train.collapse_steps")
+# shapes nor the updates already made (a larger `epochs` extends a finished run). `collapse_steps` is the
+# former name of `d_wins_steps`, so that checkpoints written under it still resume.
+RESUMABLE = (
+    "train.epochs",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.d_wins_steps",
+    "train.collapse_steps",
+)
 
 
 def differences(checkpoint: Checkpoint, identity: dict[str, Any]) -> list[tuple[str, Any, Any]]:

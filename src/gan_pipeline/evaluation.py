@@ -1,0 +1,151 @@
+"""Scoring one experiment's samples against the prepared test split, for digits and faces alike.
+
+The kind of the prepared file chooses what is scored: digits get the classifier's features (FID beside
+its real-vs-real floor, KID, PRDC, coverage, and for conditional models label accuracy and intra-class FID)
+and the standard Inception metrics against the reference stage's test features; faces get the Inception
+metrics against seeded test faces and the per-channel sanity line. The digits' real Inception features
+are the reference stage's (`metrics.reference`), computed once for every evaluate.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gan_pipeline.config import EvaluateConfig
+from gan_pipeline.data.loading import load_split, to_float
+from gan_pipeline.data.streaming import face_counts, is_face_file, read_faces
+from gan_pipeline.errors import DataError
+from gan_pipeline.io import load_module
+from gan_pipeline.metrics.coverage import digit_report, label_accuracy
+from gan_pipeline.metrics.faces import channel_report
+from gan_pipeline.metrics.fid import intra_class_fid
+from gan_pipeline.metrics.inception import InceptionFeatures, inception_features
+from gan_pipeline.metrics.prdc import features_of
+from gan_pipeline.metrics.reference import load_reference
+from gan_pipeline.metrics.suite import FEATURE_BACKENDS, feature_metrics, seeded_pick
+from gan_pipeline.models.classifier import ClassifierFeatures, DigitClassifier
+from gan_pipeline.runtime import device
+from gan_pipeline.sampling import load_samples
+from gan_pipeline.training.classifier import predict_proba
+
+__all__ = ["evaluate_samples", "summary"]
+
+
+def evaluate_samples(
+    data: Path,
+    samples: Path,
+    cfg: EvaluateConfig,
+    sample_seed: int,
+    classifier: Path | None = None,
+    classifier_floor: float | None = None,
+    reference: Path | None = None,
+) -> dict[str, Any]:
+    """The metrics of the sample stage's `samples` file against the test split of the prepared file `data`:
+    digit files need the `classifier` weights, its metrics' floor and the reference stage's features; face
+    files need none of them (`sample_seed` picks their test faces).
+    """
+    if is_face_file(data):
+        return _face_metrics(data, samples, cfg, sample_seed)
+    if classifier is None or classifier_floor is None or reference is None:
+        raise DataError(
+            f"{data}: digits are scored with the classifier and the Inception reference, got none "
+            "(pass --classifier, --classifier-metrics and --inception-reference)"
+        )
+    metrics, fake_u8 = _digit_metrics(data, samples, cfg, classifier, classifier_floor)
+    if cfg.inception_n > 0:
+        metrics.update(_inception_metrics(load_reference(reference, cfg), fake_u8, cfg))
+    metrics["feature_backend"] = {k: v for k, v in FEATURE_BACKENDS.items() if f"fid_{k}" in metrics}
+    return metrics
+
+
+def _digit_metrics(
+    data: Path, samples: Path, cfg: EvaluateConfig, classifier_path: Path, floor: float
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The classifier-feature metrics of the samples, and the samples."""
+    classifier, _ = load_module(classifier_path, lambda c: DigitClassifier(c["feature_dim"]))
+    fake_u8, labels = load_samples(samples)
+    requested = torch.from_numpy(labels) if labels is not None else None
+    fake = to_float(fake_u8, (-1.0, 1.0))
+    real_u8, real_labels = load_split(data, "test")
+    real = to_float(real_u8, (-1.0, 1.0))
+    features = ClassifierFeatures(classifier)
+    probs = predict_proba(classifier, fake)
+    metrics = {
+        **feature_metrics("classifier", features_of(features, real), features_of(features, fake), cfg),
+        "fid_classifier_real_floor": floor,
+        "prdc_nearest_k": cfg.prdc_nearest_k,
+        **digit_report(probs, cfg.coverage_confidence, cfg.coverage_min_fraction),
+    }
+    if requested is not None:
+        metrics["label_accuracy"] = label_accuracy(probs, requested)
+        per_class = intra_class_fid(features, real, torch.from_numpy(real_labels).long(), fake, requested)
+        metrics["fid_classifier_intra_class"] = per_class.pop("mean")
+        metrics["fid_classifier_per_class"] = per_class
+    return metrics, fake_u8
+
+
+def _inception_metrics(real: torch.Tensor, fake_u8: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:
+    """fid_inception, kid_inception and prdc_inception_* of the first inception_n samples vs `real`."""
+    model = InceptionFeatures(cfg.inception_weights).to(device())
+    fake = inception_features(model, fake_u8[: cfg.inception_n], cfg.inception_batch_size, cfg.inception_bf16)
+    return feature_metrics("inception", real, fake, cfg)
+
+
+def _face_metrics(data: Path, samples: Path, cfg: EvaluateConfig, seed: int) -> dict[str, Any]:
+    """Inception metrics of the first inception_n samples vs as many seeded test faces, and the per-channel
+    mean/std of every sample vs as many other seeded test faces."""
+    fake, _ = load_samples(samples)
+    _, n_test, _ = face_counts(data)
+    real = read_faces(data, "test", indices=seeded_pick(n_test, len(fake), seed).numpy())
+    if fake.ndim != 4 or fake.shape[1:] != real.shape[1:]:
+        raise DataError(f"{samples}: samples are {fake.shape[1:]}, but {data} holds {real.shape[1:]}")
+    metrics: dict[str, Any] = {}
+    if cfg.inception_n > 0:
+        pick = seeded_pick(n_test, cfg.inception_n, seed + 1).numpy()
+        model = InceptionFeatures(cfg.inception_weights).to(device())
+        start = time.perf_counter()
+        real_f = inception_features(model, read_faces(data, "test", indices=pick),
+                                    cfg.inception_batch_size, cfg.inception_bf16)  # fmt: skip
+        fake_f = inception_features(
+            model, fake[: cfg.inception_n], cfg.inception_batch_size, cfg.inception_bf16
+        )
+        rate = (len(real_f) + len(fake_f)) / (time.perf_counter() - start)
+        metrics.update(feature_metrics("inception", real_f, fake_f, cfg))
+        metrics["inception_images_per_s"] = rate
+        metrics["feature_backend"] = {"inception": FEATURE_BACKENDS["inception"]}
+    metrics.update(channel_report(real, fake))
+    return metrics
+
+
+def summary(name: str, metrics: dict[str, Any], inception_n: int) -> list[str]:
+    """The lines evaluate prints for experiment `name`: for digits every metric (floats to 4 places, the
+    class histogram left out); for faces the Inception metrics and the per-channel sanity line."""
+    if "channel_n_fake" not in metrics:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
+                 if k != "class_histogram"}  # fmt: skip
+        return [f"{name}: {shown}"]
+    m = metrics
+    if inception_n > 0:
+        lines = [
+            f"{name}: fid_inception {m['fid_inception']:.2f}, kid_inception {m['kid_inception']:.4f} ± "
+            f"{m['kid_inception_std']:.4f}, precision/recall {m['prdc_inception_precision']:.3f}/"
+            f"{m['prdc_inception_recall']:.3f} ({m['fid_inception_n_fake']} samples vs "
+            f"{m['fid_inception_n_real']} test faces, {m['inception_images_per_s']:.1f} images/s)"
+        ]
+    else:
+        lines = [f"{name}: evaluate.inception_n is 0: no Inception metrics"]
+
+    def rgb(key: str) -> list[float]:
+        return [round(m[f"{key}_{c}"], 3) for c in "rgb"]
+
+    lines.append(
+        f"{name}: per-channel mean (r, g, b) samples {rgb('channel_mean_fake')} vs real "
+        f"{rgb('channel_mean_real')}; std samples {rgb('channel_std_fake')} vs real "
+        f"{rgb('channel_std_real')} ({m['channel_n_fake']} samples, {m['channel_n_real']} real test faces)"
+    )
+    return lines

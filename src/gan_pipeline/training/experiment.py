@@ -1,0 +1,179 @@
+"""One experiment's training as the train stage runs it, with no MLflow in it: the plan (params checked
+against the data, the batches, the checkpoint to resume), the run (G and D with the mode-collapse alarm and
+checkpoints) and its outputs (weights, the loss and coverage logs for `dvc plots`, the loss plot).
+
+The stage opens the MLflow run between `plan_training` and `train_experiment`: the run to reopen is the one
+the resumed checkpoint names, and each checkpoint then names the run it logs into.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gan_pipeline.config import Params, check_fits_data, data_config, experiment, experiment_key, flatten
+from gan_pipeline.config.schema import ExperimentConfig
+from gan_pipeline.data.loading import BatchSource
+from gan_pipeline.data.streaming import train_batches, train_size
+from gan_pipeline.errors import ParamsError
+from gan_pipeline.io import load_module, read_json, save_weights, write_csv
+from gan_pipeline.models import GAN_MODELS, GanSpec
+from gan_pipeline.models.classifier import DigitClassifier
+from gan_pipeline.runtime import device
+from gan_pipeline.training.checkpoint import Checkpoint
+from gan_pipeline.training.loop import Checkpointing, OnStep, TrainResult, train_gan
+from gan_pipeline.training.monitor import MONITOR_COLUMNS, CollapseMonitor
+from gan_pipeline.training.resume import resume_point
+
+
+@dataclass(frozen=True)
+class ExperimentPaths:
+    """What the train stage reads and writes for one experiment (the paths dvc.yaml names)."""
+
+    data: Path  # the prepared HDF5 file
+    stats: Path  # its stats JSON (the content hash)
+    out: Path  # folder of generator/discriminator weights, run.json and training.png
+    log: Path  # the loss log CSV
+    checkpoint: Path  # the training checkpoint, resumed from and written
+    classifier: Path | None = None  # digit classifier weights, for the mode-collapse alarm
+    eval_log: Path | None = None  # the alarm's coverage log CSV
+
+    @property
+    def generator(self) -> Path:
+        return self.out / "generator.safetensors"
+
+    @property
+    def plot(self) -> Path:
+        return self.out / "training.png"
+
+
+@dataclass
+class TrainingPlan:
+    """An experiment ready to train: its params, batches, identity and the checkpoint to go on from."""
+
+    name: str
+    exp: ExperimentConfig
+    run_params: dict[str, Any]  # the experiment's and its data's params as flat keys (for MLflow)
+    monitor_cfg: tuple[float, float]  # evaluate.coverage_confidence and coverage_min_fraction
+    batches: BatchSource
+    identity: dict[str, Any]  # what a checkpoint must have been made with to be resumed
+    content_hash: str  # the prepared data's
+    resume: Checkpoint | None
+    note: str  # what resume_point decided, for the log
+
+    @property
+    def spec(self) -> GanSpec:
+        return GAN_MODELS[self.exp.model.name]
+
+    @property
+    def earlier_run_id(self) -> str | None:
+        """The MLflow run of the checkpoint being resumed, if it names one."""
+        return self.resume.extra.get("mlflow_run_id") if self.resume else None
+
+
+def plan_training(
+    params: Params, source: str, name: str, paths: ExperimentPaths, world_size: int = 1
+) -> TrainingPlan:
+    """Check experiment `name` against its data and the process count, and find where it starts.
+
+    ParamsError (prefixed with `source`, the params file) when the alarm lacks its classifier or the batch
+    does not fit the data or the processes; DataError when the data or a checkpoint is unreadable."""
+    exp, key = experiment(params, name), experiment_key(params, name)
+    if exp.monitor.eval_every is not None and (paths.classifier is None or paths.eval_log is None):
+        raise ParamsError(
+            f"{source}: {key}.monitor.eval_every: the mode-collapse alarm needs "
+            "--classifier and --eval-log, got none (set it to null to turn the alarm off)"
+        )
+    check_fits_data(key, exp, train_size(paths.data), world_size, source)
+    # MNIST-sized data lives on the device as one tensor; faces stream from the HDF5 file.
+    batches = train_batches(
+        paths.data, GAN_MODELS[exp.model.name].value_range, exp.train.batch_size, device()
+    )
+    content_hash = read_json(paths.stats)["content_hash"]
+    identity = {f"{key}.{k}": v for k, v in flatten(exp).items()}
+    identity["data content hash"] = content_hash
+    resume, note = resume_point(paths.checkpoint, identity, exp.train.epochs * len(batches))
+    return TrainingPlan(
+        name=name,
+        exp=exp,
+        run_params={**flatten(exp), **flatten(data_config(params, exp), "data.")},
+        monitor_cfg=(params.evaluate.coverage_confidence, params.evaluate.coverage_min_fraction),
+        batches=batches,
+        identity=identity,
+        content_hash=content_hash,
+        resume=resume,
+        note=note,
+    )
+
+
+def train_experiment(
+    plan: TrainingPlan,
+    paths: ExperimentPaths,
+    on_step: OnStep | None = None,
+    extra: dict[str, Any] | None = None,
+    write_outputs: bool = True,
+) -> TrainResult:
+    """Train the planned experiment, checkpointing with `extra` (e.g. the MLflow run id) in each checkpoint,
+    and, with `write_outputs` (the main process), write its weights, logs and loss plot.
+
+    With train.ema_decay the EMA of G's weights is the generator written (the one sample and evaluate use).
+    """
+    checkpointing = Checkpointing(paths.checkpoint, plan.identity, plan.resume, dict(extra or {}))
+    monitor = _collapse_monitor(plan, paths, on_step)
+    if monitor is not None:
+        checkpointing.extra["monitor_rows"] = monitor.rows  # each checkpoint carries the checks so far
+    result = train_gan(plan.exp, plan.batches, on_step, monitor, checkpointing=checkpointing)
+    if write_outputs:
+        _write_outputs(plan, paths, result, monitor)
+    return result
+
+
+def run_record(plan: TrainingPlan, run_id: str, tracking_uri: str, model_uri: str | None, generator_md5: str,
+               result: TrainResult) -> dict[str, Any]:  # fmt: skip
+    """run.json: the MLflow run that sample and evaluate log into, and what the training did."""
+    return {
+        "experiment": plan.name,
+        "run_id": run_id,
+        "tracking_uri": tracking_uri,
+        "model_uri": model_uri,
+        "generator_md5": generator_md5,
+        "steps": result.steps,
+        "train_seconds": round(result.seconds, 2),
+        "train_images_per_s": round(result.images_per_s, 1),
+        "precision": result.precision,
+    }
+
+
+def _write_outputs(
+    plan: TrainingPlan, paths: ExperimentPaths, result: TrainResult, monitor: CollapseMonitor | None
+) -> None:
+    from gan_pipeline.plots import plot_training  # matplotlib, only once there is something to draw
+
+    config = {"model": flatten(plan.exp.model)}
+    save_weights(paths.generator, result.sampling_generator, config)
+    save_weights(paths.out / "discriminator.safetensors", result.discriminator, config)
+    write_csv(paths.log, result.history)
+    if paths.eval_log is not None:
+        write_csv(paths.eval_log, monitor.rows if monitor else [], MONITOR_COLUMNS)
+    plot_training(result.history, plan.name, paths.plot)
+
+
+def _collapse_monitor(
+    plan: TrainingPlan, paths: ExperimentPaths, log: OnStep | None
+) -> CollapseMonitor | None:
+    """The mode-collapse alarm when monitor.eval_every is set (every rank runs it, so all stop together),
+    going on from the checks that the resumed checkpoint carries."""
+    exp = plan.exp
+    if exp.monitor.eval_every is None:
+        return None
+    classifier, _ = load_module(paths.classifier, lambda c: DigitClassifier(c["feature_dim"]))
+    return CollapseMonitor(
+        exp.monitor,
+        classifier.to(device()),
+        plan.spec,
+        exp.model.latent_dim,
+        *plan.monitor_cfg,
+        log,
+        rows=plan.resume.extra.get("monitor_rows") if plan.resume else None,
+    )
