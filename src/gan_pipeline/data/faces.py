@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import h5py
 import numpy as np
@@ -256,6 +257,44 @@ def _reject(where: str, name: str, reason: str, detail: str, cfg: FaceDataConfig
     skipped[reason] += 1
 
 
+def _write_images(
+    f: h5py.File, raw: RawFaces, cfg: FaceDataConfig, splits: dict[str, list[str]], skipped: Counter
+) -> tuple[list[str], dict[str, int], Any]:
+    """Decode each split's faces into f["images"] (train rows first) in blocks of 16 chunks; return the
+    names kept, the count per split and the sha256 of the pixels written."""
+    size = cfg.image_size
+    rows = chunk_rows(size)
+    digest = hashlib.sha256()
+    # No compression: JPEG-noisy faces barely shrink, and training reads stay plain memcpy.
+    images = f.create_dataset(
+        "images", shape=(0, size, size, 3), maxshape=(None, size, size, 3), dtype=np.uint8,
+        chunks=(rows, size, size, 3),
+    )  # fmt: skip
+    kept: list[str] = []
+    buffer: list[np.ndarray] = []
+    counts: dict[str, int] = {}
+
+    def flush() -> None:
+        if buffer:
+            block = np.stack(buffer)
+            digest.update(block.tobytes())
+            n = images.shape[0]
+            images.resize(n + len(block), axis=0)
+            images[n:] = block
+            buffer.clear()
+
+    for split, names in splits.items():
+        before = len(kept)
+        for name, image in _decoded(raw, names, cfg, skipped):
+            kept.append(name)
+            buffer.append(image)
+            if len(buffer) == rows * 16:
+                flush()
+        flush()
+        counts[split] = len(kept) - before
+    return kept, counts, digest
+
+
 def prepare_faces(cfg: FaceDataConfig, out_h5: str | Path, out_stats: str | Path) -> dict:
     """Raw faces -> out_h5 (`images` uint8 (N, S, S, 3), train rows first, `names`) and a stats JSON."""
     start = time.perf_counter()
@@ -268,37 +307,10 @@ def prepare_faces(cfg: FaceDataConfig, out_h5: str | Path, out_stats: str | Path
         raise DataError(f"{raw.where}: no images found (expected {cfg.source} CelebA faces)")
     train_names, test_names = split_names(cfg, names)
     size = cfg.image_size
-    rows = chunk_rows(size)
-    digest = hashlib.sha256()
-    counts = {}
     with atomic_path(out_h5) as tmp:
         with h5py.File(tmp, "w") as f:
-            # No compression: JPEG-noisy faces barely shrink, and training reads stay plain memcpy.
-            images = f.create_dataset(
-                "images", shape=(0, size, size, 3), maxshape=(None, size, size, 3), dtype=np.uint8,
-                chunks=(rows, size, size, 3),
-            )  # fmt: skip
-            kept: list[str] = []
-            buffer: list[np.ndarray] = []
-
-            def flush() -> None:
-                if buffer:
-                    block = np.stack(buffer)
-                    digest.update(block.tobytes())
-                    n = images.shape[0]
-                    images.resize(n + len(block), axis=0)
-                    images[n:] = block
-                    buffer.clear()
-
-            for split, split_names_ in (("train", train_names), ("test", test_names)):
-                before = len(kept)
-                for name, image in _decoded(raw, split_names_, cfg, skipped):
-                    kept.append(name)
-                    buffer.append(image)
-                    if len(buffer) == rows * 16:
-                        flush()
-                flush()
-                counts[split] = len(kept) - before
+            splits = {"train": train_names, "test": test_names}
+            kept, counts, digest = _write_images(f, raw, cfg, splits, skipped)
             if counts["train"] == 0 or counts["test"] == 0:
                 raise DataError(
                     f"{raw.where}: the {cfg.split} split gives {counts['train']} train and {counts['test']} "
