@@ -76,8 +76,8 @@ def code_carrying_pickle():
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """Every test on one torch thread: the suite's tiny models train ~20x faster on one thread than on two
-    threads of a busy shared CPU (the pipeline tests' subprocesses get OMP_NUM_THREADS=1 the same way)."""
+    """Every test on one torch thread: the suite's tiny models train many times faster on one thread than on
+    two threads of a busy shared CPU (the pipeline tests' subprocesses get OMP_NUM_THREADS=1 the same way)."""
     import torch
 
     before = torch.get_num_threads()

@@ -123,7 +123,7 @@ class TrainConfig:
     # Warn when D wins totally (D(x) > 0.99 and D(G(z)) < 0.01) for this many steps in a row.
     d_wins_steps: int = _positive("an int")
     # Arithmetic of G's and D's forward passes (losses and statistics stay fp32): auto picks the fastest
-    # that is safe for the model and device (runtime.choose_precision says how it was measured); fp32; bf16
+    # that is safe for the model and device (runtime.choose_precision has the rule); fp32; bf16
     # autocast (+ channels_last for conv models); fp16 autocast with a gradient scaler (GPUs).
     precision: Literal["auto", "fp32", "bf16", "fp16"]
     # torch.compile G and D.
