@@ -74,7 +74,7 @@ def test_mlflow_artifacts_go_to_s3_through_a_tracking_server(tmp_path, s3_endpoi
     args += ["--artifacts-destination", f"s3://{BUCKET}/mlartifacts"]
     with mlflow_server(args, tmp_path, env=server_env) as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        cfg = TrackingConfig(experiment_name="gan-pipeline")
+        cfg = TrackingConfig(experiment_name="gan-pipeline", retries=2, retry_backoff_s=1)
         with tracking.run(cfg, "mlp_gan", {"train.lr": 0.0002}, {}, root=tmp_path) as run:
             (tmp_path / "grid.png").write_bytes(b"\x89PNG not really")
             run.log_artifact(tmp_path / "grid.png")

@@ -44,7 +44,7 @@ def _open_store_and_log_a_run(root: str) -> str:
     from gan_pipeline import tracking
     from gan_pipeline.config import TrackingConfig
 
-    cfg = TrackingConfig(experiment_name="gan-pipeline")
+    cfg = TrackingConfig(experiment_name="gan-pipeline", retries=2, retry_backoff_s=1)
     with tracking.run(cfg, "mlp_gan", {"train.lr": 0.001}, {}, root=Path(root)) as run:
         run.log_metrics({"loss_d": 1.0}, step=1)
     return run.experiment_id

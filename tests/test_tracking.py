@@ -22,8 +22,8 @@ from gan_pipeline.config import TrackingConfig
 from gan_pipeline.errors import first_line
 from gan_pipeline.models import build_gan
 
-UNIT = TrackingConfig(experiment_name="unit")
-TEAM = TrackingConfig(experiment_name="team")
+UNIT = TrackingConfig(experiment_name="unit", retries=2, retry_backoff_s=1)
+TEAM = TrackingConfig(experiment_name="team", retries=2, retry_backoff_s=1)
 
 
 def test_repo_root_of_a_queued_experiment_copy_is_the_original_repo(tmp_path):
@@ -135,7 +135,8 @@ from pathlib import Path
 from gan_pipeline import tracking
 from gan_pipeline.config import TrackingConfig
 
-with tracking.run(TrackingConfig(experiment_name="unit"), "cgan", {}, {}, root=Path(sys.argv[1])) as run:
+cfg = TrackingConfig(experiment_name="unit", retries=2, retry_backoff_s=1)
+with tracking.run(cfg, "cgan", {}, {}, root=Path(sys.argv[1])) as run:
     print(run.id, flush=True)
     time.sleep(120)
 """
