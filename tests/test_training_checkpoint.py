@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 from configs import experiment_config
 from gan_pipeline.config import flatten
 from gan_pipeline.data.loading import TensorBatches, to_float
-from gan_pipeline.training.checkpoint import resume_point
+from gan_pipeline.training.resume import resume_point
 from gan_pipeline.training.loop import Checkpointing, train_gan
 
 checkpoint, out, step_s = sys.argv[1], sys.argv[2], float(sys.argv[3])

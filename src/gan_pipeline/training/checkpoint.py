@@ -206,13 +206,3 @@ def _optimizer_from(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
         for group in meta["param_groups"]
     ]
     return {"state": state, "param_groups": groups}
-
-
-def __getattr__(name: str) -> Any:
-    """`resume_point`, which moved to training.resume, still importable from here (stages/train.py)."""
-    # Imported on first use: training.resume imports this module, so a top-level import would be circular.
-    if name == "resume_point":
-        from gan_pipeline.training.resume import resume_point
-
-        return resume_point
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
