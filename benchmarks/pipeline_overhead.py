@@ -23,7 +23,7 @@ from pipeline_helpers import copy_project, ran_stages, run, set_params  # noqa: 
 
 TRAIN = (
     "python stages/train.py --experiment {exp} --data data/prepared/mnist.h5 "
-    "--stats data/prepared/stats.json --out {out} --log {out}/train_log.csv "
+    "--stats data/prepared/mnist.stats.json --out {out} --log {out}/train_log.csv "
     "--classifier models/classifier.safetensors --eval-log {out}/eval.csv"
 )
 

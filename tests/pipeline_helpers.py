@@ -36,7 +36,7 @@ def experiment_stages(*experiments: str) -> set[str]:
     return {f"{stage}@{exp}" for stage in ("train", "sample", "evaluate") for exp in experiments}
 
 
-ALL_STAGES = {"prepare", "classifier", "reference", "report"} | experiment_stages(*EXPERIMENTS)
+ALL_STAGES = {"prepare@mnist", "classifier", "reference", "report"} | experiment_stages(*EXPERIMENTS)
 
 
 def tool_env(extra: dict | None = None) -> dict[str, str]:

