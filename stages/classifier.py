@@ -20,9 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     # torch loads after parsing, so that --help answers at once.
     from gan_pipeline.config import load_params
     from gan_pipeline.io import save_weights, write_json
+    from gan_pipeline.runtime import use_threads
     from gan_pipeline.training.classifier import fit_and_score
 
     params = load_params(args.params)
+    use_threads(params.runtime.threads)
     model, metrics, seconds = fit_and_score(args.data, params.classifier, params.sample.n_samples)
     save_weights(args.out, model, {"feature_dim": params.classifier.feature_dim})
     write_json(args.metrics, metrics)

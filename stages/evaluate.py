@@ -37,8 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     from gan_pipeline.config import load_params
     from gan_pipeline.evaluation import evaluate_samples, summary
     from gan_pipeline.io import read_json, write_json
+    from gan_pipeline.runtime import use_threads
 
     params = load_params(args.params)
+    use_threads(params.runtime.threads)
     floor = None
     if args.classifier_metrics is not None:
         floor = read_json(args.classifier_metrics)["fid_classifier_real_floor"]

@@ -22,8 +22,10 @@ def main(argv: list[str] | None = None) -> None:
     from gan_pipeline.config import load_params
     from gan_pipeline.io import write_json
     from gan_pipeline.metrics.reference import inception_reference, save_reference
+    from gan_pipeline.runtime import use_threads
 
     params = load_params(args.params)
+    use_threads(params.runtime.threads)
     features, test_indices, metrics = inception_reference(args.data, params.evaluate, params.sample.seed)
     if len(features):
         rate = metrics["inception_images_per_s"]

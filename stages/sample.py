@@ -25,9 +25,11 @@ def main(argv: list[str] | None = None) -> None:
     from gan_pipeline import tracking
     from gan_pipeline.config import load_params
     from gan_pipeline.io import read_json
+    from gan_pipeline.runtime import use_threads
     from gan_pipeline.sampling import generate, grid_samples, load_generator, save_grid, save_samples
 
     params = load_params(args.params)
+    use_threads(params.runtime.threads)
     cfg = params.sample
     generator, spec, model = load_generator(args.model / "generator.safetensors")
     images, labels = generate(generator, spec, model["latent_dim"], cfg.n_samples, cfg.seed)

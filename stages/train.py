@@ -46,10 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     from gan_pipeline.config import load_params
     from gan_pipeline.io import write_json
     from gan_pipeline.provenance import run_tags
+    from gan_pipeline.runtime import use_threads
     from gan_pipeline.training import distributed
     from gan_pipeline.training.experiment import ExperimentPaths, plan_training, train_experiment
 
     params = load_params(args.params)
+    use_threads(params.runtime.threads)
     checkpoint = args.checkpoint or args.out / "checkpoint.safetensors"
     paths = ExperimentPaths(
         args.data, args.stats, args.out, args.log, checkpoint, args.classifier, args.eval_log

@@ -354,3 +354,35 @@ def test_faces_are_more_entries_of_the_same_stages_reading_their_own_data(tmp_pa
         cmd, deps = on[name]
         assert "--data data/prepared/celeba128.h5" in cmd and "data/prepared/celeba128.h5" in deps
     assert "--dataset celeba64" in on["prepare@celeba64"][0] and "data/raw" in on["prepare@celeba64"][1]
+
+
+def test_every_stage_that_computes_runs_at_the_threads_that_params_yaml_names(tmp_path):
+    """torch's thread count decides the bits: each stage that runs torch sets it from runtime.threads and
+    lists `runtime` among its params, so that a change shows in `dvc params diff` and re-runs it."""
+    from dvc.repo import Repo
+
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    Repo.init(str(tmp_path), no_scm=True)
+    with Repo(str(tmp_path)) as repo:
+        params = {
+            s.name.partition("@")[0]: {k for p in s.params for k in p.params} for s in repo.index.stages
+        }
+    for name in STAGES:
+        source = (REPO / "stages" / f"{name}.py").read_text()
+        computes = "use_threads(params.runtime.threads)" in source
+        assert computes == (name not in ("prepare", "report")), name
+        assert ("runtime" in params[name]) == computes, (name, params[name])
+
+
+def test_use_threads_sets_torchs_thread_count():
+    import torch
+
+    from gan_pipeline.runtime import use_threads
+
+    before = torch.get_num_threads()
+    try:
+        use_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -21,6 +21,13 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def use_threads(threads: int) -> None:
+    """Run torch's CPU kernels on `threads` threads (params.yaml's runtime.threads). The thread count changes
+    how float sums are split, so it decides the bits of every weight and metric: each stage that computes
+    sets it from the params instead of inheriting whatever OMP_NUM_THREADS or the core count says."""
+    torch.set_num_threads(threads)
+
+
 def device() -> torch.device:
     """CUDA when present (set GAN_PIPELINE_DEVICE=cpu to refuse it), else the CPU."""
     wanted = os.environ.get("GAN_PIPELINE_DEVICE", "auto")

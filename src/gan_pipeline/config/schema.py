@@ -196,6 +196,13 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    # torch's CPU threads in every stage that computes. Part of what decides the bits: the same params,
+    # data, seeds and thread count give bit-identical outputs on the same kind of CPU.
+    threads: int = _positive("an int")
+
+
+@dataclass(frozen=True)
 class Params:
     """params.yaml after the `*_defaults` sections were merged into each experiment (see config.load)."""
 
@@ -206,3 +213,4 @@ class Params:
     sample: SampleConfig
     evaluate: EvaluateConfig
     tracking: TrackingConfig
+    runtime: RuntimeConfig
