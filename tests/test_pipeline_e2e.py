@@ -132,6 +132,7 @@ def test_second_repro_does_nothing_and_status_is_clean(repo):
 def test_adding_an_experiment_adds_its_stages(repo):
     def add(p):
         p["experiments"]["cgan_embed"] = {
+            "data": "mnist",
             "model": {"name": "cgan", "label_embedding": "embedding"},
             "train": {**TINY["train"], "lr": 0.0002},
         }
