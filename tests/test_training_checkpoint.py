@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.errors import DataError, ParamsError
 from gan_pipeline.io import save_weights
 from gan_pipeline.models import build_gan
+from gan_pipeline.training import resume
 from gan_pipeline.training.checkpoint import CheckpointedObjects, TrainState, load_checkpoint, save_checkpoint
 from gan_pipeline.training.loop import Checkpointing, TrainingDiverged, train_gan
 from gan_pipeline.training.resume import resume_point, training_code
@@ -223,6 +225,31 @@ def test_a_finished_run_made_by_other_training_code_is_retrained_an_unfinished_o
     checkpoint, note = resume_point(path, flatten(_tiny()), 8)
     assert checkpoint.state.step == 4
     assert note.endswith("at step 4 of 8 (the training code has changed since it was written)")
+
+
+def test_the_training_code_is_the_import_closure_of_the_experiment_less_the_loss_plot():
+    files = set(resume.training_files())
+    trained_by = {"__init__.py", "training/experiment.py", "training/loop.py", "config/load.py",
+                  "data/streaming.py", "models/dcgan.py", "training/monitor.py", "sampling.py"}  # fmt: skip
+    assert {f"gan_pipeline/{name}" for name in trained_by} <= files
+    assert not {f"gan_pipeline/{name}" for name in ("plots.py", "tracking.py", "evaluation.py")} & files
+
+
+def test_the_training_code_fingerprint_follows_an_edit_of_a_module_it_imports_not_of_the_plot(
+    tmp_path, monkeypatch
+):
+    """Computed afresh on a copy of the package: the same digest in another folder, another after a
+    one-line edit of a module the training imports, the same after one of plots.py."""
+    copy = tmp_path / "gan_pipeline"
+    shutil.copytree(resume.SOURCE_ROOT / "gan_pipeline", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(resume, "SOURCE_ROOT", tmp_path)
+    assert resume.training_code.__wrapped__() == training_code()
+    with open(copy / "plots.py", "a") as f:
+        f.write("# an edit\n")
+    assert resume.training_code.__wrapped__() == training_code()
+    with open(copy / "data" / "streaming.py", "a") as f:
+        f.write("# an edit\n")
+    assert resume.training_code.__wrapped__() != training_code()
 
 
 def test_an_unfinished_run_with_other_params_is_refused_naming_the_param(tmp_path):

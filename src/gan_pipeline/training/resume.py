@@ -8,22 +8,32 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from gan_pipeline.codedeps import import_closure
 from gan_pipeline.errors import ParamsError
 from gan_pipeline.training.checkpoint import Checkpoint, load_checkpoint
 
-PACKAGE = Path(__file__).resolve().parents[1]
-# The modules whose code decides the trained weights (the train stage's code deps in dvc.yaml, less I/O).
-TRAINING_CODE = ("models", "training", "runtime.py", "data/loading.py", "data/streaming.py")
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds gan_pipeline/
+# The training code is what the train stage runs to train: the import closure of training.experiment
+# (plan, loop, models, data batching, the mode-collapse alarm, params parsing), less plots.py, which only
+# draws the loss plot that every run, one that goes on from a finished checkpoint too, draws anew. Left in,
+# a module that changes no weight costs a needless retrain on an edit, never a stale result.
+TRAINING_ENTRY = "gan_pipeline/training/experiment.py"
+NOT_TRAINING = ("gan_pipeline/plots.py",)
+
+
+def training_files() -> list[str]:
+    """The package files, relative to SOURCE_ROOT and sorted, whose code decides the trained weights."""
+    closure = import_closure(SOURCE_ROOT / TRAINING_ENTRY, SOURCE_ROOT, source=".")
+    return [path for path in closure if path not in NOT_TRAINING]
 
 
 @functools.cache
 def training_code() -> str:
-    """An MD5 over the source of TRAINING_CODE: a finished checkpoint made by other code is retrained."""
+    """An MD5 over the paths and source of `training_files()`: a finished checkpoint made by other code is
+    retrained."""
     digest = hashlib.md5()
-    for entry in TRAINING_CODE:
-        path = PACKAGE / entry
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(str(file.relative_to(PACKAGE)).encode() + b"\0" + file.read_bytes())
+    for path in training_files():
+        digest.update(path.encode() + b"\0" + (SOURCE_ROOT / path).read_bytes())
     return digest.hexdigest()
 
 
