@@ -1,0 +1,1 @@
+"""gan-pipeline: DVC stages (stages/*.py) over this package, which trains, samples and scores image GANs."""
