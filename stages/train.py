@@ -91,7 +91,7 @@ def _log_result(run, plan, paths, result) -> dict:
     generator_md5 = file_md5(paths.generator)
     model_tag = {"generator_model_uri": model_uri} if model_uri else {}
     run.set_tags({"generator_md5": generator_md5, "precision": result.precision, **model_tag})
-    return run_record(plan, run.id, run.uri, model_uri, generator_md5, result)
+    return run_record(plan, run.id, run.recorded_uri, model_uri, generator_md5, result)
 
 
 if __name__ == "__main__":

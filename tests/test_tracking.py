@@ -97,7 +97,8 @@ def test_load_generator_from_another_directory_without_a_global_tracking_uri(tmp
     monkeypatch.chdir(elsewhere)
     mlflow.set_tracking_uri(None)  # as in a fresh process
     assert "MLFLOW_TRACKING_URI" not in os.environ
-    reloaded = tracking.load_generator(model_uri, run.uri)
+    assert run.recorded_uri == "sqlite:///mlflow.db"  # run.json's form: relative to the repository
+    reloaded = tracking.load_generator(model_uri, run.recorded_uri, root=repo)
     z = torch.randn(3, 8)
     assert torch.allclose(reloaded(z), generator.eval()(z), atol=1e-6)
     assert "MLFLOW_TRACKING_URI" not in os.environ

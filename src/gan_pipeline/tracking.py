@@ -191,6 +191,11 @@ class Run:
         self._client = store.client
         self.id = run_id
         self.uri = store.uri
+        # run.json's form of the URI: the repository's own store relative to its root, so that no machine
+        # path lands in an output (load_generator resolves it against the repository again).
+        self.recorded_uri = (
+            f"sqlite:///{DB_NAME}" if store.uri == f"sqlite:///{store.root / DB_NAME}" else store.uri
+        )
         self.experiment_id = store.experiment_id
         self.resumed = resumed
         self.logged_until = logged_until
@@ -384,8 +389,12 @@ def _log_generator_model(
     return info.model_uri
 
 
-def load_generator(model_uri: str, tracking_uri: str) -> Any:
+def load_generator(model_uri: str, tracking_uri: str, root: str | Path | None = None) -> Any:
     """The generator logged as `model_uri` in the store at `tracking_uri` (both in run.json), back from
-    MLflow: a callable torch module taking z[, labels]."""
+    MLflow: a callable torch module taking z[, labels]. A relative SQLite path (run.json's form of the
+    repository's own store) is found in the repository at or above `root` (default: the working directory)."""
+    path = tracking_uri.removeprefix("sqlite:///")
+    if tracking_uri.startswith("sqlite:///") and not Path(path).is_absolute():
+        tracking_uri = f"sqlite:///{repo_root(root) / path}"
     with _fluent_tracking_uri(tracking_uri):
         return mlflow.pytorch.load_model(model_uri)
