@@ -1,5 +1,6 @@
 """classifier: train the digit classifier that judges coverage and supplies FID features, report its
-test accuracy and the real-vs-real FID floor (train split vs test split) in its features."""
+test accuracy and the real-vs-real FID floor (train split vs test split) in its features, and beside them
+an info file of the sample sizes, the training time and the environment."""
 
 from __future__ import annotations
 
@@ -16,18 +17,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="prepared HDF5 file")
     parser.add_argument("--out", type=Path, required=True, help="classifier weights (.safetensors) to write")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    parser.add_argument(
+        "--info", type=Path, required=True, help="info JSON to write (sizes, time, environment)"
+    )
     args = parser.parse_args(argv)
     # torch loads after parsing, so that --help answers at once.
     from gan_pipeline.config import load_params
     from gan_pipeline.io import save_weights, write_json
+    from gan_pipeline.metrics.suite import split_sample_sizes
+    from gan_pipeline.provenance import environment
     from gan_pipeline.runtime import use_threads
     from gan_pipeline.training.classifier import fit_and_score
 
     params = load_params(args.params)
     use_threads(params.runtime.threads)
-    model, metrics, seconds = fit_and_score(args.data, params.classifier, params.sample.n_samples)
+    model, scores, seconds = fit_and_score(args.data, params.classifier, params.sample.n_samples)
     save_weights(args.out, model, {"feature_dim": params.classifier.feature_dim})
+    metrics, sizes = split_sample_sizes(scores)
     write_json(args.metrics, metrics)
+    write_json(args.info, {"sample_sizes": sizes, "train_seconds": seconds, "environment": environment()})
     print(
         f"classifier: test accuracy {metrics['test_accuracy']:.4f} after {seconds:.0f} s; "
         f"real FID floor {metrics['fid_classifier_real_floor']:.3f}"

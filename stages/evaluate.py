@@ -5,7 +5,10 @@ for conditional models intra-class FID), the standard TF Inception's (fid_incept
 prdc_inception_*, on evaluate.inception_n samples against the reference stage's test features), digit
 coverage, the class histogram and its KL from uniform, and for conditional models label accuracy. Faces:
 the Inception metrics on evaluate.inception_n samples vs as many seeded test faces, and the per-channel
-mean/std of samples vs real. Writes DVC metrics and logs them to the MLflow run."""
+mean/std of samples vs real. Writes the scores as DVC metrics, what describes them (sample sizes, feature
+backends, throughput, the environment) as an info file and, for digits, the class histogram (with each
+digit's intra-class FID for conditional models) as a DVC plot; logs the scores to the MLflow run as metrics,
+the info as tags and the histogram as an artifact."""
 
 from __future__ import annotations
 
@@ -21,22 +24,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="prepared HDF5 file (its test split)")
     p.add_argument("--samples", type=Path, required=True, help="samples .npz from the sample stage")
     p.add_argument("--run", type=Path, required=True, help="run.json from the train stage")
-    p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write (scores only)")
+    p.add_argument(
+        "--info", type=Path, required=True, help="info JSON to write (sizes, backends, environment)"
+    )
     digits = p.add_argument_group("digits only")
     digits.add_argument("--classifier", type=Path, help="classifier weights")
     digits.add_argument("--classifier-metrics", type=Path, help="classifier metrics JSON (its FID floor)")
     digits.add_argument("--inception-reference", type=Path, help="reference stage's Inception features .npz")
+    digits.add_argument("--class-histogram", type=Path, help="CSV to write: digit, count[, fid_classifier]")
     return p
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.classifier is not None and args.class_histogram is None:
+        p.error("--class-histogram: digits (--classifier) need a CSV to write their class histogram to")
     # torch and mlflow load after parsing, so that --help answers at once.
     from gan_pipeline import tracking
     from gan_pipeline.config import load_params
     from gan_pipeline.evaluation import evaluate_samples, summary
-    from gan_pipeline.io import read_json, write_json
+    from gan_pipeline.io import read_json, write_csv, write_json
+    from gan_pipeline.provenance import environment
     from gan_pipeline.runtime import use_threads
 
     params = load_params(args.params)
@@ -44,14 +55,21 @@ def main(argv: list[str] | None = None) -> None:
     floor = None
     if args.classifier_metrics is not None:
         floor = read_json(args.classifier_metrics)["fid_classifier_real_floor"]
-    metrics = evaluate_samples(args.data, args.samples, params.evaluate, params.sample.seed,
-                               args.classifier, floor, args.inception_reference)  # fmt: skip
-    write_json(args.metrics, metrics)
+    result = evaluate_samples(args.data, args.samples, params.evaluate, params.sample.seed,
+                              args.classifier, floor, args.inception_reference)  # fmt: skip
+    info = {**result.info, "environment": environment()}
+    write_json(args.metrics, result.metrics)
+    write_json(args.info, info)
+    if args.class_histogram is not None:  # faces have no classes: the file holds the header alone
+        write_csv(args.class_histogram, result.classes or [], ["digit", "count"])
 
     run = read_json(args.run)
     with tracking.attach(params.tracking, run["run_id"]) as mlflow_run:
-        mlflow_run.log_metrics(metrics, step=run["steps"])
-        for line in summary(run["experiment"], metrics, params.evaluate.inception_n):
+        mlflow_run.log_metrics(result.metrics, step=run["steps"])
+        mlflow_run.set_tags(tracking.info_tags(info))
+        if result.classes is not None:
+            mlflow_run.log_artifact(args.class_histogram)
+        for line in summary(run["experiment"], result, params.evaluate.inception_n):
             print(line)
 
 

@@ -1,6 +1,8 @@
 """reference: standard Inception features of the real test split, computed once for every evaluate, and the
 real-vs-real floor of the Inception metrics (as many seeded train images as evaluate scores samples, vs
-the same test images). evaluate.inception_n = 0 writes an empty reference and skips the network."""
+the same test images), and beside them an info file of the sample sizes, the network, its weights (file
+name and sha256), its throughput and the environment. evaluate.inception_n = 0 writes an empty reference
+and skips the network."""
 
 from __future__ import annotations
 
@@ -17,21 +19,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="prepared HDF5 file")
     parser.add_argument("--features", type=Path, required=True, help="reference features .npz to write")
     parser.add_argument("--metrics", type=Path, required=True, help="floor metrics JSON to write")
+    parser.add_argument("--info", type=Path, required=True, help="info JSON to write (network, environment)")
     args = parser.parse_args(argv)
     # torch loads after parsing, so that --help answers at once.
     from gan_pipeline.config import load_params
     from gan_pipeline.io import write_json
     from gan_pipeline.metrics.reference import inception_reference, save_reference
+    from gan_pipeline.provenance import environment
     from gan_pipeline.runtime import use_threads
 
     params = load_params(args.params)
     use_threads(params.runtime.threads)
-    features, test_indices, metrics = inception_reference(args.data, params.evaluate, params.sample.seed)
+    features, test_indices, metrics, info = inception_reference(
+        args.data, params.evaluate, params.sample.seed
+    )
     if len(features):
-        rate = metrics["inception_images_per_s"]
+        rate = info["inception_images_per_s"]
         print(f"reference: {len(features)} test images at {rate:.1f} images/s; {metrics}")
     save_reference(args.features, features, test_indices)
     write_json(args.metrics, metrics)
+    write_json(args.info, {**info, "environment": environment()})
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ clear errors."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import warnings
 
@@ -86,7 +87,10 @@ def test_users_torch_fidelity_weights_file_gives_the_same_network(network, real_
     theirs = InceptionFeatures(path)
     digits = torch.from_numpy(real_digits.images[:2])
     assert torch.equal(inception_features(theirs, digits), inception_features(network, digits))
-    assert theirs.source == str(path)
+    assert theirs.weights_file() == {
+        "name": path.name,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
 
 
 def test_bad_weights_and_a_missing_extra_are_one_line_errors(tmp_path, monkeypatch):
@@ -112,7 +116,15 @@ def test_bad_weights_and_a_missing_extra_are_one_line_errors(tmp_path, monkeypat
 
 
 def test_the_bundled_weights_are_the_tf_inception_by_sha1():
-    assert inception._sha1(inception._bundled_weights()) == inception.WEIGHTS_SHA1
+    assert inception._digest(inception._bundled_weights(), "sha1") == inception.WEIGHTS_SHA1
+
+
+def test_the_bundled_weights_are_recorded_by_file_name_and_sha256_not_by_path(network):
+    bundled = inception._bundled_weights()
+    assert network.weights_file() == {
+        "name": "default_1.pt",
+        "sha256": hashlib.sha256(bundled.read_bytes()).hexdigest(),
+    }
 
 
 def test_features_of_no_images_is_an_empty_table(network):

@@ -9,7 +9,7 @@ from configs import evaluate_config
 
 from gan_pipeline.metrics.fid import fid_from_features, frechet_distance
 from gan_pipeline.metrics.kid import kid_unbiased_mmd2
-from gan_pipeline.metrics.suite import feature_metrics, real_floor, seeded_pick
+from gan_pipeline.metrics.suite import feature_metrics, real_floor, seeded_pick, split_sample_sizes
 
 
 def _reference_fid(real: np.ndarray, fake: np.ndarray) -> float:
@@ -57,6 +57,23 @@ def test_feature_metrics_names_say_the_backend_and_record_the_sample_sizes():
     assert abs(metrics["kid_inception"] - full_set) < 3 * metrics["kid_inception_std"] + 0.05
     with pytest.raises(ValueError, match="unknown feature backend"):
         feature_metrics("vgg", real, fake, cfg)
+
+
+def test_split_sample_sizes_keeps_the_scores_and_sets_the_sizes_apart():
+    metrics = {
+        "fid_inception": 12.5, "fid_inception_n_real": 60, "fid_inception_n_fake": 40, "kid_inception": 0.1,
+        "kid_inception_subset_size": 40, "channel_n_fake": 7, "coverage": 9, "label_accuracy": 0.5,
+        "n_train": 4000, "fid_real_floor_n_test": 1000, "test_accuracy": 0.9,
+    }  # fmt: skip
+    scores, sizes = split_sample_sizes(metrics)
+    assert scores == {
+        "fid_inception": 12.5, "kid_inception": 0.1, "coverage": 9, "label_accuracy": 0.5,
+        "test_accuracy": 0.9,
+    }  # fmt: skip
+    assert sizes == {
+        "fid_inception_n_real": 60, "fid_inception_n_fake": 40, "kid_inception_subset_size": 40,
+        "channel_n_fake": 7, "n_train": 4000, "fid_real_floor_n_test": 1000,
+    }  # fmt: skip
 
 
 def test_seeded_pick_is_sorted_distinct_and_the_same_every_run():

@@ -61,27 +61,93 @@ def test_metrics_have_every_key(repo):
     assert 0.8 < classifier["test_accuracy"] <= 1.0
     assert classifier["fid_classifier_real_floor"] >= 0
     reference = json.loads((repo / "metrics/reference.json").read_text())
-    assert reference["fid_inception_real_floor_n_real"] == 20 and reference["inception_images_per_s"] > 0
+    assert reference["fid_inception_real_floor"] > 0
     for exp in EXPERIMENTS:
         metrics = json.loads((repo / "metrics" / f"{exp}.json").read_text())
+        sizes = json.loads((repo / "metrics" / "info" / f"{exp}.json").read_text())["sample_sizes"]
         assert metrics["fid_classifier"] > metrics["fid_classifier_real_floor"] >= 0
-        assert metrics["fid_classifier_n_fake"] == 200 and metrics["fid_classifier_n_real"] == 1000
+        assert sizes["fid_classifier_n_fake"] == 200 and sizes["fid_classifier_n_real"] == 1000
         assert 0 <= metrics["coverage"] <= 10
         assert 0 <= metrics["kl_from_uniform"] <= np.log(10) + 1e-9
-        assert sum(metrics["class_histogram"].values()) <= 200
         assert ("label_accuracy" in metrics) == (exp == "cgan")
         assert ("fid_classifier_intra_class" in metrics) == (exp == "cgan")
-        assert metrics["kid_classifier_subset_size"] == 200 and metrics["kid_classifier_std"] >= 0
+        assert sizes["kid_classifier_subset_size"] == 200 and metrics["kid_classifier_std"] >= 0
         # Standard Inception metrics on 20 samples vs 20 test images, beside their real-vs-real floor.
-        assert metrics["fid_inception_n_fake"] == metrics["fid_inception_n_real"] == 20
+        assert sizes["fid_inception_n_fake"] == sizes["fid_inception_n_real"] == 20
         assert metrics["fid_inception"] > reference["fid_inception_real_floor"] > 0
-        assert set(metrics["feature_backend"]) == {"classifier", "inception"}
         for backend in ("classifier", "inception"):
             for name in ("precision", "recall", "coverage"):
                 assert 0 <= metrics[f"prdc_{backend}_{name}"] <= 1
             assert metrics[f"prdc_{backend}_density"] >= 0  # density is unbounded above (Naeem et al.)
     shown = run(["dvc", "metrics", "show", "--json"], repo).stdout
     assert "fid_classifier" in shown and "coverage" in shown
+
+
+def test_metrics_files_hold_only_numbers(repo):
+    files = sorted((repo / "metrics").glob("*.json"))
+    assert [f.stem for f in files] == sorted(["classifier", "reference", *EXPERIMENTS])
+    for path in files:
+        metrics = json.loads(path.read_text())
+        assert metrics and all(type(v) in (int, float) for v in metrics.values()), (path.name, metrics)
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_info_files_describe_the_metrics_with_the_environment(repo):
+    info = {p.stem: json.loads(p.read_text()) for p in (repo / "metrics" / "info").glob("*.json")}
+    assert set(info) == {"classifier", "reference", *EXPERIMENTS}
+    for name, content in info.items():
+        env = content["environment"]
+        assert env["torch"] == torch.__version__ and env["device"] in ("cpu", "cuda"), name
+        assert env["threads"] >= 1 and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["classifier"]["sample_sizes"]["n_test"] == 1000 and info["classifier"]["train_seconds"] > 0
+    reference = info["reference"]
+    assert reference["sample_sizes"]["fid_inception_real_floor_n_real"] == 20
+    assert reference["inception_images_per_s"] > 0
+    weights = reference["inception_weights"]
+    assert weights["name"] == "default_1.pt" and len(weights["sha256"]) == 64
+    for exp in EXPERIMENTS:
+        assert set(info[exp]["feature_backend"]) == {"classifier", "inception"}
+
+
+def test_no_output_names_a_path_of_this_machine(repo, reproduced_project):
+    """Every JSON and CSV that a stage writes, less run.json's tracking_uri: the MLflow store that users load
+    the generator from (`tracking.load_generator`), an absolute sqlite URI of the checkout that trained."""
+    source = reproduced_project[0]
+    outputs = [
+        *repo.glob("metrics/**/*.json"),
+        *repo.glob("plots/*/*.csv"),
+        repo / "data/prepared/stats.json",
+    ]
+    runs = list(repo.glob("models/*/run.json"))
+    assert len(runs) == len(EXPERIMENTS) and len(outputs) > 2 * len(EXPERIMENTS)
+    texts = [p.read_text() for p in outputs]
+    for run_json in runs:
+        record = json.loads(run_json.read_text())
+        assert record.pop("tracking_uri") == f"sqlite:///{source / 'mlflow.db'}"
+        texts.append(json.dumps(record))
+    for path, text in zip([*outputs, *runs], texts, strict=True):
+        assert str(source) not in text and str(repo) not in text and "/.venv/" not in text, path
+        values = _strings(json.loads(text)) if path.suffix == ".json" else text.split(",")
+        assert not [v for v in values if v.startswith("/")], path
+
+
+def test_class_histogram_plot_has_a_row_per_digit(repo):
+    for exp in EXPERIMENTS:
+        lines = (repo / "plots" / exp / "class_histogram.csv").read_text().splitlines()
+        header = "digit,count,fid_classifier" if exp == "cgan" else "digit,count"
+        assert lines[0] == header, exp
+        rows = [line.split(",") for line in lines[1:]]
+        assert [int(row[0]) for row in rows] == list(range(10))
+        assert 0 <= sum(int(row[1]) for row in rows) <= 200
+        if exp == "cgan":
+            assert all(float(row[2]) > 0 for row in rows)
 
 
 def test_mlflow_run_per_experiment_with_params_metrics_and_model(repo):
@@ -105,8 +171,13 @@ def test_mlflow_run_per_experiment_with_params_metrics_and_model(repo):
         assert len(client.get_metric_history(r.info.run_id, "loss_d")) >= 2
         assert len(client.get_metric_history(r.info.run_id, "monitor_coverage")) == 1
         assert r.data.metrics["fid_inception"] == pytest.approx(metrics["fid_inception"])
+        assert set(r.data.metrics) >= set(metrics) and "fid_classifier_n_fake" not in r.data.metrics
+        assert r.data.tags["sample_sizes.fid_classifier_n_fake"] == "200"
+        assert r.data.tags["feature_backend.inception"].startswith("TF inception-2015-12-05")
+        assert r.data.tags["env.torch"] == torch.__version__ and r.data.tags["env.device"] in ("cpu", "cuda")
+        assert {"env.cpu_capability", "env.threads"} <= set(r.data.tags)
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
-        assert {"training.png", "grid.png"} <= artifacts
+        assert {"training.png", "grid.png", "class_histogram.csv"} <= artifacts
 
 
 def test_logged_generator_reloads_and_generates(repo):

@@ -1,5 +1,5 @@
 """Provenance: the git commit, DVC experiment and dvc.lock md5s that tie a run to its code and data, read
-without MLflow."""
+without MLflow, and the environment that stages record."""
 
 from __future__ import annotations
 
@@ -64,3 +64,16 @@ def test_provenance_does_not_import_mlflow():
     code = "import sys, gan_pipeline.provenance; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_environment_names_torch_the_cpu_kernels_threads_and_device(monkeypatch):
+    import torch
+
+    monkeypatch.setenv("GAN_PIPELINE_DEVICE", "cpu")
+    torch.set_num_threads(1)  # as the autouse fixture leaves it; set here so that the test says it
+    assert provenance.environment() == {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": 1,
+        "device": "cpu",
+    }

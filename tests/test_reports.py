@@ -19,10 +19,18 @@ from PIL import Image
 from pipeline_helpers import EXPERIMENTS, REPO, clone_reproduced, mlflow_server, run
 
 from gan_pipeline.errors import DataError
+from gan_pipeline.models import GAN_MODELS
 from gan_pipeline.reports.report import render_report
 
 ARTIFACTS = REPO / "tests" / "artifacts"
-PLOT_FILES = {"losses": "train_log.csv", "discriminator": "train_log.csv", "coverage": "eval_log.csv"}
+PLOT_FILES = {
+    "losses": "train_log.csv",
+    "discriminator": "train_log.csv",
+    "coverage": "eval_log.csv",
+    "class_histogram": "class_histogram.csv",
+}
+# Drawn for the conditional experiments only: their class_histogram.csv has a fid_classifier column.
+CONDITIONAL_PLOT_FILES = {"fid_per_class": "class_histogram.csv"}
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +59,12 @@ def test_report_renders_a_table_per_experiment_and_names_a_missing_file(tmp_path
         (tmp_path / "plots" / exp).mkdir(parents=True)
         rows = ["step,epoch,loss_d,loss_g,d_real,d_fake", "5,1,1.2,0.8,0.6,0.4", "10,1,1.1,0.9,0.55,0.45"]
         (tmp_path / "plots" / exp / "train_log.csv").write_text("\n".join(rows) + "\n")
-        (tmp_path / "metrics").mkdir(exist_ok=True)
+        (tmp_path / "metrics" / "info").mkdir(parents=True, exist_ok=True)
         (tmp_path / "metrics" / f"{exp}.json").write_text(json.dumps({"fid_classifier": fid, "coverage": 7}))
+    info = {"sample_sizes": {"fid_classifier_n_fake": 200}, "environment": {"device": "cpu"}}
+    (tmp_path / "metrics" / "info" / "a.json").write_text(json.dumps(info))
+    histogram = ["digit,count,fid_classifier"] + [f"{d},{10 + d},{40.5 + d}" for d in range(10)]
+    (tmp_path / "plots" / "a" / "class_histogram.csv").write_text("\n".join(histogram) + "\n")
     dirs = {
         "metrics_dir": tmp_path / "metrics",
         "samples_dir": tmp_path / "samples",
@@ -61,6 +73,11 @@ def test_report_renders_a_table_per_experiment_and_names_a_missing_file(tmp_path
     page = render_report(["a", "b"], **dirs)
     assert "<tr><td>a</td><td>–</td><td>12.5</td><td>–</td><td>7</td>" in page  # no fid_inception here
     assert "<tr><td>b</td><td>–</td><td>250</td>" in page
+    section_a = page[page.index('<section id="a">') : page.index('<section id="b">')]
+    assert "<tr><td>fid_classifier_n_fake</td><td>200</td></tr>" in section_a
+    assert "<tr><th>digit</th><th>count</th><th>fid_classifier</th></tr>" in section_a
+    assert "<tr><td>9</td><td>19</td><td>49.5</td></tr>" in section_a
+    assert "fid_classifier_n_fake" not in page[page.index('<section id="b">') :]  # b has no info file
     assert page.count("data:image/png;base64,") == 4
     (tmp_path / "samples" / "b" / "grid.png").unlink()
     with pytest.raises(DataError, match=r"samples/b/grid.png: file not found"):
@@ -82,10 +99,12 @@ def project(reproduced_project, tmp_path_factory) -> Path:
 
 def test_plots_definitions_cover_every_experiment():
     experiments = yaml.safe_load((REPO / "params.yaml").read_text())["experiments"]
+    conditional = {exp for exp, e in experiments.items() if GAN_MODELS[e["model"]["name"]].conditional}
     plots = {k: v for p in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"] for k, v in p.items()}
-    assert set(plots) == set(PLOT_FILES)
-    for plot_id, log in PLOT_FILES.items():
-        assert set(plots[plot_id]["y"]) == {f"plots/{exp}/{log}" for exp in experiments}, plot_id
+    assert set(plots) == set(PLOT_FILES) | set(CONDITIONAL_PLOT_FILES)
+    for files, drawn in ((PLOT_FILES, set(experiments)), (CONDITIONAL_PLOT_FILES, conditional)):
+        for plot_id, log in files.items():
+            assert set(plots[plot_id]["y"]) == {f"plots/{exp}/{log}" for exp in drawn}, plot_id
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +125,26 @@ def test_dvc_plots_render_in_chromium(plots_html, browser):
     browser.resize(1400, 1300)
     browser.goto(plots_html.as_uri())
     # ours, then the train stage's own plot of each train_log.csv
-    browser.wait_for(f"document.querySelectorAll('svg.marks').length === {3 + len(EXPERIMENTS)}")
+    ours = len(PLOT_FILES) + len(CONDITIONAL_PLOT_FILES)
+    browser.wait_for(f"document.querySelectorAll('svg.marks').length === {ours + len(EXPERIMENTS)}")
     charts = browser.js(
         "Array.from(document.querySelectorAll('div.vega-embed')).map(div => ({id: div.id,"
         " width: +div.querySelector('svg.marks').getAttribute('width'), text: div.textContent,"
-        " lines: div.querySelectorAll('.mark-line path[d*=L]').length}))"
+        " lines: div.querySelectorAll('.mark-line path[d*=L]').length,"
+        " bars: div.querySelectorAll('.mark-rect path').length}))"
     )
     by_id = {chart["id"]: chart for chart in charts}
-    assert all(chart["width"] > 100 and chart["lines"] >= 1 for chart in charts), charts
+    assert all(chart["width"] > 100 and chart["lines"] + chart["bars"] >= 1 for chart in charts), charts
     n = len(EXPERIMENTS)
     expected = {"losses": (2 * n, "Losses: D and G"), "discriminator": (2 * n, "D(x) and D(G(z))")}
     expected["coverage"] = (n, "Coverage over training")
     for plot_id, (lines, title) in expected.items():
         assert by_id[plot_id]["lines"] >= lines and title in by_id[plot_id]["text"], by_id[plot_id]
+    # one bar per digit and experiment; per-class FID for the conditional cgan only
+    assert (
+        by_id["class_histogram"]["bars"] == 10 * n and "Samples per digit" in by_id["class_histogram"]["text"]
+    )
+    assert by_id["fid_per_class"]["bars"] == 10 and "Intra-class FID" in by_id["fid_per_class"]["text"]
     assert "loss_d" in by_id["losses"]["text"] and "d_fake" in by_id["discriminator"]["text"]
     screenshot(browser, "dvc_plots.png")
 

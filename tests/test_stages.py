@@ -313,11 +313,27 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
         assert npz["images"].shape == (70, 64, 64, 3) and npz["images"].dtype == np.uint8
     assert Image.open(tmp_path / "grid.png").size == ((8 * 66 + 2) * 2,) * 2  # 8x8 faces
     ok("evaluate", "--data", str(data), "--samples", str(tmp_path / "s.npz"),
-       "--run", str(model / "run.json"), "--metrics", str(tmp_path / "metrics.json"))  # fmt: skip
+       "--run", str(model / "run.json"), "--metrics", str(tmp_path / "metrics.json"),
+       "--info", str(tmp_path / "info.json"))  # fmt: skip
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["channel_n_real"] == 3 and metrics["channel_n_fake"] == 70
-    assert (metrics["fid_inception_n_real"], metrics["fid_inception_n_fake"]) == (3, 5)
     assert metrics["fid_inception"] > 0 and 0 <= metrics["prdc_inception_recall"] <= 1
+    assert all(type(v) in (int, float) for v in metrics.values()), metrics
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["sample_sizes"] == {
+        "channel_n_real": 3, "channel_n_fake": 70, "fid_inception_n_real": 3, "fid_inception_n_fake": 5,
+        "kid_inception_subset_size": 3,
+    }  # fmt: skip
+    assert info["inception_images_per_s"] > 0 and list(info["feature_backend"]) == ["inception"]
+    assert info["environment"]["device"] in ("cpu", "cuda")
+
+
+def test_evaluate_of_digits_without_a_class_histogram_path_is_a_usage_error(tmp_path):
+    args = ["--metrics", "m.json", "--info", "i.json", "--classifier", "c.safetensors"]
+    proc = stage("evaluate", "--data", "d.h5", "--samples", "s.npz", "--run", "r.json", *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1].endswith("--class-histogram: digits (--classifier) need a CSV to "
+                                                  "write their class histogram to")  # fmt: skip
+    assert not any(tmp_path.iterdir())
 
 
 def test_prepare_names_an_unknown_dataset(tmp_path):

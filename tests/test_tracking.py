@@ -52,6 +52,25 @@ def test_first_line_of_an_exception_or_its_type_when_it_says_nothing():
     assert first_line(ConnectionError()) == "ConnectionError"
 
 
+def test_info_tags_flatten_an_info_file_with_the_environment_under_env():
+    info = {
+        "sample_sizes": {"fid_classifier_n_fake": 200, "fid_classifier_n_real": 1000},
+        "feature_backend": {"classifier": "DigitClassifier penultimate layer"},
+        "inception_bf16": False,
+        "environment": {"torch": "2.5.1+cpu", "cpu_capability": "AVX2", "threads": 1, "device": "cpu"},
+    }
+    assert tracking.info_tags(info) == {
+        "sample_sizes.fid_classifier_n_fake": "200",
+        "sample_sizes.fid_classifier_n_real": "1000",
+        "feature_backend.classifier": "DigitClassifier penultimate layer",
+        "inception_bf16": "False",
+        "env.torch": "2.5.1+cpu",
+        "env.cpu_capability": "AVX2",
+        "env.threads": "1",
+        "env.device": "cpu",
+    }
+
+
 def _local_store(tmp_path: Path, monkeypatch) -> MlflowClient:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")

@@ -4,12 +4,15 @@ The kind of the prepared file chooses what is scored: digits get the classifier'
 its real-vs-real floor, KID, PRDC, coverage, and for conditional models label accuracy and intra-class FID)
 and the standard Inception metrics against the reference stage's test features; faces get the Inception
 metrics against seeded test faces and the per-channel sanity line. The digits' real Inception features
-are the reference stage's (`metrics.reference`), computed once for every evaluate.
+are the reference stage's (`metrics.reference`), computed once for every evaluate. The scores, what
+describes them and the per-digit rows come apart (`Evaluation`), as the evaluate stage writes them: the
+DVC metrics, an info file and a DVC plot.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +30,26 @@ from gan_pipeline.metrics.fid import intra_class_fid
 from gan_pipeline.metrics.inception import InceptionFeatures, inception_features
 from gan_pipeline.metrics.prdc import features_of
 from gan_pipeline.metrics.reference import load_reference
-from gan_pipeline.metrics.suite import FEATURE_BACKENDS, feature_metrics, seeded_pick
+from gan_pipeline.metrics.suite import FEATURE_BACKENDS, feature_metrics, seeded_pick, split_sample_sizes
 from gan_pipeline.models.classifier import ClassifierFeatures, DigitClassifier
 from gan_pipeline.runtime import device
 from gan_pipeline.sampling import load_samples
 from gan_pipeline.training.classifier import predict_proba
 
-__all__ = ["evaluate_samples", "summary"]
+__all__ = ["Evaluation", "evaluate_samples", "summary"]
+
+
+@dataclass
+class Evaluation:
+    """What evaluate writes: `metrics`, the scores alone (numbers: the DVC metrics, also logged to MLflow);
+    `info`, what describes them (sample sizes, prdc_nearest_k, each feature backend, Inception throughput);
+    for digits `classes`, one row per digit 0..9: `digit`, `count` (samples classified as it with
+    confidence >= evaluate.coverage_confidence) and for conditional models `fid_classifier` (its
+    intra-class FID; "" where the digit was not scored)."""
+
+    metrics: dict[str, float | int]
+    info: dict[str, Any]
+    classes: list[dict[str, Any]] | None = None
 
 
 def evaluate_samples(
@@ -44,10 +60,10 @@ def evaluate_samples(
     classifier: Path | None = None,
     classifier_floor: float | None = None,
     reference: Path | None = None,
-) -> dict[str, Any]:
-    """The metrics of the sample stage's `samples` file against the test split of the prepared file `data`:
-    digit files need the `classifier` weights, its metrics' floor and the reference stage's features; face
-    files need none of them (`sample_seed` picks their test faces).
+) -> Evaluation:
+    """The evaluation of the sample stage's `samples` file against the test split of the prepared file
+    `data`: digit files need the `classifier` weights, its metrics' floor and the reference stage's
+    features; face files need none of them (`sample_seed` picks their test faces).
     """
     if is_face_file(data):
         return _face_metrics(data, samples, cfg, sample_seed)
@@ -56,17 +72,22 @@ def evaluate_samples(
             f"{data}: digits are scored with the classifier and the Inception reference, got none "
             "(pass --classifier, --classifier-metrics and --inception-reference)"
         )
-    metrics, fake_u8 = _digit_metrics(data, samples, cfg, classifier, classifier_floor)
+    metrics, classes, fake_u8 = _digit_metrics(data, samples, cfg, classifier, classifier_floor)
     if cfg.inception_n > 0:
         metrics.update(_inception_metrics(load_reference(reference, cfg), fake_u8, cfg))
-    metrics["feature_backend"] = {k: v for k, v in FEATURE_BACKENDS.items() if f"fid_{k}" in metrics}
-    return metrics
+    scores, sizes = split_sample_sizes(metrics)
+    info = {
+        "sample_sizes": sizes,
+        "prdc_nearest_k": cfg.prdc_nearest_k,
+        "feature_backend": {k: v for k, v in FEATURE_BACKENDS.items() if f"fid_{k}" in scores},
+    }
+    return Evaluation(scores, info, classes)
 
 
 def _digit_metrics(
     data: Path, samples: Path, cfg: EvaluateConfig, classifier_path: Path, floor: float
-) -> tuple[dict[str, Any], np.ndarray]:
-    """The classifier-feature metrics of the samples, and the samples."""
+) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
+    """The classifier-feature metrics of the samples, the per-digit rows, and the samples."""
     classifier, _ = load_module(classifier_path, lambda c: DigitClassifier(c["feature_dim"]))
     fake_u8, labels = load_samples(samples)
     requested = torch.from_numpy(labels) if labels is not None else None
@@ -75,18 +96,21 @@ def _digit_metrics(
     real = to_float(real_u8, (-1.0, 1.0))
     features = ClassifierFeatures(classifier)
     probs = predict_proba(classifier, fake)
+    report = digit_report(probs, cfg.coverage_confidence, cfg.coverage_min_fraction)
+    histogram = report.pop("class_histogram")
     metrics = {
         **feature_metrics("classifier", features_of(features, real), features_of(features, fake), cfg),
         "fid_classifier_real_floor": floor,
-        "prdc_nearest_k": cfg.prdc_nearest_k,
-        **digit_report(probs, cfg.coverage_confidence, cfg.coverage_min_fraction),
+        **report,
     }
+    classes = [{"digit": int(digit), "count": count} for digit, count in histogram.items()]
     if requested is not None:
         metrics["label_accuracy"] = label_accuracy(probs, requested)
         per_class = intra_class_fid(features, real, torch.from_numpy(real_labels).long(), fake, requested)
         metrics["fid_classifier_intra_class"] = per_class.pop("mean")
-        metrics["fid_classifier_per_class"] = per_class
-    return metrics, fake_u8
+        for row in classes:
+            row["fid_classifier"] = per_class.get(str(row["digit"]), "")
+    return metrics, classes, fake_u8
 
 
 def _inception_metrics(real: torch.Tensor, fake_u8: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:
@@ -96,7 +120,7 @@ def _inception_metrics(real: torch.Tensor, fake_u8: np.ndarray, cfg: EvaluateCon
     return feature_metrics("inception", real, fake, cfg)
 
 
-def _face_metrics(data: Path, samples: Path, cfg: EvaluateConfig, seed: int) -> dict[str, Any]:
+def _face_metrics(data: Path, samples: Path, cfg: EvaluateConfig, seed: int) -> Evaluation:
     """Inception metrics of the first inception_n samples vs as many seeded test faces, and the per-channel
     mean/std of every sample vs as many other seeded test faces."""
     fake, _ = load_samples(samples)
@@ -105,6 +129,7 @@ def _face_metrics(data: Path, samples: Path, cfg: EvaluateConfig, seed: int) -> 
     if fake.ndim != 4 or fake.shape[1:] != real.shape[1:]:
         raise DataError(f"{samples}: samples are {fake.shape[1:]}, but {data} holds {real.shape[1:]}")
     metrics: dict[str, Any] = {}
+    info: dict[str, Any] = {}
     if cfg.inception_n > 0:
         pick = seeded_pick(n_test, cfg.inception_n, seed + 1).numpy()
         model = InceptionFeatures(cfg.inception_weights).to(device())
@@ -116,26 +141,30 @@ def _face_metrics(data: Path, samples: Path, cfg: EvaluateConfig, seed: int) -> 
         )
         rate = (len(real_f) + len(fake_f)) / (time.perf_counter() - start)
         metrics.update(feature_metrics("inception", real_f, fake_f, cfg))
-        metrics["inception_images_per_s"] = rate
-        metrics["feature_backend"] = {"inception": FEATURE_BACKENDS["inception"]}
+        info.update(
+            prdc_nearest_k=cfg.prdc_nearest_k,
+            feature_backend={"inception": FEATURE_BACKENDS["inception"]},
+            inception_images_per_s=rate,
+        )
     metrics.update(channel_report(real, fake))
-    return metrics
+    scores, sizes = split_sample_sizes(metrics)
+    return Evaluation(scores, {"sample_sizes": sizes, **info})
 
 
-def summary(name: str, metrics: dict[str, Any], inception_n: int) -> list[str]:
-    """The lines evaluate prints for experiment `name`: for digits every metric (floats to 4 places, the
-    class histogram left out); for faces the Inception metrics and the per-channel sanity line."""
-    if "channel_n_fake" not in metrics:
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
-                 if k != "class_histogram"}  # fmt: skip
-        return [f"{name}: {shown}"]
-    m = metrics
+def summary(name: str, result: Evaluation, inception_n: int) -> list[str]:
+    """The lines evaluate prints for experiment `name`: for digits every score (floats to 4 places) and the
+    class histogram; for faces the Inception metrics and the per-channel sanity line."""
+    m, n, info = result.metrics, result.info["sample_sizes"], result.info
+    if result.classes is not None:
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+        counts = [row["count"] for row in result.classes]
+        return [f"{name}: {shown}", f"{name}: confident samples per digit 0..9: {counts}"]
     if inception_n > 0:
         lines = [
             f"{name}: fid_inception {m['fid_inception']:.2f}, kid_inception {m['kid_inception']:.4f} ± "
             f"{m['kid_inception_std']:.4f}, precision/recall {m['prdc_inception_precision']:.3f}/"
-            f"{m['prdc_inception_recall']:.3f} ({m['fid_inception_n_fake']} samples vs "
-            f"{m['fid_inception_n_real']} test faces, {m['inception_images_per_s']:.1f} images/s)"
+            f"{m['prdc_inception_recall']:.3f} ({n['fid_inception_n_fake']} samples vs "
+            f"{n['fid_inception_n_real']} test faces, {info['inception_images_per_s']:.1f} images/s)"
         ]
     else:
         lines = [f"{name}: evaluate.inception_n is 0: no Inception metrics"]
@@ -146,6 +175,6 @@ def summary(name: str, metrics: dict[str, Any], inception_n: int) -> list[str]:
     lines.append(
         f"{name}: per-channel mean (r, g, b) samples {rgb('channel_mean_fake')} vs real "
         f"{rgb('channel_mean_real')}; std samples {rgb('channel_std_fake')} vs real "
-        f"{rgb('channel_std_real')} ({m['channel_n_fake']} samples, {m['channel_n_real']} real test faces)"
+        f"{rgb('channel_std_real')} ({n['channel_n_fake']} samples, {n['channel_n_real']} real test faces)"
     )
     return lines

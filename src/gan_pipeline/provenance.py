@@ -1,5 +1,6 @@
-"""What ties an MLflow run to the code and data that made it: the git commit, the DVC experiment and the md5s
-that dvc.lock records. No MLflow here, so that these can be read and tested without a tracking store."""
+"""What ties an MLflow run to the code, data and environment that made it: the git commit, the DVC experiment,
+the md5s that dvc.lock records, and the torch build, CPU kernels, threads and device. No MLflow here, so
+that these can be read and tested without a tracking store; torch loads only when `environment` is asked."""
 
 from __future__ import annotations
 
@@ -56,3 +57,19 @@ def run_tags(root: Path, data_paths: list[str], data_content_hash: str) -> dict[
     for path, md5 in dvc_lock_hashes(root, data_paths).items():
         tags[f"dvc_md5:{path}"] = md5
     return tags
+
+
+def environment() -> dict[str, str | int]:
+    """What a stage's numbers depend on beyond params, data and code: the torch build, the instruction set
+    its CPU kernels use (conv results differ in the last bits between AVX2 and AVX-512, throughput more),
+    torch's thread count and the device that `runtime.device()` picks (cpu or cuda)."""
+    import torch
+
+    from gan_pipeline.runtime import device
+
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": device().type,
+    }

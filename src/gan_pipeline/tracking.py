@@ -357,6 +357,24 @@ def attach(cfg: TrackingConfig, run_id: str, root: Path | None = None) -> Iterat
         handle._warn_if_not_logged()
 
 
+def info_tags(info: Mapping[str, Any]) -> dict[str, str]:
+    """An info file's content (what describes a stage's scores) as MLflow tags, which unlike params may
+    change when a stage re-runs into the same run: nested keys joined by '.', values as text, and the
+    `environment` entry under `env.` (env.torch, env.cpu_capability, env.threads, env.device)."""
+    tags: dict[str, str] = {}
+
+    def add(key: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                add(f"{key}.{k}", v)
+        else:
+            tags[key] = str(value)
+
+    for key, value in info.items():
+        add("env" if key == "environment" else key, value)
+    return tags
+
+
 # --- the generator as an MLflow model --------------------------------------------------------------------
 
 

@@ -47,8 +47,9 @@ def _bundled_weights() -> Path:
     return Path(spec.origin).parent / "default_1.pt"
 
 
-def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
+def _digest(path: Path, algorithm: str) -> str:
+    """The hex digest of a file's bytes with hashlib's `algorithm` (sha1, sha256)."""
+    digest = hashlib.new(algorithm)
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -110,7 +111,7 @@ class InceptionFeatures(nn.Module):
                 source = weights
             else:
                 source = _bundled_weights()
-                if _sha1(source) != WEIGHTS_SHA1:
+                if _digest(source, "sha1") != WEIGHTS_SHA1:
                     raise PipelineError(f"{source}: sha1 is not {WEIGHTS_SHA1} (not the TF Inception)")
                 state = None
             with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +125,11 @@ class InceptionFeatures(nn.Module):
                     self.net = _network(path)
                 except RuntimeError as exc:
                     raise PipelineError(f"{source}: not InceptionV3 weights ({first_line(exc)})") from None
-        self.source = str(source)
+        self._source = Path(source)
+
+    def weights_file(self) -> dict[str, str]:
+        """The weights' file name and sha256: what identifies them on any machine, unlike their path."""
+        return {"name": self._source.name, "sha256": _digest(self._source, "sha256")}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(as_rgb_nchw(images))

@@ -15,21 +15,22 @@ from gan_pipeline.data.loading import load_split
 from gan_pipeline.errors import DataError
 from gan_pipeline.io import atomic_path
 from gan_pipeline.metrics.inception import FID_INCEPTION_IMPLEMENTATION, InceptionFeatures, inception_features
-from gan_pipeline.metrics.suite import feature_metrics, real_floor, seeded_pick
+from gan_pipeline.metrics.suite import feature_metrics, real_floor, seeded_pick, split_sample_sizes
 from gan_pipeline.runtime import device
 
 
 def inception_reference(
     data: Path, cfg: EvaluateConfig, seed: int
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, float], dict[str, Any]]:
     """The reference stage's work: Inception features (float32, (inception_n, 2048)) of inception_n seeded
-    test digits, their indices, and the metrics of the real-vs-real floor (as many seeded train images vs
-    the same test images) with the network's throughput and identity. inception_n 0: no features."""
+    test digits, their indices, the scores of the real-vs-real floor (as many seeded train images vs the
+    same test images), and what describes them (sample sizes, the network and its weights, its
+    throughput in images/s). inception_n 0: no features, no scores."""
     test_u8, _ = load_split(data, "test")
     train_u8, _ = load_split(data, "train")
     test_pick = seeded_pick(len(test_u8), cfg.inception_n, seed).numpy()
     if cfg.inception_n == 0:
-        return np.zeros((0, 2048), np.float32), test_pick, {"inception_n": 0}
+        return np.zeros((0, 2048), np.float32), test_pick, {}, {"sample_sizes": {"inception_n": 0}}
     model = InceptionFeatures(cfg.inception_weights).to(device())
     start = time.perf_counter()
     real = inception_features(model, test_u8[test_pick], cfg.inception_batch_size, cfg.inception_bf16)
@@ -40,14 +41,17 @@ def inception_reference(
         return feature_metrics("inception", test_features, train, cfg)
 
     floor, _ = real_floor(floor_metrics, real, train_u8, len(real), seed + 1)
-    metrics = {
-        **{k.replace("inception", "inception_real_floor", 1): v for k, v in floor.items()},
-        "inception_images_per_s": rate,
-        "inception_bf16": cfg.inception_bf16,
+    scores, sizes = split_sample_sizes(
+        {k.replace("inception", "inception_real_floor", 1): v for k, v in floor.items()}
+    )
+    info = {
+        "sample_sizes": sizes,
         "inception_implementation": FID_INCEPTION_IMPLEMENTATION,
-        "inception_weights": model.source,
+        "inception_weights": model.weights_file(),
+        "inception_bf16": cfg.inception_bf16,
+        "inception_images_per_s": rate,
     }
-    return real.float().numpy(), test_pick, metrics
+    return real.float().numpy(), test_pick, scores, info
 
 
 def save_reference(path: Path, features: np.ndarray, test_indices: np.ndarray) -> None:

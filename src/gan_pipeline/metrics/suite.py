@@ -8,8 +8,8 @@ train images: the floor that generated images are compared with.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +48,19 @@ def feature_metrics(
         f"kid_{backend}_subset_size": min(cfg.kid_subset_size, len(real), len(fake)),
         **{f"prdc_{backend}_{k}": v for k, v in prdc(real, fake, cfg.prdc_nearest_k).items()},
     }
+
+
+# How the names of sample sizes end: feature_metrics's, the floors', channel_report's and the classifier's
+# (n_train, n_test, fid_real_floor_n_train, ...).
+SAMPLE_SIZE_SUFFIXES = ("_n_real", "_n_fake", "_n_train", "_n_test", "_subset_size")
+
+
+def split_sample_sizes(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """(the scores, the sample sizes) of a metrics dict, the sizes being the keys that end in one of
+    SAMPLE_SIZE_SUFFIXES (or are one without its "_"). Params fix the sizes, so they go beside the scores
+    (the info file), not among the DVC metrics that `dvc metrics diff` compares."""
+    sizes = {k: v for k, v in metrics.items() if f"_{k}".endswith(SAMPLE_SIZE_SUFFIXES)}
+    return {k: v for k, v in metrics.items() if k not in sizes}, sizes
 
 
 def seeded_pick(n_total: int, n: int, seed: int, *, sort: bool = True) -> torch.Tensor:

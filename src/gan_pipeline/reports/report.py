@@ -1,6 +1,7 @@
 """One self-contained `reports/index.html` for people who do not run the MLflow UI: a table comparing the
-experiments' headline metrics, then per experiment its sample grid, loss curves and full metrics table.
-Images are embedded as data URIs, so the file can be mailed or uploaded as a CI artifact on its own."""
+experiments' headline metrics, then per experiment its sample grid, loss curves, full metrics table (with
+the sample sizes from its info file) and class histogram. Images are embedded as data URIs, so the file can
+be mailed or uploaded as a CI artifact on its own."""
 
 from __future__ import annotations
 
@@ -60,15 +61,17 @@ def _existing(path: Path) -> Path:
 
 def read_log(path: Path) -> list[dict[str, float]]:
     """A numeric CSV log (header, then one row per step) as dicts of floats."""
-    with open(_existing(path), newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return [{k: float(v) for k, v in row.items()} for row in _read_csv(_existing(path))]
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, Mapping):
-        return ", ".join(f"{k}: {_format(v)}" for k, v in value.items())
     return str(value)
 
 
@@ -92,9 +95,26 @@ def _loss_plot_png(log: Path, title: str) -> bytes:
         return path.read_bytes()
 
 
+def _experiment_tables(exp: str, metrics: Mapping[str, Any], metrics_dir: Path, plots_dir: Path) -> str:
+    """The metrics table of `exp`, its sample sizes from `<metrics_dir>/info/<exp>.json` below them, and its
+    class histogram from `<plots_dir>/<exp>/class_histogram.csv` (when each is present)."""
+    rows = sorted(metrics.items())
+    info = metrics_dir / "info" / f"{exp}.json"
+    if info.exists():
+        rows += sorted(read_json(info).get("sample_sizes", {}).items())
+    tables = _table(["metric", "value"], rows, "metrics")
+    histogram = plots_dir / exp / "class_histogram.csv"
+    if histogram.exists():
+        classes = _read_csv(histogram)
+        header = list(classes[0]) if classes else ["digit", "count"]
+        tables += _table(header, [[row[k] for k in header] for row in classes], "classes")
+    return tables
+
+
 def render_report(experiments: Sequence[str], metrics_dir: Path, samples_dir: Path, plots_dir: Path) -> str:
     """The report page for `experiments`, from `<metrics_dir>/<exp>.json`, `<samples_dir>/<exp>/grid.png`
-    and `<plots_dir>/<exp>/train_log.csv` (and `<metrics_dir>/classifier.json` when present)."""
+    and `<plots_dir>/<exp>/train_log.csv` (and `<metrics_dir>/classifier.json`,
+    `<metrics_dir>/info/<exp>.json` and `<plots_dir>/<exp>/class_histogram.csv` when present)."""
     metrics = {exp: read_json(metrics_dir / f"{exp}.json") for exp in experiments}
     parts = ["<h2>Metrics</h2>"]
     rows = [[exp, *(metrics[exp].get(key, "–") for key in HEADLINE)] for exp in experiments]
@@ -113,7 +133,7 @@ def render_report(experiments: Sequence[str], metrics_dir: Path, samples_dir: Pa
             f'<section id="{html.escape(exp)}"><h2>{html.escape(exp)}</h2><div class="images">'
             f"<figure>{_img(grid, f'{exp} samples')}<figcaption>samples</figcaption></figure>"
             f"<figure>{_img(losses, f'{exp} losses')}<figcaption>training</figcaption></figure></div>"
-            + _table(["metric", "value"], sorted(metrics[exp].items()), "metrics")
+            + _experiment_tables(exp, metrics[exp], metrics_dir, plots_dir)
             + "</section>"
         )
     return PAGE.format(n=len(experiments), body="\n".join(parts))
