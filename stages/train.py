@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     from gan_pipeline import tracking
     from gan_pipeline.config import load_params
     from gan_pipeline.io import write_json
-    from gan_pipeline.provenance import run_tags
+    from gan_pipeline.provenance import environment, run_tags
     from gan_pipeline.runtime import use_threads
     from gan_pipeline.training import distributed
     from gan_pipeline.training.experiment import ExperimentPaths, plan_training, train_experiment
@@ -65,12 +65,14 @@ def main(argv: list[str] | None = None) -> None:
         print(plan.note)
         tags = {
             **run_tags(tracking.repo_root(), [str(args.data)], plan.content_hash),
+            **tracking.info_tags({"environment": environment()}),  # env.torch, env.threads, ...
             "experiment": plan.name,
         }
         with tracking.run(params.tracking, plan.name, plan.run_params, tags, plan.earlier_run_id) as run:
             print(f"MLflow run {run.id} in {run.uri}{' (resumed)' if run.resumed else ''}")
             result = train_experiment(plan, paths, run.log_step, {"mlflow_run_id": run.id})
-            write_json(args.out / "run.json", _log_result(run, plan, paths, result))
+            record = {**_log_result(run, plan, paths, result), "environment": environment()}
+            write_json(args.out / "run.json", record)
             print(
                 f"{plan.name}: {result.steps} steps in {result.seconds:.0f} s "
                 f"({result.images_per_s:.0f} real images/s, {result.precision}); run {run.id}"

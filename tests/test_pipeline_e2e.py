@@ -117,20 +117,21 @@ def test_info_files_describe_the_metrics_with_the_environment(repo):
 
 
 def test_no_output_names_a_path_of_this_machine(repo, reproduced_project):
-    """Every JSON and CSV that a stage writes, less run.json's tracking_uri: the MLflow store that users load
-    the generator from (`tracking.load_generator`), an absolute sqlite URI of the checkout that trained."""
+    """Every JSON and CSV that a stage writes, run.json included: it names the repository's own MLflow store
+    relative to the repository (`tracking.load_generator` resolves it)."""
     source = reproduced_project[0]
     outputs = [
         *repo.glob("metrics/**/*.json"),
         *repo.glob("plots/*/*.csv"),
-        repo / "data/prepared/stats.json",
+        repo / "data/prepared/mnist.stats.json",
     ]
     runs = list(repo.glob("models/*/run.json"))
     assert len(runs) == len(EXPERIMENTS) and len(outputs) > 2 * len(EXPERIMENTS)
     texts = [p.read_text() for p in outputs]
     for run_json in runs:
         record = json.loads(run_json.read_text())
-        assert record.pop("tracking_uri") == f"sqlite:///{source / 'mlflow.db'}"
+        assert record["tracking_uri"] == "sqlite:///mlflow.db"
+        assert record["environment"]["threads"] == 1  # params.yaml's runtime.threads
         texts.append(json.dumps(record))
     for path, text in zip([*outputs, *runs], texts, strict=True):
         assert str(source) not in text and str(repo) not in text and "/.venv/" not in text, path
@@ -176,6 +177,7 @@ def test_mlflow_run_per_experiment_with_params_metrics_and_model(repo):
         assert r.data.tags["feature_backend.inception"].startswith("TF inception-2015-12-05")
         assert r.data.tags["env.torch"] == torch.__version__ and r.data.tags["env.device"] in ("cpu", "cuda")
         assert {"env.cpu_capability", "env.threads"} <= set(r.data.tags)
+        assert r.data.tags["env.threads"] == str(params["runtime"]["threads"])  # set by the param
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
         assert {"training.png", "grid.png", "class_histogram.csv"} <= artifacts
 
