@@ -231,7 +231,7 @@ def prepared(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("torchrun")
     proc = subprocess.run(
         [sys.executable, str(REPO / "stages" / "prepare.py"), "--params", str(REPO / "params.yaml"),
-         "--out", "mnist.h5", "--stats", "stats.json"],
+         "--dataset", "mnist", "--out", "mnist.h5", "--stats", "stats.json"],
         cwd=folder, capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
