@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.metrics, result.metrics)
     write_json(args.info, info)
     if args.class_histogram is not None:  # faces have no classes: the file holds the header alone
-        write_csv(args.class_histogram, result.classes or [], ["digit", "count"])
+        write_csv(args.class_histogram, result.classes or [], None if result.classes else ["digit", "count"])
 
     run = read_json(args.run)
     with tracking.attach(params.tracking, run["run_id"]) as mlflow_run:
