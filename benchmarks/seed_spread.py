@@ -30,15 +30,10 @@ from gan_pipeline.config import Params, flatten, load_params, parse_params
 from gan_pipeline.evaluation import evaluate_samples
 from gan_pipeline.io import read_json, write_json
 from gan_pipeline.provenance import file_md5
-from gan_pipeline.reports.gate import SPREAD_STDS, scalar_metrics, tolerance_from_spread, worse_when
+from gan_pipeline.reports.gate import TOLERANCE_RULE, scalar_metrics, tolerance_from_spread, worse_when
 from gan_pipeline.runtime import device
 from gan_pipeline.sampling import generate, load_generator, save_samples
 from gan_pipeline.training.experiment import ExperimentPaths, plan_training, train_experiment
-
-RULE = (
-    f"tolerance = max({SPREAD_STDS:.3f} * std, max - min) over the seeds (3 standard deviations of the "
-    "difference of two runs, std with N - 1); coverage: rounded up to whole digits, at least 1"
-)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -174,7 +169,7 @@ def main() -> None:
         }
         record = {
             "command": "python benchmarks/seed_spread.py " + " ".join(_argv_shown(args)),
-            "rule": RULE,
+            "rule": TOLERANCE_RULE,
             "seeds": args.seeds,
             "environment": environment,
             "measured": time.strftime("%Y-%m-%d", time.gmtime()),

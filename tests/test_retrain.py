@@ -15,6 +15,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from pipeline_helpers import (
+    EXPERIMENTS,
+    REPO,
     clone_reproduced,
     commit,
     experiment_stages,
@@ -27,6 +29,7 @@ from gan_pipeline.reports.gate import (
     Check,
     GateResult,
     compare,
+    load_tolerances,
     scalar_metrics,
     tolerance_from_spread,
     worse_when,
@@ -87,6 +90,7 @@ def _seed(i: int) -> dict[str, float]:
 
 def test_tolerance_is_three_stds_of_a_difference_or_the_range_and_whole_digits_for_coverage():
     assert tolerance_from_spread("fid_classifier", [1.0, 2.0, 3.0]) == pytest.approx(3 * math.sqrt(2))
+    assert tolerance_from_spread("fid_inception", [100.0, 100.1, 100.2]) == pytest.approx(5.005)  # 5% of mean
     assert tolerance_from_spread("fid_classifier", [0.0, 0.0, 0.0, 10.0]) == pytest.approx(
         3 * math.sqrt(2) * 5.0
     )  # std of (0, 0, 0, 10) with N - 1: 5
@@ -172,6 +176,22 @@ def test_check_describes_a_rise_as_the_report_shows_it():
     check = Check("cgan", "fid_classifier", 76.9, 412.3, 6.1, direction=1)
     assert check.failed and check.describe() == "cgan fid_classifier 76.9 -> 412.3 (+335.4 > tolerance 6.1)"
     assert not Check("cgan", "coverage", 10, 9, 1.0, direction=-1).failed
+
+
+def test_committed_tolerances_cover_every_gated_metric_and_pass_another_seed():
+    """benchmarks/tolerances.json (from benchmarks/seed_spread.py) has a measured tolerance for every gated
+    metric of every default experiment, and the gate passes seed 1's metrics against seed 0's."""
+    path = REPO / "benchmarks" / "tolerances.json"
+    tolerances = load_tolerances(path)
+    spread = json.loads(path.read_text())["experiments"]
+    for exp in EXPERIMENTS:
+        committed = REPO / "metrics" / f"{exp}.json"
+        gated = {m for m in scalar_metrics(json.loads(committed.read_text())) if worse_when(m)}
+        assert gated <= set(tolerances[exp]), f"{exp}: no tolerance for {gated - set(tolerances[exp])}"
+        seeds = [{m: s["values"][i] for m, s in spread[exp]["metrics"].items()} for i in (0, 1)]
+        result = GateResult()
+        compare(exp, seeds[0], seeds[1], tolerances[exp], result)
+        assert not result.failed and not result.defaulted, result.verdict()
 
 
 def _gate_repo(root: Path, base_metrics: dict[str, dict], environment: dict) -> Path:
