@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # CI's retrain job (.github/workflows/retrain.yml), runnable locally: pull what the default DVC remote has,
 # reproduce what changed, push the new outputs, and write a Markdown report to REPORT_DIR/report.md:
-# the stages that ran, `dvc params diff` and `dvc metrics diff` against BASE, the changed experiments'
-# sample grids. Expects `dvc` and the package on PATH (the README's setup).
+# the gate's verdict on its first line (PASS, or FAIL when a retrained experiment's metrics are worse than
+# BASE's by more than benchmarks/tolerances.json allows), the stages that ran, `dvc params diff` and
+# `dvc metrics diff` against BASE, the changed experiments' sample grids. Exits 1 on FAIL, after the push
+# and the report, so that both are there to look at. Expects `dvc` and the package on PATH (the README's
+# setup).
 # Usage: scripts/retrain_report.sh [BASE] [REPORT_DIR]     (defaults: origin/main, reports/retrain)
 set -euo pipefail
 cd "$(dirname "$0")/.."

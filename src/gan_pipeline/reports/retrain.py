@@ -1,5 +1,8 @@
-"""The Markdown report of a CI retrain (scripts/retrain_report.sh): which stages ran, `dvc params diff` and
-`dvc metrics diff` against the base revision, and the sample grids of the experiments that changed.
+"""The Markdown report of a CI retrain (scripts/retrain_report.sh) and its gate: the first line says PASS or
+FAIL (a retrained experiment's metrics worse than the base revision's by more than their tolerance, see
+`gan_pipeline.reports.gate`), then which stages ran, `dvc params diff` and `dvc metrics diff` against the
+base, the gate's checks and the sample grids of the experiments that changed. Exits 1 on FAIL, after
+writing the report.
 
     python -m gan_pipeline.reports.retrain --base main --repro-log repro.log --out reports/retrain
 """
@@ -10,11 +13,13 @@ import argparse
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from gan_pipeline.errors import PipelineError, exit_on_error
 from gan_pipeline.io import write_text
+from gan_pipeline.reports.gate import TOLERANCES, run_gate
 
 # What `dvc repro` prints per stage (DVC 3): it ran, it was restored from the run-cache, or nothing changed.
 _OUTCOMES = {
@@ -34,12 +39,19 @@ def stages_by_outcome(repro_output: str) -> dict[str, list[str]]:
     return found
 
 
-def changed_experiments(stages: Iterable[str]) -> list[str]:
-    """Experiments whose samples were (re)made: those with a `train@` or `sample@` stage among `stages`."""
+SAMPLE_KINDS = ("train", "sample")  # the stages that (re)make an experiment's samples
+# ... and its metrics: the gate checks the experiments with one of these among the stages that ran.
+METRIC_KINDS = (*SAMPLE_KINDS, "evaluate", "train_faces", "sample_faces", "evaluate_faces")
+
+
+def changed_experiments(stages: Iterable[str], kinds: Iterable[str] = SAMPLE_KINDS) -> list[str]:
+    """Experiments with a `<kind>@<exp>` stage among `stages`, kind one of `kinds` (by default those whose
+    samples were (re)made: `train@`, `sample@`), in order of first appearance."""
+    kinds = tuple(kinds)
     found = []
     for stage in stages:
         kind, _, exp = stage.partition("@")
-        if kind in ("train", "sample") and exp and exp not in found:
+        if kind in kinds and exp and exp not in found:
             found.append(exp)
     return found
 
@@ -56,15 +68,23 @@ def _stage_list(names: list[str]) -> str:
     return ", ".join(f"`{name}`" for name in names) if names else "none"
 
 
-def retrain_report(root: Path, base: str, repro_output: str, out_dir: Path) -> str:
-    """Write `<out_dir>/report.md` (and `<out_dir>/<exp>-grid.png` for each changed experiment); return it.
+def retrain_report(
+    root: Path, base: str, repro_output: str, out_dir: Path, tolerances: Path = TOLERANCES
+) -> tuple[str, bool]:
+    """Write `<out_dir>/report.md` (and `<out_dir>/<exp>-grid.png` for each changed experiment); return it
+    and whether the gate passed. `tolerances` is relative to `root` unless absolute.
 
     Grids are linked relative to the report, so the folder is a self-contained CI artifact."""
     outcomes = stages_by_outcome(repro_output)
+    rebuilt = outcomes["ran"] + outcomes["restored"]
+    gate = run_gate(root, base, changed_experiments(rebuilt, METRIC_KINDS), root / tolerances)
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
     ).stdout.strip()
     lines = [
+        gate.verdict(),
+        *gate.notes,
+        "",
         f"# Retrain report: `{head or 'workspace'}` against `{base}`",
         "",
         "## Stages",
@@ -81,10 +101,11 @@ def retrain_report(root: Path, base: str, repro_output: str, out_dir: Path) -> s
         "",
         _dvc_md(["metrics", "diff", base, "--precision", "4"], root),
         "",
+        *gate.section(base, tolerances),
         "## Samples of the changed experiments",
         "",
     ]
-    experiments = changed_experiments(outcomes["ran"] + outcomes["restored"])
+    experiments = changed_experiments(rebuilt)
     out_dir.mkdir(parents=True, exist_ok=True)
     for exp in experiments:
         grid = root / "samples" / exp / "grid.png"
@@ -92,10 +113,10 @@ def retrain_report(root: Path, base: str, repro_output: str, out_dir: Path) -> s
             shutil.copyfile(grid, out_dir / f"{exp}-grid.png")
             lines += [f"### {exp}", "", f"![{exp} samples]({exp}-grid.png)", ""]
     if not experiments:
-        lines += ["No experiment retrained.", ""]
+        lines += ["No experiment sampled again.", ""]
     report = "\n".join(lines)
     write_text(out_dir / "report.md", report)
-    return report
+    return report, not gate.failed
 
 
 @exit_on_error
@@ -107,8 +128,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repro-log", type=Path, required=True, help="the output of `dvc repro`")
     parser.add_argument("--out", type=Path, required=True, help="folder for report.md and the grids")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the DVC repository")
+    parser.add_argument(
+        "--tolerances", type=Path, default=TOLERANCES, help="the gate's tolerances, relative to --root"
+    )
     args = parser.parse_args(argv)
-    print(retrain_report(args.root, args.base, args.repro_log.read_text(), args.out))
+    report, passed = retrain_report(
+        args.root, args.base, args.repro_log.read_text(), args.out, args.tolerances
+    )
+    print(report)
+    if not passed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
