@@ -209,5 +209,9 @@ def test_minibatch_discrimination_tells_a_collapsed_batch_from_a_diverse_one():
 
 def test_minibatch_kernels_is_refused_for_a_model_without_it():
     with pytest.raises(ParamsError, match="experiments.x.model.minibatch_kernels: expected 0 for 'cgan'"):
-        x = {"model": {"name": "cgan", "minibatch_kernels": 4}, "train": {"epochs": 1, "lr": 2e-4}}
+        x = {
+            "data": "mnist",
+            "model": {"name": "cgan", "minibatch_kernels": 4},
+            "train": {"epochs": 1, "lr": 2e-4},
+        }
         parse_params({**repo_params(), "experiments": {"x": x}})
