@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     from gan_pipeline.config import load_params
     from gan_pipeline.evaluation import evaluate_samples, summary
     from gan_pipeline.io import read_json, write_csv, write_json
-    from gan_pipeline.provenance import environment
+    from gan_pipeline.provenance import environment, without_timings
     from gan_pipeline.runtime import use_threads
 
     params = load_params(args.params)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
                               args.classifier, floor, args.inception_reference)  # fmt: skip
     info = {**result.info, "environment": environment()}
     write_json(args.metrics, result.metrics)
-    write_json(args.info, info)
+    write_json(args.info, without_timings(info))
     if args.class_histogram is not None:  # faces have no classes: the file holds the header alone
         write_csv(args.class_histogram, result.classes or [], None if result.classes else ["digit", "count"])
 

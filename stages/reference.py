@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     from gan_pipeline.config import load_params
     from gan_pipeline.io import write_json
     from gan_pipeline.metrics.reference import inception_reference, save_reference
-    from gan_pipeline.provenance import environment
+    from gan_pipeline.provenance import environment, without_timings
     from gan_pipeline.runtime import use_threads
 
     params = load_params(args.params)
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"reference: {len(features)} test images at {rate:.1f} images/s; {metrics}")
     save_reference(args.features, features, test_indices)
     write_json(args.metrics, metrics)
-    write_json(args.info, {**info, "environment": environment()})
+    write_json(args.info, {**without_timings(info), "environment": environment()})
 
 
 if __name__ == "__main__":

@@ -106,10 +106,11 @@ def test_info_files_describe_the_metrics_with_the_environment(repo):
         env = content["environment"]
         assert env["torch"] == torch.__version__ and env["device"] in ("cpu", "cuda"), name
         assert env["threads"] >= 1 and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert info["classifier"]["sample_sizes"]["n_test"] == 1000 and info["classifier"]["train_seconds"] > 0
+    assert info["classifier"]["sample_sizes"]["n_test"] == 1000
+    # kept in git, so no timing that would differ in every clone
+    assert not [k for c in info.values() for k in c if k.endswith(("_seconds", "_per_s"))]
     reference = info["reference"]
     assert reference["sample_sizes"]["fid_inception_real_floor_n_real"] == 20
-    assert reference["inception_images_per_s"] > 0
     weights = reference["inception_weights"]
     assert weights["name"] == "default_1.pt" and len(weights["sha256"]) == 64
     for exp in EXPERIMENTS:

@@ -323,7 +323,7 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
         "channel_n_real": 3, "channel_n_fake": 70, "fid_inception_n_real": 3, "fid_inception_n_fake": 5,
         "kid_inception_subset_size": 3,
     }  # fmt: skip
-    assert info["inception_images_per_s"] > 0 and list(info["feature_backend"]) == ["inception"]
+    assert "inception_images_per_s" not in info and list(info["feature_backend"]) == ["inception"]
     assert info["environment"]["device"] in ("cpu", "cuda")
 
 

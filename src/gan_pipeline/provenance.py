@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -73,3 +74,10 @@ def environment() -> dict[str, str | int]:
         "threads": torch.get_num_threads(),
         "device": device().type,
     }
+
+
+def without_timings(info: dict[str, Any]) -> dict[str, Any]:
+    """An info file's content less its timings (keys ending `_seconds` or `_per_s`): info files are kept in
+    git, and a fresh clone's `make repro` must leave them as they are; the stage prints its timings and the
+    train stage's run.json and MLflow runs keep them."""
+    return {k: v for k, v in info.items() if not k.endswith(("_seconds", "_per_s"))}
