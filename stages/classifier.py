@@ -1,6 +1,7 @@
 """classifier: train the digit classifier that judges coverage and supplies FID features, report its
 test accuracy and the real-vs-real FID floor (train split vs test split) in its features, and beside them
-an info file of the sample sizes, the training time and the environment."""
+an info file of the sample sizes and the environment (the training time is printed: info files are kept in
+git and must not change from run to run)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="prepared HDF5 file")
     parser.add_argument("--out", type=Path, required=True, help="classifier weights (.safetensors) to write")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
-    parser.add_argument(
-        "--info", type=Path, required=True, help="info JSON to write (sizes, time, environment)"
-    )
+    parser.add_argument("--info", type=Path, required=True, help="info JSON to write (sizes, environment)")
     args = parser.parse_args(argv)
     # torch loads after parsing, so that --help answers at once.
     from gan_pipeline.config import load_params

@@ -1,14 +1,15 @@
 """evaluate: score one experiment's samples against the prepared test split, each metric named after its
 feature backend. Digits (with --classifier, --classifier-metrics and --inception-reference): the digit
-classifier's features (fid_classifier beside the real-vs-real floor, KID, precision/recall/density/coverage,
-for conditional models intra-class FID), the standard TF Inception's (fid_inception, kid_inception,
-prdc_inception_*, on evaluate.inception_n samples against the reference stage's test features), digit
-coverage, the class histogram and its KL from uniform, and for conditional models label accuracy. Faces:
-the Inception metrics on evaluate.inception_n samples vs as many seeded test faces, and the per-channel
-mean/std of samples vs real. Writes the scores as DVC metrics, what describes them (sample sizes, feature
-backends, throughput, the environment) as an info file and, for digits, the class histogram (with each
-digit's intra-class FID for conditional models) as a DVC plot; logs the scores to the MLflow run as metrics,
-the info as tags and the histogram as an artifact."""
+classifier's features (fid_classifier beside the real-vs-real floor, KID,
+precision/recall/density/coverage, for conditional models intra-class FID), the standard TF Inception's
+(fid_inception, kid_inception, prdc_inception_*, on evaluate.inception_n samples against the reference
+stage's test features), digit coverage, the class histogram and its KL from uniform, and for conditional
+models label accuracy. Faces: the Inception metrics on evaluate.inception_n samples vs as many seeded test
+faces, and the per-channel mean/std of samples vs real. Writes the scores as DVC metrics, what describes
+them (sample sizes, feature backends, the environment; no timings, since info files are kept in git) as an
+info file and, for digits, the class histogram (with each digit's intra-class FID for conditional models)
+as a DVC plot; logs the scores to the MLflow run as metrics, the info (throughput included) as tags and
+the histogram as an artifact."""
 
 from __future__ import annotations
 

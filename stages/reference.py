@@ -1,8 +1,8 @@
 """reference: standard Inception features of the real test split, computed once for every evaluate, and the
 real-vs-real floor of the Inception metrics (as many seeded train images as evaluate scores samples, vs
 the same test images), and beside them an info file of the sample sizes, the network, its weights (file
-name and sha256), its throughput and the environment. evaluate.inception_n = 0 writes an empty reference
-and skips the network."""
+name and sha256) and the environment (its throughput is printed, not kept). evaluate.inception_n = 0
+writes an empty reference and skips the network."""
 
 from __future__ import annotations
 

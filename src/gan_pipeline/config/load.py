@@ -37,7 +37,8 @@ DEFAULTS: dict[str, tuple[str, type]] = {
 # The digits dataset that the classifier and the Inception reference are made from (dvc.yaml's classifier
 # and reference stages read data/prepared/mnist.h5): digit experiments train on it and are scored by them.
 DIGITS = "mnist"
-# What a dataset of each kind holds: its images' (channels, height, width); None: the dataset's image_size.
+# The channels of a dataset's images by its kind; digits are 28x28 (data.sources.IMAGE_SHAPE, not imported
+# here so that reading params does not load the data package), faces image_size x image_size.
 KIND_CHANNELS = {"digits": 1, "faces": 3}
 
 
