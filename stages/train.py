@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gan_pipeline.cli import run_stage
 from gan_pipeline.errors import exit_on_error
 
 
@@ -97,4 +98,4 @@ def _log_result(run, plan, paths, result) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)
