@@ -36,7 +36,8 @@ def experiment_stages(*experiments: str) -> set[str]:
     return {f"{stage}@{exp}" for stage in ("train", "sample", "evaluate") for exp in experiments}
 
 
-ALL_STAGES = {"prepare@mnist", "classifier", "reference", "report"} | experiment_stages(*EXPERIMENTS)
+# `check` runs before everything, and again whenever params.yaml changes (it reads all of it).
+ALL_STAGES = {"check", "prepare@mnist", "classifier", "reference", "report"} | experiment_stages(*EXPERIMENTS)
 
 
 def tool_env(extra: dict | None = None) -> dict[str, str]:
