@@ -106,7 +106,7 @@ class ModelConfig:
     label_embedding: Literal["one_hot", "embedding"]
     # Minibatch discrimination (Salimans et al. 2016): B kernels of dimension 5 before D's last layer,
     # so that D sees how alike the samples of a batch are; 0 turns it off (the tutorials' D).
-    # At most 1000 (the paper's D uses 100): D holds a batch x batch x kernels distance tensor each step.
+    # At most 1000 (the paper uses 100): D holds a batch x batch x kernels x 5 difference tensor each step.
     minibatch_kernels: int = _between(0, 1000)
 
 
