@@ -12,12 +12,14 @@ import yaml
 from gan_pipeline.config import (
     Params,
     check_fits_data,
+    check_fits_test_split,
     dataset,
     experiment,
     flatten,
     load_params,
     parse_params,
 )
+from gan_pipeline.config.convert import NAME_MAX, NAME_PATTERN
 from gan_pipeline.errors import ParamsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def repo_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def _parse_error(edit) -> str:
+    """The message of the ParamsError that the repository's params give after `edit` (of the mapping)."""
+    raw = repo_params()
+    edit(raw)
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    return str(err.value)
 
 
 def test_repo_params_parse_with_the_three_tutorial_models():
@@ -137,7 +148,7 @@ def test_each_section_is_merged_key_by_key_over_its_defaults():
         ),
         (
             lambda p: p["monitor_defaults"].pop("seed"),
-            "params.yaml: experiments.mlp_gan.monitor.seed: missing (expected an int)",
+            "params.yaml: experiments.mlp_gan.monitor.seed: missing (expected an int in 0..2**63 - 1)",
         ),
         (
             lambda p: p["train_defaults"].pop("grad_clip"),
@@ -150,16 +161,12 @@ def test_each_section_is_merged_key_by_key_over_its_defaults():
         (lambda p: p.pop("tracking"), "params.yaml: tracking: missing (expected a mapping)"),
         (
             lambda p: p["evaluate"].pop("kid_subset_size"),
-            "params.yaml: evaluate.kid_subset_size: missing (expected an int >= 2)",
+            "params.yaml: evaluate.kid_subset_size: missing (expected an int in 2..50000)",
         ),
     ],
 )
 def test_bad_defaults_and_missing_keys_name_their_key(edit, message):
-    raw = repo_params()
-    edit(raw)
-    with pytest.raises(ParamsError) as err:
-        parse_params(raw)
-    assert str(err.value).startswith(message)
+    assert _parse_error(edit).startswith(message)
 
 
 def test_the_defaults_sections_may_be_left_out():
@@ -243,11 +250,7 @@ def test_the_defaults_sections_may_be_left_out():
     ],
 )
 def test_bad_values_name_the_key_and_what_was_expected(edit, message):
-    raw = repo_params()
-    edit(raw)
-    with pytest.raises(ParamsError) as err:
-        parse_params(raw)
-    assert str(err.value).startswith(message)
+    assert _parse_error(edit).startswith(message)
 
 
 def test_load_params_names_the_file(tmp_path):
@@ -404,3 +407,165 @@ def test_digit_experiments_train_on_the_dataset_that_scores_them(faces_params):
     raw["experiments"]["cgan"]["data"] = "full"
     with pytest.raises(ParamsError, match=re.escape("experiments.cgan.data: expected 'mnist' for a digits")):
         parse_params(raw)
+
+
+def _params_file(tmp_path, old: str, new: str) -> Path:
+    """params.yaml with its one line `old` replaced by `new`, as a file."""
+    text = (REPO / "params.yaml").read_text()
+    assert text.count(old) == 1
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_floats_are_read_as_yaml_1_2_reads_them_as_dvc_does(tmp_path):
+    path = _params_file(tmp_path, "      lr: 0.0005 ", "      lr: 5e-4 ")
+    assert load_params(path).experiments["mlp_gan"].train.lr == 5e-4  # YAML 1.1 (PyYAML): the string '5e-4'
+    path = _params_file(tmp_path, "  compile: false ", "  compile: no ")  # YAML 1.1: false; 1.2: a string
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: train_defaults.compile: expected true or false, got 'no'"
+    path = _params_file(tmp_path, "  seed: 1234", "  seed: 010")  # YAML 1.1: octal 8
+    assert load_params(path).sample.seed == 10
+
+
+def test_a_key_twice_is_an_error_naming_the_key_and_both_lines(tmp_path):
+    path = _params_file(
+        tmp_path, "      lr: 0.0002\n      init_std: null\n", "      lr: 0.0002\n      lr: 0.1\n"
+    )
+    lines = path.read_text().splitlines()
+    first = lines.index("      lr: 0.0002") + 1
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert str(err.value) == (
+        f"{path}: experiments.cgan.train.lr: expected the key once, found it twice (lines {first}, "
+        f"{first + 1})"
+    )
+
+
+def test_invalid_yaml_is_one_line_with_its_line_and_column(tmp_path):
+    path = _params_file(tmp_path, "  betas: [0.5, 0.999]", "  betas: [0.5, 0.999")
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}: not valid YAML \(line \d+, column \d+: .+\)", str(err.value)
+    )
+
+
+@pytest.mark.parametrize("name", ["a b", "gan;rm -rf", "gän", "-x", "_x", "x" * (NAME_MAX + 1), "", 7])
+def test_experiment_and_dataset_names_must_match_the_pattern(name):
+    pattern = NAME_PATTERN.pattern
+    for section in ("experiments", "datasets"):
+        raw = repo_params()
+        raw[section][name] = raw[section]["mnist" if section == "datasets" else "cgan"]
+        with pytest.raises(ParamsError) as err:
+            parse_params(raw)
+        assert str(err.value) == (
+            f"params.yaml: {section}: expected names matching ^{pattern}$ (ASCII letters, digits, '_' and "
+            f"'-', at most {NAME_MAX} characters), got {name!r}"
+        )
+
+
+def test_a_name_with_a_hyphen_or_of_the_longest_length_is_accepted():
+    raw = repo_params()
+    raw["experiments"]["dcgan-28"] = raw["experiments"]["dcgan28"]
+    raw["experiments"]["x" * NAME_MAX] = raw["experiments"]["cgan"]
+    assert {"dcgan-28", "x" * NAME_MAX} < set(parse_params(raw).experiments)
+
+
+def test_the_committed_params_names_match_the_pattern(enable_faces):
+    enabled = yaml.safe_load(enable_faces((REPO / "params.yaml").read_text()))
+    names = [*enabled["datasets"], *enabled["experiments"]]
+    assert len(names) == 8  # 3 datasets, 5 experiments
+    assert all(NAME_PATTERN.fullmatch(n) and len(n) <= NAME_MAX for n in names)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda p: p["train_defaults"].update(seed=2**70),
+            f"train_defaults.seed: expected an int in 0..2**63 - 1, got {2**70}",
+        ),
+        (
+            lambda p: p["datasets"]["mnist"].update(split_seed=-1),
+            "datasets.mnist.split_seed: expected an int in 0",
+        ),
+        (lambda p: p["sample"].update(n_samples=1), "sample.n_samples: expected an int in 20..50000, got 1"),
+        (
+            lambda p: p["sample"].update(n_samples=10**8),
+            "sample.n_samples: expected an int in 20..50000, got 1",
+        ),
+        (lambda p: p["sample"].update(n_samples=10**12), "sample.n_samples: expected an int in 20..50000"),
+        (
+            lambda p: p["tracking"].update(retries=10**6),
+            "tracking.retries: expected an int in 0..10, got 1000000",
+        ),
+        (
+            lambda p: p["tracking"].update(retry_backoff_s=121),
+            "tracking.retry_backoff_s: expected an int in 0..120",
+        ),
+        (
+            lambda p: p["model_defaults"].update(latent_dim=2**40),
+            "model_defaults.latent_dim: expected an int in 1..",
+        ),
+        (lambda p: p["runtime"].update(threads=10**6), "runtime.threads: expected an int in 1..1024"),
+        (
+            lambda p: p["evaluate"].update(kid_subsets=10**9),
+            "evaluate.kid_subsets: expected an int in 1..10000",
+        ),
+        (
+            lambda p: p["experiments"]["cgan"]["train"].update(lr=float("inf")),
+            "experiments.cgan.train.lr: expected a finite number, got inf",
+        ),
+        (
+            lambda p: p["train_defaults"].update(gp_lambda=10**400),
+            "train_defaults.gp_lambda: expected a finite number",
+        ),
+        (
+            lambda p: p["evaluate"].update(prdc_nearest_k=20000),
+            "evaluate.prdc_nearest_k: expected fewer than sample.n_samples 10000 (each sample's k-NN ball "
+            "needs k other samples), got 20000",
+        ),
+        (
+            lambda p: p["evaluate"].update(prdc_nearest_k=1000),
+            "evaluate.inception_n: expected 0 or more than prdc_nearest_k 1000 (PRDC on Inception features "
+            "needs k + 1 samples per side), got 1000",
+        ),
+        (
+            lambda p: p["evaluate"].update(inception_n=10001),
+            "evaluate.inception_n: expected at most sample.n_samples 10000 (the Inception metrics score the "
+            "first inception_n samples), got 10001",
+        ),
+        (
+            lambda p: p["experiments"].update(
+                faces={"data": "mnist", "model": {"name": "dcgan64"}, "train": {"epochs": 1, "lr": 0.1}}
+            ),
+            "experiments.faces.model.name: dcgan64 makes (3, 64, 64) images, but datasets.mnist holds "
+            "(1, 28, 28)",
+        ),
+    ],
+)
+def test_out_of_range_seeds_sizes_and_sample_counts_are_refused_at_load_time(edit, message):
+    assert _parse_error(edit).startswith(f"params.yaml: {message}")
+
+
+def test_the_largest_accepted_values_parse():
+    raw = repo_params()
+    raw["train_defaults"]["seed"] = 2**63 - 1
+    raw["sample"].update(n_samples=50_000)
+    raw["tracking"].update(retries=10, retry_backoff_s=120)
+    raw["evaluate"].update(prdc_nearest_k=999, inception_n=1000)
+    params = parse_params(raw)
+    assert (params.experiments["cgan"].train.seed, params.sample.n_samples) == (2**63 - 1, 50_000)
+
+
+def test_check_fits_test_split_needs_more_test_images_than_prdc_nearest_k():
+    cfg = load_params(REPO / "params.yaml").evaluate  # prdc_nearest_k 5, inception_n 1000
+    check_fits_test_split(cfg, 6, "p.yaml")  # 6 test images: 5 neighbours each, fits
+    with pytest.raises(ParamsError) as err:
+        check_fits_test_split(cfg, 5, "p.yaml")
+    assert str(err.value) == (
+        "p.yaml: evaluate.prdc_nearest_k: expected fewer than the 5 real test images it is scored against "
+        "(each k-NN ball needs k other images), got 5"
+    )

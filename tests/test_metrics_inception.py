@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import pickle
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from gan_pipeline.errors import PipelineError
+from gan_pipeline.errors import DataError, PipelineError
 from gan_pipeline.metrics import inception
 from gan_pipeline.metrics.inception import InceptionFeatures, as_rgb_nchw, inception_features
 
@@ -94,16 +95,12 @@ def test_users_torch_fidelity_weights_file_gives_the_same_network(network, real_
 
 
 def test_bad_weights_and_a_missing_extra_are_one_line_errors(tmp_path, monkeypatch):
-    with pytest.raises(PipelineError, match="missing.pth: Inception weights file not found"):
+    with pytest.raises(DataError, match="missing.pth: Inception weights file not found"):
         InceptionFeatures(tmp_path / "missing.pth")
     other = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(3)}, other)
-    with pytest.raises(PipelineError, match="other.pth: not InceptionV3 weights"):
+    with pytest.raises(DataError, match="other.pth: not InceptionV3 weights"):
         InceptionFeatures(other)
-    pickled = tmp_path / "code.pth"
-    pickled.write_bytes(b"\x80\x04cos\nsystem\n.")  # a pickle that names a function: never unpickled
-    with pytest.raises(Exception, match="code.pth|Weights only load failed|weights_only"):
-        InceptionFeatures(pickled)
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -129,3 +126,34 @@ def test_the_bundled_weights_are_recorded_by_file_name_and_sha256_not_by_path(ne
 
 def test_features_of_no_images_is_an_empty_table(network):
     assert inception_features(network, np.zeros((0, 28, 28), np.uint8)).shape == (0, 2048)
+
+
+def _code_carrying(path, code_carrying_pickle):
+    path.write_bytes(pickle.dumps(code_carrying_pickle(path.with_name("executed")), protocol=2))
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p, _: p.write_text("hello\n"), "not a file that torch.save writes"),
+        (_code_carrying, "UnpicklingError: Weights only load failed"),
+        (lambda p, _: p.write_bytes(b""), "not a file that torch.save writes"),
+        (
+            lambda p, _: p.write_bytes(b"PK\x03\x04" + bytes(40)),  # a cut torch.save zip
+            "RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory",
+        ),
+        (lambda p, _: torch.save([torch.zeros(2)], p), "found a list, expected names mapped to tensors"),
+        (lambda p, _: torch.save({"w": 1}, p), "found a dict, expected names mapped to tensors"),
+    ],
+)
+def test_inception_weights_that_are_text_a_pickle_or_no_state_dict_are_one_line(
+    tmp_path, code_carrying_pickle, make, reason
+):
+    path = tmp_path / "weights.pth"
+    make(path, code_carrying_pickle)
+    with pytest.raises(DataError) as err:
+        InceptionFeatures(path)
+    assert str(err.value) == (
+        f"{path}: not a torch state dict of Inception weights (evaluate.inception_weights; {reason})"
+    )
+    assert not (tmp_path / "executed").exists()

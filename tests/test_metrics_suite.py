@@ -7,6 +7,7 @@ import pytest
 import torch
 from configs import evaluate_config
 
+from gan_pipeline.errors import ParamsError
 from gan_pipeline.metrics.fid import fid_from_features, frechet_distance
 from gan_pipeline.metrics.kid import kid_unbiased_mmd2
 from gan_pipeline.metrics.suite import feature_metrics, real_floor, seeded_pick, split_sample_sizes
@@ -118,3 +119,17 @@ def test_real_floor_is_the_fid_of_test_vs_the_picked_train_features():
     picked = train[seeded_pick(200, 100, 0)]
     assert n == 100 and floor == fid_from_features(test, picked)
     assert floor == pytest.approx(_reference_fid(test.numpy(), picked.numpy()), rel=1e-6)
+
+
+@pytest.mark.parametrize(("n_real", "n_fake", "side"), [(3, 10, "3 real"), (10, 3, "3 generated")])
+def test_fewer_images_than_prdc_nearest_k_needs_name_the_param(n_real, n_fake, side):
+    cfg = evaluate_config(prdc_nearest_k=3)
+    real, fake = torch.randn(n_real, 4, dtype=torch.float64), torch.randn(n_fake, 4, dtype=torch.float64)
+    with pytest.raises(ParamsError) as err:
+        feature_metrics("classifier", real, fake, cfg)
+    assert str(err.value) == (
+        f"evaluate.prdc_nearest_k: expected fewer than the {side} images scored in classifier features (each "
+        "k-NN ball needs k other images), got 3"
+    )
+    four = torch.randn(4, 4, dtype=torch.float64)  # k + 1 per side: each ball has its k neighbours
+    assert "prdc_classifier_precision" in feature_metrics("classifier", four, four + 1, cfg)

@@ -64,17 +64,17 @@ def test_save_grid_and_samples(tmp_path):
 
 
 def test_load_samples_reads_back_what_save_samples_wrote(tmp_path):
-    images = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
     save_samples(tmp_path / "c.npz", images, np.arange(12) % 10)
     loaded, labels = load_samples(tmp_path / "c.npz")
     assert loaded.dtype == np.uint8 and np.array_equal(loaded, images)
     assert labels.dtype == np.int64 and labels.tolist() == (np.arange(12) % 10).tolist()
-    save_samples(tmp_path / "u.npz", images[:, :, :, 0], None)
+    save_samples(tmp_path / "u.npz", images[:, :28, :28, 0], None)
     loaded, labels = load_samples(tmp_path / "u.npz")
-    assert np.array_equal(loaded, images[:, :, :, 0]) and labels is None
+    assert np.array_equal(loaded, images[:, :28, :28, 0]) and labels is None
 
 
-@pytest.mark.parametrize("content", ["text", "missing", "no images"])
+@pytest.mark.parametrize("content", ["text", "no images"])
 def test_load_samples_of_anything_else_is_a_one_line_data_error(tmp_path, content):
     path = tmp_path / "s.npz"
     if content == "text":
@@ -94,3 +94,95 @@ def test_load_generator_rebuilds_the_model_from_its_config(tmp_path):
     assert spec.name == "cgan" and model["latent_dim"] == 12
     z, labels = torch.randn(2, 12), torch.tensor([1, 2])
     assert torch.equal(loaded(z, labels), generator.eval()(z, labels))
+
+
+def _saved(path, n=20, shape=(28, 28), labels=True):
+    images = np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
+    save_samples(path, images, np.arange(n) % 10 if labels else None)
+    return path
+
+
+def _truncated(path):
+    data = _saved(path).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _bit_flipped(path):
+    data = bytearray(_saved(path).read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the images' bytes: the zip's CRC-32 no longer matches
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "samples file not found (run the sample stage first)"),
+        (_truncated, "not a samples file from the sample stage (File is not a zip file)"),
+        (_bit_flipped, "not a samples file from the sample stage (Bad CRC-32 for file 'images.npy')"),
+        (lambda p: _saved(p, n=0), "no images (expected the samples of sample.n_samples)"),
+        (
+            lambda p: np.savez(p, images=np.zeros((4, 28, 28), np.float32)),
+            "'images' has dtype float32, expected uint8 (as the sample stage writes)",
+        ),
+        (
+            lambda p: _saved(p, shape=(32, 32)),
+            "'images' has shape (20, 32, 32), expected what a model makes: (N, 28, 28), (N, 64, 64, 3), "
+            "(N, 96, 96, 3), (N, 128, 128, 3)",
+        ),
+        (
+            lambda p: _saved(p, shape=(28, 28, 3)),
+            "'images' has shape (20, 28, 28, 3), expected what a model makes: (N, 28, 28), (N, 64, 64, 3), "
+            "(N, 96, 96, 3), (N, 128, 128, 3)",
+        ),
+        (
+            lambda p: np.savez(p, images=np.zeros((3, 28, 28), np.uint8), labels=np.array([1, 10, -1])),
+            "label 1 is 10, expected a digit 0-9",
+        ),
+        (
+            lambda p: np.savez(p, images=np.zeros((3, 28, 28), np.uint8), labels=np.array([0.5, 1, 2])),
+            "'labels' is float64 (3,), expected integers (3,): one per image",
+        ),
+        (
+            lambda p: np.savez(p, images=np.zeros((3, 28, 28), np.uint8), labels=np.arange(4)),
+            "'labels' is int64 (4,), expected integers (3,): one per image",
+        ),
+    ],
+)
+def test_bad_samples_files_are_one_line_naming_the_file(tmp_path, make, message):
+    path = tmp_path / "samples.npz"
+    make(path)
+    with pytest.raises(DataError) as err:
+        load_samples(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
+def test_samples_of_another_image_shape_than_expected_are_refused(tmp_path):
+    path = _saved(tmp_path / "faces.npz", shape=(64, 64, 3), labels=False)
+    assert load_samples(path)[0].shape == (20, 64, 64, 3)  # a face model's samples
+    with pytest.raises(DataError) as err:
+        load_samples(path, image_shape=(28, 28))  # where digits are scored
+    assert str(err.value) == f"{path}: 'images' has shape (20, 64, 64, 3), expected (N, 28, 28) here"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"feature_dim": 16}, "model: expected a mapping, got None"),
+        ({"model": {"name": "cgan", "latent_dim": 12}}, "model.label_embedding: missing"),
+        (
+            {"model": {"name": "stylegan", "latent_dim": 12, "label_embedding": "one_hot"}},
+            "model.name: expected one of cgan, convgan128, dcgan28, dcgan64, dcgan96, mlp_gan, got "
+            "'stylegan'",
+        ),
+        (
+            {"model": {"name": "cgan", "latent_dim": -1, "label_embedding": "one_hot"}},
+            "model.latent_dim: expected an int in 1..1024, got -1",
+        ),
+    ],
+)
+def test_a_generator_whose_config_is_not_a_generators_is_one_line(tmp_path, config, message):
+    path = tmp_path / "g.safetensors"
+    save_weights(path, build_gan("cgan", 12)[0], config)
+    with pytest.raises(DataError) as err:
+        load_generator(path)
+    assert str(err.value) == f"{path}: its config metadata is not a generator's: {message}"

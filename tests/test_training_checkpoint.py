@@ -400,3 +400,17 @@ def test_channels_last_weights_resume_with_fused_adam_exactly(tmp_path):
         step(resumed, i)
     for a, b in zip(whole.discriminator.parameters(), resumed.discriminator.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_same_training_state_gives_the_same_checkpoint_bytes(tmp_path):
+    # Two metadata keys (format, meta): safetensors alone writes them in a varying order.
+    torch.manual_seed(0)
+    g, d = nn.Linear(2, 3), nn.Linear(3, 1)
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
+    objects = CheckpointedObjects(g, d, None, opt_g, opt_d, torch.Generator().manual_seed(0))
+    for i in range(8):
+        save_checkpoint(tmp_path / f"{i}.ckpt", objects, identity={"train.lr": 0.1}, total_steps=4,
+                        state=TrainState(step=2), epoch_rng=objects.rng.get_state(), training_code="code",
+                        extra={"run_id": "r"})  # fmt: skip
+    assert len({(tmp_path / f"{i}.ckpt").read_bytes() for i in range(8)}) == 1
+    assert load_checkpoint(tmp_path / "0.ckpt").state.step == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -12,31 +13,61 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from gan_pipeline.errors import DataError, first_line
 
-_UMASK = os.umask(0o22)
-os.umask(_UMASK)
+# Every output is rw-r--r--, whoever writes it: mkstemp makes 0600 and safetensors' save_file replaces the
+# file with a 0600 one, so a direct run and `dvc repro` would otherwise leave different modes.
+OUTPUT_MODE = 0o644
+# What a full disk, a quota, a file size limit or a folder we may not write to raise while a writer writes
+# the temporary file; other errors of the writer (a bad value, a file it reads) are its own and pass as they
+# are.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
+    """Yield a temporary path beside `path`; on success it replaces `path` (mode 0644), on error it is
+    removed.
 
-    Readers never see a half-written file, and an earlier `path` survives a failed write.
+    Readers never see a half-written file, and an earlier `path` survives a failed write. A folder that
+    cannot be created or written to, a full disk or a read-only file system is a one-line DataError naming
+    `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with _naming(path, tmp_path):
+            yield tmp_path
+        with _naming(path):
+            os.chmod(tmp_path, OUTPUT_MODE)  # after the writer, which may have replaced the file
+            os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _naming(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """OSError -> DataError naming `path`: any of our own file operations (`tmp` None), or while a writer
+    writes `tmp` one of _WRITE_ERRNOS that is not about some other file."""
+    try:
+        yield
+    except OSError as exc:
+        if tmp is not None:
+            other_file = exc.filename is not None and Path(exc.filename) != tmp
+            if exc.errno not in _WRITE_ERRNOS or other_file:
+                raise
+        reason = exc.strerror or first_line(exc)
+        if exc.filename is not None and Path(exc.filename) in path.parents:
+            reason += f": {exc.filename}"  # a folder on the way (e.g. one that is a file)
+        kept = "; the earlier file is kept" if path.is_file() else ""
+        raise DataError(f"{path}: cannot write ({reason}){kept}") from None
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -58,11 +89,28 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
 
 
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """`tensors` and string `metadata` as a safetensors file, atomically, the same bytes for the same input.
+
+    safetensors writes its `__metadata__` keys in a random order (a hash map's) that changes from process to
+    process, so the header is written again here with them sorted: identical runs give identical files (and
+    md5s in dvc.lock). The bytes are written from Python, so a full disk is an OSError like any other.
+    """
+    data = safetensors_bytes(tensors, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the tensor data stays 8-byte aligned, as safetensors writes it
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + size :])
+
+
 def save_weights(path: str | Path, module: torch.nn.Module, config: dict[str, Any]) -> None:
     """Write `module`'s state dict as safetensors, with `config` in the file's metadata."""
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"config": json.dumps(config, sort_keys=True)})
+    write_safetensors(path, state, {"config": json.dumps(config, sort_keys=True)})
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -78,7 +126,13 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise DataError(f"{path}: not a safetensors weights file ({exc})") from None
     if "config" not in metadata:
         raise DataError(f"{path}: safetensors file has no 'config' metadata (not written by gan-pipeline)")
-    return state, json.loads(metadata["config"])
+    try:
+        config = json.loads(metadata["config"])
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: its 'config' metadata is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise DataError(f"{path}: its 'config' metadata is not a JSON object, found {config!r}")
+    return state, config
 
 
 def load_module(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from gan_pipeline.config import ModelConfig
+from gan_pipeline.config.convert import convert_fields
 from gan_pipeline.data.loading import to_uint8
-from gan_pipeline.errors import DataError
+from gan_pipeline.errors import DataError, ParamsError, first_line
 from gan_pipeline.io import atomic_path, load_module
 from gan_pipeline.models import GAN_MODELS, GanSpec, build_gan
 from gan_pipeline.runtime import module_device
@@ -97,26 +101,88 @@ def save_samples(path: str | Path, images: np.ndarray, labels: np.ndarray | None
         np.savez(f, **arrays)
 
 
-def load_samples(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+def load_samples(
+    path: str | Path, image_shape: tuple[int, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The `images` (uint8) and `labels` (int64, or None if unconditional) of a save_samples file.
 
-    A file that is missing, not an .npz or without `images` raises a one-line DataError.
+    The images must be of a shape that a registered model makes ((N, 28, 28) digits, (N, S, S, 3) faces)
+    and, if given, of `image_shape` per image (e.g. (28, 28) where digits are scored); labels are one digit
+    0-9 per image. A file that is missing, truncated, corrupt, not an .npz or not such samples raises a
+    one-line DataError.
     """
     try:
         with np.load(path) as npz:
             images = npz["images"]
             labels = npz["labels"] if "labels" in npz else None
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: not a samples file from the sample stage ({exc})") from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: samples file not found (run the sample stage first)") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path}: not a samples file from the sample stage ({first_line(exc)})") from None
+    _check_samples(Path(path), images, labels, image_shape)
     return images, labels
 
 
+def _check_samples(
+    path: Path, images: np.ndarray, labels: np.ndarray | None, image_shape: tuple[int, ...] | None
+) -> None:
+    if images.dtype != np.uint8:
+        raise DataError(
+            f"{path}: 'images' has dtype {images.dtype}, expected uint8 (as the sample stage writes)"
+        )
+    # (C, H, W) as the models make them -> (H, W) or (H, W, 3) as the samples hold them
+    made = {(h, w) if c == 1 else (h, w, c) for c, h, w in (s.image_shape for s in GAN_MODELS.values())}
+    if images.ndim < 3 or images.shape[1:] not in made:
+        shapes = ", ".join(
+            str(("N", *shape)).replace("'", "")
+            for shape in sorted(made, key=lambda shape: (len(shape), shape))
+        )
+        raise DataError(f"{path}: 'images' has shape {images.shape}, expected what a model makes: {shapes}")
+    if image_shape is not None and images.shape[1:] != tuple(image_shape):
+        expected = str(("N", *image_shape)).replace("'", "")
+        raise DataError(f"{path}: 'images' has shape {images.shape}, expected {expected} here")
+    if len(images) == 0:
+        raise DataError(f"{path}: no images (expected the samples of sample.n_samples)")
+    if labels is None:
+        return
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"{path}: 'labels' is {labels.dtype} {labels.shape}, expected integers ({len(images)},): one per "
+            "image"
+        )
+    outside = np.flatnonzero((labels < 0) | (labels > 9))
+    if len(outside):
+        raise DataError(f"{path}: label {outside[0]} is {labels[outside[0]]}, expected a digit 0-9")
+
+
 def load_generator(path: str | Path) -> tuple[nn.Module, GanSpec, dict]:
-    """A trained generator from its weights file, the registry entry of its model, and its model config."""
+    """A trained generator from its weights file, the registry entry of its model, and its model config.
+
+    A config without a `model` mapping, or whose model keys are not what the train stage writes (a
+    registered name, latent_dim, label_embedding), is a one-line DataError."""
 
     def build(config: dict) -> nn.Module:
-        model = config["model"]
+        model = _model_config(path, config)
         return build_gan(model["name"], model["latent_dim"], model["label_embedding"])[0]
 
     generator, config = load_module(path, build)
     return generator, GAN_MODELS[config["model"]["name"]], config["model"]
+
+
+def _model_config(path: str | Path, config: dict) -> dict:
+    """The `model` of a generator's config, checked like params.yaml's model section."""
+    model = config.get("model")
+    try:
+        if not isinstance(model, dict):
+            raise ParamsError(f"model: expected a mapping, got {model!r}")
+        for key in ("name", "latent_dim", "label_embedding"):
+            if key not in model:
+                raise ParamsError(f"model.{key}: missing")
+        convert_fields(ModelConfig, model, "model", partial=True)
+        if model["name"] not in GAN_MODELS:
+            raise ParamsError(
+                f"model.name: expected one of {', '.join(sorted(GAN_MODELS))}, got {model['name']!r}"
+            )
+    except ParamsError as exc:
+        raise DataError(f"{path}: its config metadata is not a generator's: {exc}") from None
+    return model

@@ -8,11 +8,19 @@ ones: a field has no default.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from typing import Any, Literal
 
 from gan_pipeline.errors import ParamsError
+
+# The names of datasets and experiments: DVC puts them into commands (`stages/train.py --experiment
+# <name>`) and paths (models/<name>/...), and MLflow into run names, so they are plain ASCII words that no
+# shell, path or URL treats specially, and short enough for a file name.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+NAME_MAX = 64
 
 
 def describe(tp: Any) -> str:
@@ -66,8 +74,7 @@ def convert(value: Any, tp: Any, key: str) -> Any:
             raise bad
         out = {}
         for name, item in value.items():
-            if not isinstance(name, str) or not name.replace("_", "").isalnum():
-                raise ParamsError(f"{key}: names must be letters, digits and '_', got {name!r}")
+            check_name(name, key)
             out[name] = convert(item, vtype, f"{key}.{name}")
         return out
     if tp is bool:
@@ -81,12 +88,27 @@ def convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond a float's range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ParamsError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str) or not value:
             raise bad
         return value
     raise TypeError(f"unsupported params type {tp}")
+
+
+def check_name(name: Any, key: str) -> None:
+    """A key of the mapping at `key` (a dataset or experiment name) must match NAME_PATTERN."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or len(name) > NAME_MAX:
+        raise ParamsError(
+            f"{key}: expected names matching ^{NAME_PATTERN.pattern}$ (ASCII letters, digits, '_' and '-', "
+            f"at most {NAME_MAX} characters), got {name!r}"
+        )
 
 
 def _kinds(classes: list[type]) -> dict[str, type]:

@@ -11,6 +11,7 @@ key changes that experiment alone.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import yaml
 from gan_pipeline.config.convert import build, convert_fields
 from gan_pipeline.config.schema import (
     DataConfig,
+    EvaluateConfig,
     ExperimentConfig,
     FaceDataConfig,
     ModelConfig,
@@ -26,7 +28,7 @@ from gan_pipeline.config.schema import (
     Params,
     TrainConfig,
 )
-from gan_pipeline.errors import ParamsError
+from gan_pipeline.errors import ParamsError, first_line
 
 # experiment section -> (the params.yaml section of its defaults, its schema)
 DEFAULTS: dict[str, tuple[str, type]] = {
@@ -90,6 +92,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
             )
         for name, exp in params.experiments.items():
             _check_experiment(f"experiments.{name}", exp, params.datasets, GAN_MODELS)
+        _check_sample_sizes(params)
     except ParamsError as exc:
         raise ParamsError(f"{source}: {exc}") from None
     return params
@@ -155,6 +158,40 @@ def _check_experiment(key: str, exp: ExperimentConfig, datasets: dict, models: d
         )
 
 
+def _check_sample_sizes(params: Params) -> None:
+    """The metrics' needs in samples: PRDC's k-NN balls need more than prdc_nearest_k points on each side,
+    and the Inception metrics score the first inception_n of the sample.n_samples samples."""
+    n_samples, cfg = params.sample.n_samples, params.evaluate
+    k = cfg.prdc_nearest_k
+    if k >= n_samples:
+        raise ParamsError(
+            f"evaluate.prdc_nearest_k: expected fewer than sample.n_samples {n_samples} (each sample's k-NN "
+            f"ball needs k other samples), got {k}"
+        )
+    if cfg.inception_n > n_samples:
+        raise ParamsError(
+            f"evaluate.inception_n: expected at most sample.n_samples {n_samples} (the Inception metrics "
+            f"score the first inception_n samples), got {cfg.inception_n}"
+        )
+    if 0 < cfg.inception_n <= k:
+        raise ParamsError(
+            f"evaluate.inception_n: expected 0 or more than prdc_nearest_k {k} (PRDC on Inception features "
+            f"needs k + 1 samples per side), got {cfg.inception_n}"
+        )
+
+
+def check_fits_test_split(cfg: EvaluateConfig, n_test: int, source: str) -> None:
+    """The check that needs the data: the real side of the metrics is the `n_test` test images (the
+    Inception reference min(inception_n, n_test) of them), which PRDC needs more than prdc_nearest_k of.
+    Errors are prefixed with `source` (the params file)."""
+    real = min(n_test, cfg.inception_n) if cfg.inception_n else n_test
+    if cfg.prdc_nearest_k >= real:
+        raise ParamsError(
+            f"{source}: evaluate.prdc_nearest_k: expected fewer than the {real} real test images it is "
+            f"scored against (each k-NN ball needs k other images), got {cfg.prdc_nearest_k}"
+        )
+
+
 def check_fits_data(key: str, exp: ExperimentConfig, n_train: int, world_size: int, source: str) -> None:
     """The checks that need the data and the process count: the experiment at `key` (experiment_key's
     `experiments.<name>`) must fit the `n_train` training images and split over `world_size` torchrun
@@ -177,15 +214,92 @@ def check_fits_data(key: str, exp: ExperimentConfig, n_train: int, world_size: i
         )
 
 
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's core schema for plain scalars, the YAML that DVC reads params in.
+
+    PyYAML resolves YAML 1.1, where `5e-4` is a string (a 1.1 float needs a dot), `010` is 8, `yes` is true
+    and `1:30` is 90: DVC (`dvc exp run -S`, `dvc params diff`) and the stages would read different values.
+    Here true/false, null/~, decimal, 0o and 0x ints and floats with a dot or an exponent (and .inf, .nan)
+    are what they are in YAML 1.2; anything else is a string.
+    """
+
+    yaml_implicit_resolvers: dict = {}
+
+
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text)
+
+
+for _tag, _pattern, _first in (
+    ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    (
+        "float",
+        r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+|[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+        "-+0123456789.",
+    ),
+    ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+):
+    Yaml12Loader.add_implicit_resolver(
+        f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_pattern})$"), list(_first)
+    )
+Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
+
+
+def read_yaml(text: str) -> Any:
+    """A YAML document read as YAML 1.2 (Yaml12Loader); a key twice in one mapping is a ParamsError
+    naming its key path and both lines (PyYAML would keep the last, DVC's YAML refuses the file)."""
+    loader = Yaml12Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _no_duplicate_keys(node, "")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _no_duplicate_keys(node: yaml.Node, key: str) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _no_duplicate_keys(item, f"{key}[{i}]")
+    if not isinstance(node, yaml.MappingNode):
+        return
+    lines: dict[Any, int] = {}
+    for name_node, value in node.value:
+        name = name_node.value if isinstance(name_node, yaml.ScalarNode) else id(name_node)
+        here = f"{key}.{name}" if key else str(name)
+        line = name_node.start_mark.line + 1
+        if name in lines and name != "<<":
+            raise ParamsError(f"{here}: expected the key once, found it twice (lines {lines[name]}, {line})")
+        lines[name] = line
+        _no_duplicate_keys(value, here)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: where and what (PyYAML's text spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or first_line(exc)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file."""
+    """Read (as YAML 1.2, duplicate keys refused) and validate a params file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+        raise ParamsError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
     return parse_params(raw, str(path))
 
 

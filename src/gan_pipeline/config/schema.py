@@ -21,6 +21,24 @@ def _positive(kind: str) -> Any:
     return _check(f"{kind} > 0", lambda v: v > 0)
 
 
+def _between(low: int, high: int) -> Any:
+    """An int field in low..high (both included)."""
+    return _check(f"an int in {low}..{high}", lambda v: low <= v <= high)
+
+
+# Every seed: torch.manual_seed takes at most 2**64 - 1 and numpy's generators no negative seed; a few
+# stages seed a second draw with seed + 1 (the real-vs-real floors), which 2**63 leaves room for.
+SEED_LIMIT = 2**63
+# The most samples one stage generates and holds at once (sample.n_samples, monitor.n_samples): 50,000 is
+# the largest N in standard use (FID-50k); all of them are in memory together (2.5 GB of 128x128 RGB faces)
+# and PRDC's k-NN balls compare every pair.
+MAX_SAMPLES = 50_000
+
+
+def _seed() -> Any:
+    return _check("an int in 0..2**63 - 1", lambda v: 0 <= v < SEED_LIMIT)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """A digits dataset (datasets.<name> with kind digits): where the raw digits come from, how they split."""
@@ -34,7 +52,7 @@ class DataConfig:
     # own train/test files (idx, torchvision, or a csv folder).
     split: Literal["seeded", "official"]
     test_fraction: float = _check("a float in (0, 1)", lambda v: 0 < v < 1)
-    split_seed: int
+    split_seed: int = _seed()
 
 
 @dataclass(frozen=True)
@@ -52,7 +70,7 @@ class FaceDataConfig:
     # list_eval_partition.txt ("000001.jpg 0" per line) or a CSV with filename and eval_partition columns
     partition_file: str | None
     test_fraction: float = _check("a float in (0, 1)", lambda v: 0 < v < 1)
-    split_seed: int
+    split_seed: int = _seed()
     # The centre crop_size x crop_size square of each 178x218 face, resized to image_size x image_size
     # (128 and 128: the tutorial's crop; 128 and 64: DCGAN's faces).
     crop_size: int = _positive("an int")
@@ -71,8 +89,9 @@ class ClassifierConfig:
     epochs: int = _positive("an int")
     batch_size: int = _positive("an int")
     lr: float = _positive("a float")
-    feature_dim: int = _positive("an int")
-    seed: int
+    # At most 2048, Inception's pool3 width: FID's covariances are feature_dim x feature_dim (sqrtm is cubic).
+    feature_dim: int = _between(1, 2048)
+    seed: int = _seed()
 
 
 @dataclass(frozen=True)
@@ -80,12 +99,15 @@ class ModelConfig:
     """Which GAN to build (a name from the model registry) and its shape options."""
 
     name: str
-    latent_dim: int = _positive("an int")
+    # At most 1024: DCGAN uses 100 and StyleGAN 512; G's first layer and every fixed latent batch grow
+    # with it.
+    latent_dim: int = _between(1, 1024)
     # Conditional models only: how the digit label enters G and D.
     label_embedding: Literal["one_hot", "embedding"]
     # Minibatch discrimination (Salimans et al. 2016): B kernels of dimension 5 before D's last layer,
     # so that D sees how alike the samples of a batch are; 0 turns it off (the tutorials' D).
-    minibatch_kernels: int = _check("an int >= 0", lambda v: v >= 0)
+    # At most 1000 (the paper uses 100): D holds a batch x batch x kernels x 5 difference tensor each step.
+    minibatch_kernels: int = _between(0, 1000)
 
 
 @dataclass(frozen=True)
@@ -102,7 +124,7 @@ class TrainConfig:
     g_loss: Literal["non_saturating", "saturating"]
     # Std of the N(0, std) init of conv/linear weights; null keeps PyTorch's default init.
     init_std: float | None = _check("a float > 0 or null", lambda v: v > 0)
-    seed: int
+    seed: int = _seed()
     log_every: int = _positive("an int")
     # bce: the tutorials' GAN loss on D's logits; wgan_gp: Wasserstein critic loss with a gradient penalty
     # of weight gp_lambda (Gulrajani et al. 2017; their setting is d_steps 5, betas [0, 0.9], lr 1e-4).
@@ -136,10 +158,11 @@ class MonitorConfig:
     """
 
     eval_every: int | None = _check("an int > 0 or null", lambda v: v > 0)
-    n_samples: int = _check("an int >= 10", lambda v: v >= 10)
+    # At least 10, one per digit; at most MAX_SAMPLES (generated every eval_every epochs, all at once).
+    n_samples: int = _between(10, MAX_SAMPLES)
     min_coverage: int = _check("an int in 1..10", lambda v: 1 <= v <= 10)
     on_collapse: Literal["warn", "stop"]
-    seed: int
+    seed: int = _seed()
 
 
 @dataclass(frozen=True)
@@ -157,10 +180,12 @@ class SampleConfig:
     """The fixed-seed samples that the grid shows and evaluate scores."""
 
     # Generated samples scored by evaluate. FID is biased upwards at small N (the bias shrinks as N grows),
-    # so FIDs compare only at equal N; 10,000 is the norm.
-    n_samples: int = _positive("an int")
-    seed: int
-    grid_rows: int = _positive("an int")
+    # so FIDs compare only at equal N; 10,000 is the norm. At least 20: intra-class FID needs 2 samples of
+    # each digit (conditional models are asked for the 10 digits in turn); at most MAX_SAMPLES.
+    n_samples: int = _between(20, MAX_SAMPLES)
+    seed: int = _seed()
+    # At most 100: the grid is one PNG of grid_rows x grid_rows images (100 rows of digits: 6,000 px wide).
+    grid_rows: int = _between(1, 100)
 
 
 @dataclass(frozen=True)
@@ -170,15 +195,20 @@ class EvaluateConfig:
     coverage_confidence: float = _check("a float in [0, 1)", lambda v: 0 <= v < 1)
     coverage_min_fraction: float = _check("a float in (0, 0.1]", lambda v: 0 < v <= 0.1)
     # k of the k-NN balls in precision/recall (Kynkaanniemi et al.) and density/coverage (Naeem et al.)
+    # (fewer than the samples on either side: config.load and metrics.suite check it against N).
     prdc_nearest_k: int = _positive("an int")
-    # KID: mean and std over `kid_subsets` random subsets of min(kid_subset_size, n_real, n_fake) each
-    kid_subset_size: int = _check("an int >= 2", lambda v: v >= 2)
-    kid_subsets: int = _positive("an int")
+    # KID: mean and std over `kid_subsets` random subsets of min(kid_subset_size, n_real, n_fake) each.
+    # At most MAX_SAMPLES, the largest set; each subset is a kernel of kid_subset_size**2 entries, so at
+    # most 10,000 subsets (torchmetrics' default is 100).
+    kid_subset_size: int = _between(2, MAX_SAMPLES)
+    kid_subsets: int = _between(1, 10_000)
     # Standard Inception metrics (fid_inception, kid_inception, prdc_inception_*): images per side, the
     # first n samples against n real test images (a seeded pick). Fewer than for the classifier features
-    # because Inception is slow on a CPU; 0 turns them off.
-    inception_n: int = _check("an int >= 0", lambda v: v >= 0)
-    inception_batch_size: int = _positive("an int")
+    # because Inception is slow on a CPU; 0 turns them off. At most sample.n_samples (checked in
+    # config.load): the fake side is the first inception_n samples.
+    inception_n: int = _between(0, MAX_SAMPLES)
+    # At most 1000: a batch is 1000 x 3 x 299 x 299 float32 inputs (1 GB) before the network's activations.
+    inception_batch_size: int = _between(1, 1000)
     # bf16 autocast for the Inception network (faster on AMX CPUs and GPUs; see README for its effect).
     inception_bf16: bool
     # A torch-fidelity InceptionV3 state dict (pt_inception-2015-12-05-*.pth) instead of the bundled weights.
@@ -191,15 +221,18 @@ class TrackingConfig:
     # When the tracking server fails during training: retry each call this many times (MLflow waits
     # retry_backoff_s * 2^(n-1) s before the n-th), then stop logging to it, keep training, and report
     # what was not logged.
-    retries: int = _check("an int >= 0", lambda v: v >= 0)
-    retry_backoff_s: int = _check("an int >= 0", lambda v: v >= 0)
+    # MLflow itself refuses more than 10 retries and a backoff factor above 120 (its
+    # _MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT and ..._MAX_BACKOFF_FACTOR_LIMIT), failing the first call.
+    retries: int = _between(0, 10)
+    retry_backoff_s: int = _between(0, 120)
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     # torch's CPU threads in every stage that computes. Part of what decides the bits: the same params,
     # data, seeds and thread count give bit-identical outputs on the same kind of CPU.
-    threads: int = _positive("an int")
+    # At most 1024: more threads than any machine's cores only slow each stage down.
+    threads: int = _between(1, 1024)
 
 
 @dataclass(frozen=True)

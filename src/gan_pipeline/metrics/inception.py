@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import pickle
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from gan_pipeline.errors import PipelineError, first_line
+from gan_pipeline.errors import DataError, PipelineError, first_line
 from gan_pipeline.runtime import module_device
 
 WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -105,9 +107,8 @@ class InceptionFeatures(nn.Module):
             if weights is not None:
                 weights = Path(weights)
                 if not weights.is_file():
-                    raise PipelineError(f"{weights}: Inception weights file not found")
-                # A torch-fidelity/pytorch-fid style state dict: tensors only.
-                state = torch.load(weights, map_location="cpu", weights_only=True)
+                    raise DataError(f"{weights}: Inception weights file not found")
+                state = _state_dict(weights)
                 source = weights
             else:
                 source = _bundled_weights()
@@ -124,7 +125,7 @@ class InceptionFeatures(nn.Module):
                 try:
                     self.net = _network(path)
                 except RuntimeError as exc:
-                    raise PipelineError(f"{source}: not InceptionV3 weights ({first_line(exc)})") from None
+                    raise DataError(f"{source}: not InceptionV3 weights ({first_line(exc)})") from None
         self._source = Path(source)
 
     def weights_file(self) -> dict[str, str]:
@@ -133,6 +134,27 @@ class InceptionFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(as_rgb_nchw(images))
+
+
+def _state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    """A torch-fidelity/pytorch-fid style state dict (tensors only) from `weights`, nothing in it executed:
+    a text file, a pickle that carries code or anything but a mapping of names to tensors is a DataError."""
+
+    def refused(reason: str) -> DataError:
+        return DataError(
+            f"{weights}: not a torch state dict of Inception weights (evaluate.inception_weights; {reason})"
+        )
+
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (EOFError, KeyError):  # an empty file; torch's reader taking text for pickle opcodes
+        raise refused("not a file that torch.save writes") from None
+    except (pickle.UnpicklingError, RuntimeError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        # torch's messages run on with advice: the first sentence says what is wrong
+        raise refused(f"{type(exc).__name__}: {first_line(exc).split('. ')[0]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise refused(f"found a {type(state).__name__}, expected names mapped to tensors")
+    return state
 
 
 def _skeleton_state() -> dict[str, torch.Tensor]:

@@ -4,6 +4,8 @@ back by every evaluate, and the real-vs-real floor of the Inception metrics."""
 from __future__ import annotations
 
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import torch
 
 from gan_pipeline.config import EvaluateConfig
 from gan_pipeline.data.loading import load_split
-from gan_pipeline.errors import DataError
+from gan_pipeline.errors import DataError, first_line
 from gan_pipeline.io import atomic_path
 from gan_pipeline.metrics.inception import FID_INCEPTION_IMPLEMENTATION, InceptionFeatures, inception_features
 from gan_pipeline.metrics.suite import feature_metrics, real_floor, seeded_pick, split_sample_sizes
@@ -61,15 +63,28 @@ def save_reference(path: Path, features: np.ndarray, test_indices: np.ndarray) -
 
 
 def load_reference(path: Path, cfg: EvaluateConfig) -> torch.Tensor:
-    """The reference stage's test features as float64; DataError when the file is not one or is empty."""
+    """The reference stage's test features as float64 (N, 2048); a one-line DataError when the file is
+    missing, truncated or corrupt, not such features, or holds more than evaluate.inception_n or too few
+    (at least 2, and more than evaluate.prdc_nearest_k) of them."""
     try:
         with np.load(path) as npz:
-            real = torch.from_numpy(npz["features"]).double()
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: not a features file from the reference stage ({exc})") from None
-    if len(real) < 2:
+            features = npz["features"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: reference features not found (run the reference stage first)") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        reason = first_line(exc)
+        raise DataError(f"{path}: not a features file from the reference stage ({reason})") from None
+    width = InceptionFeatures.num_features
+    if features.ndim != 2 or features.shape[1] != width or not np.issubdtype(features.dtype, np.floating):
         raise DataError(
-            f"{path}: {len(real)} reference features, expected evaluate.inception_n = {cfg.inception_n} "
-            "(re-run the reference stage with the same params)"
+            f"{path}: 'features' is {features.dtype} {features.shape}, expected floats (N, {width}) "
+            "(run the reference stage again)"
         )
-    return real
+    if not np.isfinite(features).all():
+        raise DataError(f"{path}: 'features' holds NaN or infinite values (run the reference stage again)")
+    if not max(2, cfg.prdc_nearest_k + 1) <= len(features) <= cfg.inception_n:
+        raise DataError(
+            f"{path}: {len(features)} reference features, expected evaluate.inception_n = {cfg.inception_n} "
+            f"(at least {max(2, cfg.prdc_nearest_k + 1)}; re-run the reference stage with the same params)"
+        )
+    return torch.from_numpy(features).double()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from gan_pipeline.config import EvaluateConfig
+from gan_pipeline.errors import ParamsError
 from gan_pipeline.metrics.fid import PrecomputedFeatures, fid_from_features
 from gan_pipeline.metrics.kid import kid
 from gan_pipeline.metrics.prdc import prdc
@@ -31,11 +32,21 @@ FEATURE_BACKENDS = {
 def feature_metrics(
     backend: str, real: torch.Tensor, fake: torch.Tensor, cfg: EvaluateConfig
 ) -> dict[str, float | int]:
-    """The metrics of fake vs real features (N, D) and (M, D) in backend `backend`'s names."""
+    """The metrics of fake vs real features (N, D) and (M, D) in backend `backend`'s names.
+
+    Too few samples on a side for PRDC's k-NN balls (config.load checks what the params alone decide; the
+    test split's size is known only here) is a ParamsError naming evaluate.prdc_nearest_k."""
     if backend not in FEATURE_BACKENDS:
         raise ValueError(
             f"unknown feature backend {backend!r}, expected one of {', '.join(FEATURE_BACKENDS)}"
         )
+    k = cfg.prdc_nearest_k
+    for side, features in (("real", real), ("generated", fake)):
+        if len(features) <= k:
+            raise ParamsError(
+                f"evaluate.prdc_nearest_k: expected fewer than the {len(features)} {side} images scored in "
+                f"{backend} features (each k-NN ball needs k other images), got {k}"
+            )
     kid_mean, kid_std = kid(
         PrecomputedFeatures(real.shape[1]), real, fake, cfg.kid_subset_size, cfg.kid_subsets
     )

@@ -4,7 +4,8 @@ One safetensors file holds G, D (and G's EMA), both optimizers' tensors and the 
 holds, as JSON, the position (step, epoch, batch within the epoch), the loss log, the optimizers' other
 state, fp16's loss scale, the params that made it (`identity`) and the digest of the training code, from
 which training.resume decides whether a run goes on from it.
-Written atomically: a kill during the write leaves the previous checkpoint.
+Written atomically: a kill during the write leaves the previous checkpoint. The same state gives the same
+bytes (the metadata keys are written in sorted order), so a re-run's checkpoint has the same md5.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from gan_pipeline.errors import DataError, first_line
-from gan_pipeline.io import atomic_path
+from gan_pipeline.io import write_safetensors
 
 FORMAT = "gan-pipeline-checkpoint/1"
 
@@ -134,8 +135,7 @@ def save_checkpoint(
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     meta["numpy_random"] = [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
     tensors = {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
+    write_safetensors(path, tensors, {"format": FORMAT, "meta": json.dumps(meta)})
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -1,0 +1,71 @@
+"""The reference stage's Inception features file: read back as it was written, and anything else (missing,
+truncated, corrupt, of other params) is one line naming the file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from configs import evaluate_config
+
+from gan_pipeline.errors import DataError
+from gan_pipeline.metrics.reference import load_reference, save_reference
+
+CFG = evaluate_config(inception_n=10, prdc_nearest_k=3)
+
+
+def _features(n: int = 10) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(n, 2048)).astype(np.float32)
+
+
+def test_load_reference_reads_back_what_save_reference_wrote(tmp_path):
+    features = _features()
+    save_reference(tmp_path / "r.npz", features, np.arange(10))
+    real = load_reference(tmp_path / "r.npz", CFG)
+    assert real.dtype == torch.float64 and torch.equal(real, torch.from_numpy(features).double())
+
+
+def _truncated(path):
+    save_reference(path, _features(), np.arange(10))
+    path.write_bytes(path.read_bytes()[:5000])
+
+
+def _bit_flipped(path):
+    save_reference(path, _features(), np.arange(10))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "reference features not found (run the reference stage first)"),
+        (_truncated, "not a features file from the reference stage (File is not a zip file)"),
+        (_bit_flipped, "not a features file from the reference stage (Bad CRC-32 for file 'features.npy')"),
+        (
+            lambda p: save_reference(p, _features()[:, :64], np.arange(10)),
+            "'features' is float32 (10, 64), expected floats (N, 2048) (run the reference stage again)",
+        ),
+        (
+            lambda p: save_reference(p, np.full((10, 2048), np.nan, np.float32), np.arange(10)),
+            "'features' holds NaN or infinite values (run the reference stage again)",
+        ),
+        (
+            lambda p: save_reference(p, _features(3), np.arange(3)),
+            "3 reference features, expected evaluate.inception_n = 10 (at least 4; re-run the reference "
+            "stage with the same params)",
+        ),
+        (
+            lambda p: save_reference(p, _features(12), np.arange(12)),
+            "12 reference features, expected evaluate.inception_n = 10 (at least 4; re-run the reference "
+            "stage with the same params)",
+        ),
+    ],
+)
+def test_a_bad_reference_file_is_one_line_naming_it(tmp_path, make, message):
+    path = tmp_path / "reference.npz"
+    make(path)
+    with pytest.raises(DataError) as err:
+        load_reference(path, CFG)
+    assert str(err.value) == f"{path}: {message}"
