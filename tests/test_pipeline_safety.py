@@ -49,9 +49,9 @@ def test_a_bad_param_stops_dvc_repro_in_check_before_any_output_is_removed(repo,
 
 
 def test_a_bad_param_stops_dvc_exp_run_in_check(repo, pristine):
-    proc = run(["dvc", "exp", "run", "-S", "experiments.mlp_gan.train.batch_size=0"], repo, check=False)
+    proc = run(["dvc", "exp", "run", "-S", "experiments.cgan.train.lr=-1"], repo, check=False)
     assert proc.returncode != 0
-    assert "experiments.mlp_gan.train.batch_size" in proc.stderr
+    assert "error: params.yaml: experiments.cgan.train.lr: expected a float > 0, got -1" in proc.stderr
     assert ran_stages(proc.stdout) == {"check"}
     assert output_md5s(repo) == pristine
 
@@ -66,7 +66,8 @@ def test_an_experiment_name_is_never_run_as_shell_code(repo, pristine):
     proc = run(["dvc", "repro"], repo, check=False)
     assert proc.returncode != 0
     assert not marker.exists()
-    assert "experiments.x$(touch" in proc.stderr and "letters" in proc.stderr, proc.stderr
+    assert "error: params.yaml: experiments: expected names matching" in proc.stderr, proc.stderr
+    assert "got 'x$(touch" in proc.stderr
     assert output_md5s(repo) == pristine
 
 
