@@ -1,0 +1,101 @@
+"""Size caps on raw and prepared data, and the check that an HDF5 file holds its own data, all applied to
+metadata before any pixel is read: HDF5 can pull bytes from other files (external storage, external links,
+virtual datasets) and can declare datasets far larger than the file, and a zip member or an image header can
+promise more than memory holds. No torch here: the pipeline's first check runs this without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from gan_pipeline.errors import DataError
+
+# One raw image, decoded: 4096 x 4096 pixels. CelebA's aligned faces are 178 x 218 (38,804 pixels) and
+# FFHQ's 1024 x 1024; 16.8 M pixels is 16 times FFHQ and 430 times CelebA, and one such image decodes to
+# 48 MiB of RGB per decode worker. Larger headers come from decompression bombs, not from face photographs.
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_IMAGE_BYTES = MAX_IMAGE_PIXELS * 3  # the same image as a decoded uint8 RGB array (the tutorial's HDF5)
+# A zip member, uncompressed: 64 MiB holds a 4096 x 4096 RGB PNG stored without compression (48 MiB); CelebA's
+# JPEGs are 4-16 KB.
+MAX_MEMBER_BYTES = 64 << 20
+# Uncompressed over compressed size of a zip member. JPEG and PNG data is compressed already: deflate shrinks
+# CelebA's JPEGs by 1-8 % (ratios 1.01-1.08); only data made to expand reaches 100.
+MAX_COMPRESSION_RATIO = 100
+# The prepared digits are read whole into memory: 1 GiB holds 1.37 M 28 x 28 images, 19 times the 70,000 of
+# the full MNIST.
+MAX_DIGITS_BYTES = 1 << 30
+# One HDF5 chunk: reading any row of a chunked dataset decodes its whole chunk. The prepare stage writes
+# chunks of at most 1 MiB (faces) and of 1024 digits (0.8 MB).
+MAX_CHUNK_BYTES = 64 << 20
+
+
+def mib(n_bytes: float) -> str:
+    """A byte count in MiB or GiB, for messages."""
+    return f"{n_bytes / (1 << 30):.1f} GiB" if n_bytes >= 1 << 30 else f"{n_bytes / (1 << 20):.1f} MiB"
+
+
+def zip_member_problem(file_size: int, compress_size: int) -> str | None:
+    """Why a zip member of these declared sizes is not read, or None: over MAX_MEMBER_BYTES uncompressed or
+    over MAX_COMPRESSION_RATIO. (zipfile stops a member at its declared size, so the declaration bounds the
+    read.)"""
+    if file_size > MAX_MEMBER_BYTES:
+        return f"declares {mib(file_size)} uncompressed, over the {mib(MAX_MEMBER_BYTES)} cap for one image"
+    if file_size > MAX_COMPRESSION_RATIO * max(compress_size, 1):
+        return (
+            f"declares {file_size} bytes uncompressed from {compress_size} compressed, a ratio over the "
+            f"{MAX_COMPRESSION_RATIO}:1 cap (JPEG and PNG data barely compresses)"
+        )
+    return None
+
+
+_OWN_DATA = "(refused: only data stored in the file itself is read)"
+
+
+def _link_problem(f: h5py.File, name: str) -> str | None:
+    link = f.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        return f"/{name} is an external link to {link.filename}:{link.path} {_OWN_DATA}"
+    if isinstance(link, h5py.SoftLink):
+        return f"/{name} is a soft link to {link.path} {_OWN_DATA}"
+    return None
+
+
+def _dataset_problem(name: str, dset: h5py.Dataset, max_bytes: int | None, cap_what: str) -> str | None:
+    if dset.is_virtual:
+        files = sorted({source.file_name for source in dset.virtual_sources()})
+        return f"/{name} is a virtual dataset mapping {', '.join(files)} {_OWN_DATA}"
+    if dset.external:
+        return f"/{name} keeps its data in the external file {dset.external[0][0]!r} {_OWN_DATA}"
+    shape = dset.shape or ()
+    declared = int(np.prod(shape, dtype=np.float64)) * dset.dtype.itemsize
+    if max_bytes is not None and declared > max_bytes:
+        return (
+            f"/{name} declares shape {shape} {dset.dtype}, {mib(declared)}, over the {mib(max_bytes)} cap "
+            f"for {cap_what}"
+        )
+    if dset.chunks is not None:
+        chunk = int(np.prod(dset.chunks, dtype=np.float64)) * dset.dtype.itemsize
+        if chunk > MAX_CHUNK_BYTES:
+            return f"/{name} has chunks of {dset.chunks}, {mib(chunk)}, over the {mib(MAX_CHUNK_BYTES)} cap"
+    return None
+
+
+def check_hdf5(path: str | Path, f: h5py.File, max_dataset_bytes: int | None, cap_what: str = "") -> None:
+    """DataError unless every object of `f` is stored in the file itself, under one name: no soft or external
+    link, no external storage, no virtual dataset, each dataset's declared size within `max_dataset_bytes`
+    (None: no cap; `cap_what` says what it is the cap of) and each chunk within MAX_CHUNK_BYTES.
+
+    Reads metadata only (links, dataset headers), never data."""
+    problem = f.visit_links(lambda name: _link_problem(f, name))
+    if problem is None:
+
+        def visit(name: str, obj: h5py.HLObject) -> str | None:
+            if isinstance(obj, h5py.Dataset):
+                return _dataset_problem(name, obj, max_dataset_bytes, cap_what)
+            return None
+
+        problem = f.visititems(visit)
+    if problem is not None:
+        raise DataError(f"{path}: {problem}")
