@@ -48,7 +48,8 @@ def add_outside(f: h5py.File, name: str, kind: str, folder: Path, shape: tuple, 
 
 def add_huge(f: h5py.File, name: str, shape: tuple) -> None:
     """A chunked, gzip-compressed uint8 dataset that declares `shape` and stores nothing (a few KB)."""
-    f.create_dataset(name, shape=shape, dtype="u1", chunks=(1, *shape[1:-1], 1), compression="gzip")
+    chunks = (1,) * (len(shape) - 1) + shape[-1:]
+    f.create_dataset(name, shape=shape, dtype="u1", chunks=chunks, compression="gzip")
 
 
 def zip_with_member(path: Path, name: str, n_zero_bytes: int, others: dict[str, bytes]) -> Path:

@@ -40,7 +40,7 @@ def test_declared_sizes_and_chunks_over_the_caps_are_refused_before_reading(tmp_
             DataError, match=r"/images declares shape \(40000, 40000, 3\) uint8, 4.5 GiB, over"
         ):
             check_hdf5(path, f, 1 << 30, "a test")
-        check_hdf5(path, f, None)  # no size cap; its chunks (1, 40000, 1) are small
+        check_hdf5(path, f, None)  # no size cap; its chunks (1, 1, 3) are small
     with h5py.File(path, "w") as f:
         f.create_dataset("images", shape=(100, 1 << 20), dtype="u1", chunks=(65, 1 << 20))
     with (
