@@ -191,7 +191,7 @@ def crop_resize(raw: bytes | np.ndarray, crop: int, size: int) -> np.ndarray:
             if full[0] * full[1] > MAX_IMAGE_PIXELS:
                 raise BadImage(
                     "too_large",
-                    f"{full[0]}x{full[1]} pixels, over the {_side_cap()} cap (not decoded)",
+                    f"{full[0]}x{full[1]} pixels, over the {_side_cap()} cap: not decoded",
                 )
             if size < crop and image.format == "JPEG":
                 image.draft("RGB", (-(-full[0] * size // crop), -(-full[1] * size // crop)))

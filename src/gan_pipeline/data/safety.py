@@ -45,7 +45,7 @@ def zip_member_problem(file_size: int, compress_size: int) -> str | None:
     if file_size > MAX_COMPRESSION_RATIO * max(compress_size, 1):
         return (
             f"declares {file_size} bytes uncompressed from {compress_size} compressed, a ratio over the "
-            f"{MAX_COMPRESSION_RATIO}:1 cap (JPEG and PNG data barely compresses)"
+            f"{MAX_COMPRESSION_RATIO}:1 cap for image data, which barely compresses"
         )
     return None
 
