@@ -29,6 +29,7 @@ from gan_pipeline.config import FaceDataConfig
 from gan_pipeline.data.safety import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
     check_hdf5,
     zip_member_problem,
 )
@@ -126,7 +127,7 @@ def open_celeba_h5(path: Path) -> RawFaces:
         raise DataError(f"{path}: not an HDF5 file")
     try:
         with h5py.File(path, "r") as f:
-            check_hdf5(path, f, MAX_IMAGE_BYTES, f"one image ({_side_cap()} RGB)")
+            check_hdf5(path, f, MAX_IMAGE_BYTES, f"one image ({MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} RGB)")
             group = f.get(H5_GROUP)
             if not isinstance(group, h5py.Group):
                 raise DataError(
@@ -158,11 +159,6 @@ def open_celeba_h5(path: Path) -> RawFaces:
     return RawFaces(str(path), names, read, bad)
 
 
-def _side_cap() -> str:
-    side = int(MAX_IMAGE_PIXELS**0.5)
-    return f"{side}x{side}"
-
-
 def open_raw(cfg: FaceDataConfig) -> RawFaces:
     path = Path(cfg.path)
     if cfg.source == "jpeg_folder":
@@ -189,10 +185,8 @@ def crop_resize(raw: bytes | np.ndarray, crop: int, size: int) -> np.ndarray:
             image = Image.open(io.BytesIO(raw))
             full = image.size
             if full[0] * full[1] > MAX_IMAGE_PIXELS:
-                raise BadImage(
-                    "too_large",
-                    f"{full[0]}x{full[1]} pixels, over the {_side_cap()} cap: not decoded",
-                )
+                cap = f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"
+                raise BadImage("too_large", f"{full[0]}x{full[1]} pixels, over the {cap} cap: not decoded")
             if size < crop and image.format == "JPEG":
                 image.draft("RGB", (-(-full[0] * size // crop), -(-full[1] * size // crop)))
             image.load()

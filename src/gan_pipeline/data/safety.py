@@ -15,7 +15,8 @@ from gan_pipeline.errors import DataError
 # One raw image, decoded: 4096 x 4096 pixels. CelebA's aligned faces are 178 x 218 (38,804 pixels) and
 # FFHQ's 1024 x 1024; 16.8 M pixels is 16 times FFHQ and 430 times CelebA, and one such image decodes to
 # 48 MiB of RGB per decode worker. Larger headers come from decompression bombs, not from face photographs.
-MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_PIXELS = MAX_IMAGE_SIDE * MAX_IMAGE_SIDE
 MAX_IMAGE_BYTES = MAX_IMAGE_PIXELS * 3  # the same image as a decoded uint8 RGB array (the tutorial's HDF5)
 # A zip member, uncompressed: 64 MiB holds a 4096 x 4096 RGB PNG stored without compression (48 MiB); CelebA's
 # JPEGs are 4-16 KB.
