@@ -183,3 +183,11 @@ def test_a_face_file_declaring_huge_images_or_chunks_is_refused_before_reading(f
     assert path.stat().st_size < 100_000
     with pytest.raises(DataError, match=rf"faces.h5: {problem}"):
         H5Batches(path, (0.0, 1.0), 5)
+
+
+def test_a_face_file_without_its_split_attributes_is_named(face_file):
+    path, _ = face_file
+    with h5py.File(path, "a") as f:
+        del f.attrs["n_test"]
+    with pytest.raises(DataError, match=r"faces.h5: attribute n_test is None, expected an int >= 0$"):
+        H5Batches(path, (0.0, 1.0), 5)
