@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 from configs import face_data_config
+from hostile_files import OUTSIDE, add_huge, add_outside, png_header, zip_with_member
 from PIL import Image
 
 from gan_pipeline.data.faces import chunk_rows, crop_resize, prepare_faces, read_partition
@@ -228,3 +229,96 @@ def test_grayscale_and_cmyk_jpegs_become_rgb_faces(tmp_path, face_arrays, write_
     cmyk = images[names.index("000006.jpg")].astype(int)
     reference = crop_resize(_decoded(folder, "000006.jpg"), 128, 64).astype(int)
     assert np.abs(cmyk - reference).mean() < 3
+
+
+@pytest.mark.parametrize("kind", sorted(OUTSIDE))
+def test_a_celeba_hdf5_reading_other_files_is_refused_and_nothing_is_written(tmp_path, face_arrays, kind):
+    """External storage over /etc/passwd or mlflow.db, an external link, a virtual dataset or a soft link
+    would put other files' bytes into the prepared faces."""
+    path = tmp_path / "celeba.h5py"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("img_align_celeba/0.jpg", data=face_arrays[0])
+        add_outside(f, "img_align_celeba/1.jpg", kind, tmp_path, face_arrays[1].shape)
+    (tmp_path / "out.h5").write_bytes(b"earlier")
+    with pytest.raises(DataError, match=rf"celeba.h5py: /img_align_celeba/1.jpg {OUTSIDE[kind]} .*\(refused"):
+        _prepare(tmp_path, source="celeba_h5", path=str(path), on_bad_image="skip")
+    assert (tmp_path / "out.h5").read_bytes() == b"earlier" and not (tmp_path / "out.json").exists()
+
+
+def test_a_celeba_hdf5_declaring_a_huge_image_is_refused_before_reading(tmp_path, face_arrays):
+    path = tmp_path / "celeba.h5py"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("img_align_celeba/0.jpg", data=face_arrays[0])
+        add_huge(f, "img_align_celeba/1.jpg", (40000, 40000, 3))  # 4.5 GiB declared
+    assert path.stat().st_size < 200_000
+    with pytest.raises(DataError, match=r"1.jpg declares shape \(40000, 40000, 3\) uint8, 4.5 GiB, over the "
+                       r"48.0 MiB cap for one image \(4096x4096 RGB\)"):  # fmt: skip
+        _prepare(tmp_path, source="celeba_h5", path=str(path), on_bad_image="skip")
+
+
+def test_zip_members_over_the_size_caps_are_errors_or_skipped_and_counted(
+    tmp_path, face_arrays, write_face_jpegs
+):
+    names = write_face_jpegs(tmp_path / "src", face_arrays[:4])
+    faces = {f"img_align_celeba/{n}": (tmp_path / "src" / n).read_bytes() for n in names}
+    big = zip_with_member(tmp_path / "big.zip", "img_align_celeba/big.png", 65 << 20, faces)
+    ratio = zip_with_member(tmp_path / "ratio.zip", "img_align_celeba/zeros.jpg", 1 << 20, faces)
+    assert big.stat().st_size < 200_000
+    with pytest.raises(DataError, match=r"big.zip: img_align_celeba/big.png: declares 65.0 MiB uncompressed, "
+                       r"over the 64.0 MiB cap for one image \(set on_bad_image: skip"):  # fmt: skip
+        _prepare(tmp_path, source="zip", path=str(big))
+    with pytest.raises(DataError, match=r"zeros.jpg: declares 1048576 bytes uncompressed from \d+ "
+                       r"compressed, a ratio over the 100:1 cap"):  # fmt: skip
+        _prepare(tmp_path, source="zip", path=str(ratio))
+    for archive in (big, ratio):
+        stats, images, _, _, _ = _prepare(
+            tmp_path, source="zip", path=str(archive), on_bad_image="skip", test_fraction=0.25
+        )
+        assert stats["skipped"] == {"too_large": 1} and len(images) == 4
+
+
+def test_png_bombs_are_skipped_and_counted_or_one_line_errors(tmp_path, face_arrays, write_face_jpegs):
+    """Over the 4096x4096 cap (5000x5000, made with Pillow: 24 KB), over Pillow's warning limit (10000x10000)
+    and over its error limit (20000x20000): none is decoded."""
+    folder = tmp_path / "f"
+    write_face_jpegs(folder, face_arrays[:4])
+    Image.new("L", (5000, 5000)).save(folder / "bomb1.png")
+    assert (folder / "bomb1.png").stat().st_size < 100_000
+    (folder / "bomb2.png").write_bytes(png_header(10000, 10000))
+    (folder / "bomb3.png").write_bytes(png_header(20000, 20000))
+    stats = _prepare(
+        tmp_path, source="jpeg_folder", path=str(folder), on_bad_image="skip", test_fraction=0.25
+    )[0]
+    assert stats["skipped"] == {"too_large": 3} and stats["n_total"] == 4
+    for name, problem in [
+        ("bomb1.png", r"5000x5000 pixels, over the 4096x4096 cap: not decoded \(set"),
+        ("bomb2.png", r"not decoded: Image size \(100000000 pixels\) exceeds limit of 89478485 pixels"),
+        ("bomb3.png", r"not decoded: Image size \(400000000 pixels\) exceeds limit"),
+    ]:
+        one = tmp_path / name
+        one.mkdir()
+        (one / name).write_bytes((folder / name).read_bytes())
+        with pytest.raises(DataError, match=rf"{name}: {problem}.*on_bad_image: skip"):
+            _prepare(tmp_path, source="jpeg_folder", path=str(one))
+
+
+def test_faces_all_smaller_than_the_crop_say_which_crop_size_would_keep_them(tmp_path, face_arrays):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for i, side in enumerate((90, 100, 100, 60)):
+        Image.fromarray(face_arrays[i][:side, :side]).save(folder / f"{i:06d}.jpg")
+    with pytest.raises(
+        DataError, match=r"000000.jpg: 90x90 is smaller than the 128x128 crop \(set crop_size to at most 90, "
+        r"or on_bad_image: skip to leave such images out\)$",
+    ):  # fmt: skip
+        _prepare(tmp_path, source="jpeg_folder", path=str(folder))
+    with pytest.raises(DataError) as caught:
+        _prepare(tmp_path, source="jpeg_folder", path=str(folder), on_bad_image="skip", test_fraction=0.25)
+    assert str(caught.value) == (
+        f"{folder}: the seeded split gives 0 train and 0 test images (each needs at least 1); on_bad_image: "
+        "skip left out 4 of 4 images (too_small: 4); the too_small ones are narrower than crop_size 128 (the "
+        "widest, on its shorter side, 100 px): set crop_size to at most 100"
+    )
+    stats = _prepare(tmp_path, source="jpeg_folder", path=str(folder), crop_size=100, test_fraction=0.5,
+                     on_bad_image="skip")[0]  # fmt: skip
+    assert stats["n_total"] == 2 and stats["skipped"] == {"too_small": 2}

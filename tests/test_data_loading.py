@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from configs import data_config
+from hostile_files import OUTSIDE, add_huge, add_outside
 
 from gan_pipeline.data import load_split, prepare, to_float, to_uint8
 from gan_pipeline.errors import DataError
@@ -53,6 +54,29 @@ def test_load_split_names_a_truncated_file(prepared):
         load_split(prepared, "train")
     assert str(err.value).startswith(f"{prepared}: unreadable HDF5 file (")
     assert "truncated file" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", sorted(OUTSIDE))
+def test_a_prepared_file_reading_other_files_is_refused(prepared, tmp_path, kind):
+    """Its labels replaced by a dataset whose bytes come from elsewhere: refused before any is read."""
+    with h5py.File(prepared, "a") as f:
+        n = len(f["labels"])
+        del f["labels"]
+        add_outside(f, "labels", kind, tmp_path, (n,))
+    with pytest.raises(DataError, match=rf"digits.h5: /labels {OUTSIDE[kind]} .*\(refused: only data stored"):
+        load_split(prepared, "train")
+
+
+def test_a_prepared_file_declaring_more_than_the_cap_is_refused_before_reading(prepared):
+    with h5py.File(prepared, "a") as f:
+        del f["images"], f["labels"]
+        add_huge(f, "images", (2_000_000, 28, 28, 1))  # 1.5 GiB declared, a few KB stored
+    message = (
+        r"digits.h5: /images declares shape \(2000000, 28, 28, 1\) uint8, 1.5 GiB, over the 1.0 GiB cap for "
+        r"the prepared digits \(read whole into memory\)$"
+    )
+    with pytest.raises(DataError, match=message):
+        load_split(prepared, "train")
 
 
 def _break(path, edit):

@@ -196,8 +196,8 @@ def test_prepare_failing_to_write_stats_leaves_the_earlier_hdf5(
     def disk_full(path, data):
         raise OSError(28, "No space left on device")
 
-    # The package re-exports the function prepare, which hides the module of the same name.
-    monkeypatch.setattr(importlib.import_module("gan_pipeline.data.prepare"), "write_json", disk_full)
+    # prepare imports write_json as it runs (gan_pipeline.io imports torch; the data checks need none).
+    monkeypatch.setattr(importlib.import_module("gan_pipeline.io"), "write_json", disk_full)
     with pytest.raises(OSError, match="No space left"):
         prepare(csv_cfg, earlier_outputs / "digits.h5", earlier_outputs / "stats.json")
     assert sorted(p.name for p in earlier_outputs.iterdir()) == ["digits.h5", "stats.json"]

@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from hostile_files import OUTSIDE, add_huge, add_outside
 
 from gan_pipeline.data.loading import TensorBatches, to_float, to_uint8
 from gan_pipeline.data.streaming import H5Batches, shuffled_order, train_batches, train_size
@@ -147,3 +148,46 @@ def test_a_file_that_is_not_a_face_file_is_named(tmp_path):
         H5Batches(tmp_path / "x.h5", (0.0, 1.0), 1)
     with pytest.raises(DataError, match="y.h5: prepared data not found"):
         H5Batches(tmp_path / "y.h5", (0.0, 1.0), 1)
+
+
+@pytest.mark.parametrize("kind", sorted(OUTSIDE))
+def test_a_face_file_reading_other_files_is_refused_before_streaming(face_file, tmp_path, kind):
+    path, images = face_file
+    with h5py.File(path, "a") as f:
+        del f["images"]
+        add_outside(f, "images", kind, tmp_path, images.shape)
+    with pytest.raises(DataError, match=rf"faces.h5: /images {OUTSIDE[kind]} .*\(refused"):
+        H5Batches(path, (0.0, 1.0), 5)
+
+
+def _huge_images(f):
+    add_huge(f, "images", (60, 40000, 40000, 3))
+
+
+def _huge_chunks(f):  # 6 rows of 2048x2048 RGB: 72 MiB chunks
+    f.create_dataset("images", shape=(60, 2048, 2048, 3), dtype="u1", chunks=(6, 2048, 2048, 3))
+
+
+@pytest.mark.parametrize(
+    ("write", "problem"),
+    [
+        (_huge_images, r"'images' has shape \(60, 40000, 40000, 3\): images over the 16,777,216-pixel cap"),
+        (_huge_chunks, r"/images has chunks of \(6, 2048, 2048, 3\), 72.0 MiB, over the 64.0 MiB cap"),
+    ],
+)
+def test_a_face_file_declaring_huge_images_or_chunks_is_refused_before_reading(face_file, write, problem):
+    path, _ = face_file
+    with h5py.File(path, "a") as f:
+        del f["images"]
+        write(f)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(DataError, match=rf"faces.h5: {problem}"):
+        H5Batches(path, (0.0, 1.0), 5)
+
+
+def test_a_face_file_without_its_split_attributes_is_named(face_file):
+    path, _ = face_file
+    with h5py.File(path, "a") as f:
+        del f.attrs["n_test"]
+    with pytest.raises(DataError, match=r"faces.h5: attribute n_test is None, expected an int >= 0$"):
+        H5Batches(path, (0.0, 1.0), 5)

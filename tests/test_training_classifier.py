@@ -1,12 +1,22 @@
 import math
 
+import numpy as np
 import pytest
 import torch
-from configs import classifier_config
+from configs import classifier_config, data_config
 from torch import nn
 
+from gan_pipeline.data import prepare
+from gan_pipeline.data.loading import load_split, train_digits
+from gan_pipeline.errors import DataError
 from gan_pipeline.models.classifier import DigitClassifier
-from gan_pipeline.training.classifier import accuracy, predict_proba, train_classifier
+from gan_pipeline.training.classifier import (
+    accuracy,
+    check_digits,
+    fit_and_score,
+    predict_proba,
+    train_classifier,
+)
 
 TINY = classifier_config(epochs=2, batch_size=16, lr=1e-3, feature_dim=8, seed=3)
 
@@ -111,3 +121,35 @@ def test_predict_proba_gives_softmax_rows_independent_of_batch_size():
     torch.testing.assert_close(probs.sum(1), torch.ones(7))
     torch.testing.assert_close(probs, predict_proba(model, x))
     torch.testing.assert_close(probs, torch.softmax(model(x), 1).detach())
+
+
+def _prepared(tmp_path, real_digits, write_csv, keep):
+    rows = np.isin(real_digits.labels, keep)
+    csv = write_csv(tmp_path / "digits.csv", real_digits.images[rows], real_digits.labels[rows])
+    path = tmp_path / "digits.h5"
+    prepare(data_config(source="csv", path=str(csv), test_fraction=0.25), path, tmp_path / "stats.json")
+    return path
+
+
+def test_a_dataset_of_one_digit_is_refused_before_training(tmp_path, real_digits, write_csv):
+    """On one class the classifier scores accuracy 1.0 whatever it learns."""
+    path = _prepared(tmp_path, real_digits, write_csv, [3])
+    with pytest.raises(DataError) as caught:
+        fit_and_score(path, TINY, n_floor=2)
+    assert str(caught.value) == (
+        f"{path}: the train split holds 1 digit (3) in 3 images: the digit classifier needs at least 2 "
+        "(on one it scores accuracy 1.0 whatever it learns)"
+    )
+
+
+def test_digits_missing_from_a_split_are_named_in_a_warning(tmp_path, real_digits, write_csv, capsys):
+    path = _prepared(tmp_path, real_digits, write_csv, [0, 1, 2, 3, 4, 5, 6, 8])
+    check_digits(path, *(load_split(path, split)[1] for split in ("train", "test")))
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {path}: the {split} split has no images of digit 7, 9 (the classifier {what} them; the "
+        "collapse alarm counts the digits of the train split)"
+        for split, what in (("train", "never learns"), ("test", "is not tested on"))
+    ]
+    assert train_digits(path) == [0, 1, 2, 3, 4, 5, 6, 8]
+    check_digits(path, np.arange(10), np.arange(10))
+    assert capsys.readouterr().err == ""

@@ -14,22 +14,23 @@ from gan_pipeline.training.monitor import CollapseMonitor, ModeCollapse
 
 
 class ScriptedClassifier(nn.Module):
-    """Confident logits: sample i is digit i % 10 while `diverse`, else every sample is a 0 (a collapse)."""
+    """Confident logits: sample i is digit i % n_digits while `diverse`, else every sample is a 0 (a
+    collapse)."""
 
-    def __init__(self):
+    def __init__(self, n_digits: int = 10):
         super().__init__()
-        self.diverse = True
+        self.diverse, self.n_digits = True, n_digits
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         n = len(images)
-        digits = torch.arange(n) % 10 if self.diverse else torch.zeros(n, dtype=torch.long)
+        digits = torch.arange(n) % self.n_digits if self.diverse else torch.zeros(n, dtype=torch.long)
         return nn.functional.one_hot(digits, 10).float() * 20
 
 
-def _monitor(on_collapse="warn", log=None, eval_every=2, rows=None):
+def _monitor(on_collapse="warn", log=None, eval_every=2, rows=None, n_digits=10, **kwargs):
     cfg = monitor_config(eval_every=eval_every, n_samples=50, min_coverage=10, on_collapse=on_collapse)
-    classifier = ScriptedClassifier()
-    monitor = CollapseMonitor(cfg, classifier, GAN_MODELS["mlp_gan"], 8, 0.9, 0.01, log, rows)
+    classifier = ScriptedClassifier(n_digits)
+    monitor = CollapseMonitor(cfg, classifier, GAN_MODELS["mlp_gan"], 8, 0.9, 0.01, log, rows, **kwargs)
     return monitor, classifier
 
 
@@ -60,8 +61,31 @@ def test_warns_when_coverage_falls_after_reaching_the_threshold(capsys):
     assert [r["alarm"] for r in monitor.rows] == [0, 0, 1]
     assert [r["coverage"] for r in monitor.rows] == [1, 10, 1]
     err = capsys.readouterr().err
-    assert "warning: mode collapse at epoch 6 (step 60): 1 of 10 digits covered" in err
-    assert err.count("mode collapse") == 1
+    assert "warning: mode collapse at epoch 6 (step 60): 1 of the 10 digits in the data covered by 50 " in err
+    assert "below monitor.min_coverage 10 (KL" in err and err.count("mode collapse") == 1
+
+
+@pytest.mark.parametrize("digits", [None, range(9)])
+def test_with_a_digit_missing_from_the_data_the_threshold_follows_the_digits_present(capsys, digits):
+    """Data without 9s: the classifier never predicts a 9, so coverage tops out at 9 and min_coverage 10 is
+    never reached; told the digits present, the alarm's threshold is 9 and a collapse is caught."""
+    monitor, classifier = _monitor(n_digits=9, **({} if digits is None else {"digits": digits}))
+    generator, _ = build_gan("mlp_gan", 8)
+    monitor(2, 20, generator)
+    classifier.diverse = False
+    monitor(4, 40, generator)
+    err = capsys.readouterr().err
+    assert [r["coverage"] for r in monitor.rows] == [9, 1]
+    if digits is None:
+        assert [r["alarm"] for r in monitor.rows] == [0, 0] and err == ""
+        return
+    assert [r["alarm"] for r in monitor.rows] == [0, 1]
+    assert err.splitlines() == [
+        "warning: monitor.min_coverage 10 is more than the 9 digits in the training data (it has no 9): the "
+        "alarm goes off when coverage falls below 9",
+        "warning: mode collapse at epoch 4 (step 40): 1 of the 9 digits in the data covered by 50 samples, "
+        "below 9 (monitor.min_coverage 10 capped at the digits present) (KL from uniform 2.303)",
+    ]
 
 
 def test_stops_training_when_on_collapse_is_stop():

@@ -12,11 +12,12 @@ import csv
 import hashlib
 import io
 import time
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,8 +26,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gan_pipeline.config import FaceDataConfig
-from gan_pipeline.errors import DataError
-from gan_pipeline.io import atomic_path, write_json
+from gan_pipeline.data.safety import (
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
+    check_hdf5,
+    zip_member_problem,
+)
+from gan_pipeline.errors import DataError, first_line
 
 FORMAT_VERSION = 1
 H5_GROUP = "img_align_celeba"  # the tutorial's celeba_aligned_small.h5py layout
@@ -36,11 +43,21 @@ _BLOCK = 256  # images decoded per round of the worker pool (bounds memory; keep
 
 
 class BadImage(Exception):
-    """One raw image that cannot be used; `reason` is its skip-count key."""
+    """One raw image that cannot be used; `reason` is its skip-count key; `side`, for a too_small one, the
+    shorter side of the image."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, side: int = 0):
         super().__init__(detail)
-        self.reason = reason
+        self.reason, self.side = reason, side
+
+
+@dataclass
+class Skipped:
+    """What on_bad_image: skip left out: counts per reason, and the largest shorter side of a too_small image
+    (the largest crop_size that would have kept one)."""
+
+    counts: Counter = field(default_factory=Counter)
+    largest_small_side: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,8 @@ def open_zip(path: Path) -> RawFaces:
             bad.append((info.filename, "unsafe_name", "member name escapes the archive"))
         elif not info.filename.lower().endswith(IMAGE_SUFFIXES):
             bad.append((info.filename, "not_an_image", "not a .jpg/.jpeg/.png member"))
+        elif problem := zip_member_problem(info.file_size, info.compress_size):
+            bad.append((info.filename, "too_large", problem))
         else:
             names.append(info.filename)
     names.sort()
@@ -100,16 +119,23 @@ def open_folder(path: Path) -> RawFaces:
 
 
 def open_celeba_h5(path: Path) -> RawFaces:
-    """The tutorial's HDF5: group img_align_celeba, one decoded (218, 178, 3) uint8 dataset per N.jpg."""
+    """The tutorial's HDF5: group img_align_celeba, one decoded (218, 178, 3) uint8 dataset per N.jpg.
+
+    The file must hold its own data (no links or external storage) and no dataset may declare more than one
+    MAX_IMAGE_PIXELS image, checked on the metadata before any image is read."""
     if not h5py.is_hdf5(path):
         raise DataError(f"{path}: not an HDF5 file")
-    with h5py.File(path, "r") as f:
-        group = f.get(H5_GROUP)
-        if not isinstance(group, h5py.Group):
-            raise DataError(
-                f"{path}: no '{H5_GROUP}' group (expected the tutorial's celeba_aligned_small layout)"
-            )
-        keys = list(group.keys())
+    try:
+        with h5py.File(path, "r") as f:
+            check_hdf5(path, f, MAX_IMAGE_BYTES, f"one image ({MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} RGB)")
+            group = f.get(H5_GROUP)
+            if not isinstance(group, h5py.Group):
+                raise DataError(
+                    f"{path}: no '{H5_GROUP}' group (expected the tutorial's celeba_aligned_small layout)"
+                )
+            keys = list(group.keys())
+    except OSError as exc:  # truncated or damaged: h5py says which part it could not read
+        raise DataError(f"{path}: unreadable HDF5 file ({first_line(exc)})") from None
     names, bad = [], []
     for key in keys:
         stem = key.removesuffix(".jpg")
@@ -147,7 +173,9 @@ def open_raw(cfg: FaceDataConfig) -> RawFaces:
 def crop_resize(raw: bytes | np.ndarray, crop: int, size: int) -> np.ndarray:
     """The centre crop x crop square of an image, resized to size x size: uint8 (size, size, 3).
 
-    Encoded JPEGs are decoded at the smallest libjpeg scale that keeps the crop at least `size` wide.
+    Encoded JPEGs are decoded at the smallest libjpeg scale that keeps the crop at least `size` wide. An image
+    whose header declares more than MAX_IMAGE_PIXELS is refused before it is decoded (`too_large`), as is one
+    that Pillow takes for a decompression bomb (its warning, when made an error, too).
     """
     try:
         if isinstance(raw, np.ndarray):
@@ -156,10 +184,15 @@ def crop_resize(raw: bytes | np.ndarray, crop: int, size: int) -> np.ndarray:
         else:
             image = Image.open(io.BytesIO(raw))
             full = image.size
+            if full[0] * full[1] > MAX_IMAGE_PIXELS:
+                cap = f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"
+                raise BadImage("too_large", f"{full[0]}x{full[1]} pixels, over the {cap} cap: not decoded")
             if size < crop and image.format == "JPEG":
                 image.draft("RGB", (-(-full[0] * size // crop), -(-full[1] * size // crop)))
             image.load()
         return np.asarray(_scaled_crop(image.convert("RGB"), full, crop, size), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage("too_large", f"not decoded: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise BadImage("corrupt", f"cannot decode the image ({exc})") from None
 
@@ -169,7 +202,7 @@ def _scaled_crop(image: Image.Image, full: tuple[int, int], crop: int, size: int
     decode of a `full`-sized picture, and resize it to `size`."""
     w, h = full
     if w < crop or h < crop:
-        raise BadImage("too_small", f"{w}x{h} is smaller than the {crop}x{crop} crop")
+        raise BadImage("too_small", f"{w}x{h} is smaller than the {crop}x{crop} crop", side=min(w, h))
     scale = image.size[0] / w
     left, top = (w - crop) / 2 * scale, (h - crop) / 2 * scale
     box = (left, top, left + crop * scale, top + crop * scale)
@@ -231,7 +264,7 @@ def chunk_rows(image_size: int) -> int:
 
 
 def _decoded(
-    raw: RawFaces, names: list[str], cfg: FaceDataConfig, skipped: Counter
+    raw: RawFaces, names: list[str], cfg: FaceDataConfig, skipped: Skipped
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(name, image) for each usable name, in order; bad ones raise or are counted, as cfg says."""
 
@@ -241,24 +274,31 @@ def _decoded(
         except BadImage as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=cfg.decode_workers) as pool:
+    # Pillow only warns below twice its pixel limit; as an error it becomes a too_large image. The filter is
+    # set here, on the calling thread, around the whole pool: warning filters are global, not per thread.
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=cfg.decode_workers) as pool:
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         for start in range(0, len(names), _BLOCK):
             block = names[start : start + _BLOCK]
             for name, result in zip(block, pool.map(work, block), strict=True):
                 if isinstance(result, BadImage):
-                    _reject(raw.where, name, result.reason, str(result), cfg, skipped)
+                    _reject(raw.where, name, result, cfg, skipped)
                 else:
                     yield name, result
 
 
-def _reject(where: str, name: str, reason: str, detail: str, cfg: FaceDataConfig, skipped: Counter) -> None:
+def _reject(where: str, name: str, bad: BadImage, cfg: FaceDataConfig, skipped: Skipped) -> None:
+    """Raise the one-line error for a bad image, or count it, as cfg.on_bad_image says."""
     if cfg.on_bad_image == "error":
-        raise DataError(f"{where}: {name}: {detail} (set on_bad_image: skip to leave such images out)")
-    skipped[reason] += 1
+        fix = f"set crop_size to at most {bad.side}, or " if bad.reason == "too_small" else "set "
+        raise DataError(f"{where}: {name}: {bad} ({fix}on_bad_image: skip to leave such images out)")
+    skipped.counts[bad.reason] += 1
+    if bad.reason == "too_small":
+        skipped.largest_small_side = max(skipped.largest_small_side, bad.side)
 
 
 def _write_images(
-    f: h5py.File, raw: RawFaces, cfg: FaceDataConfig, splits: dict[str, list[str]], skipped: Counter
+    f: h5py.File, raw: RawFaces, cfg: FaceDataConfig, splits: dict[str, list[str]], skipped: Skipped
 ) -> tuple[list[str], dict[str, int], Any]:
     """Decode each split's faces into f["images"] (train rows first) in blocks of 16 chunks; return the
     names kept, the count per split and the sha256 of the pixels written."""
@@ -295,16 +335,55 @@ def _write_images(
     return kept, counts, digest
 
 
-def prepare_faces(cfg: FaceDataConfig, out_h5: str | Path, out_stats: str | Path) -> dict:
-    """Raw faces -> out_h5 (`images` uint8 (N, S, S, 3), train rows first, `names`) and a stats JSON."""
-    start = time.perf_counter()
+def _open_checked(cfg: FaceDataConfig, skipped: Skipped) -> tuple[RawFaces, list[str]]:
+    """The raw source and the names to prepare (max_images of them), after the checks that need no decoding:
+    it exists and is of its kind, it is a safe HDF5, and what its listing rejects (unsafe names, non-images,
+    members over the size caps) raises or is counted in `skipped`."""
     raw = open_raw(cfg)
-    skipped: Counter = Counter()
     for name, reason, detail in raw.bad:
-        _reject(raw.where, name, reason, detail, cfg, skipped)
+        _reject(raw.where, name, BadImage(reason, detail), cfg, skipped)
     names = raw.names[: cfg.max_images] if cfg.max_images else raw.names
     if not names:
         raise DataError(f"{raw.where}: no images found (expected {cfg.source} CelebA faces)")
+    return raw, names
+
+
+def check_faces(cfg: FaceDataConfig) -> None:
+    """The DataError that prepare_faces would raise about cfg's raw source before decoding any image, from
+    names, headers and HDF5 metadata only (a folder is listed, a zip's directory read)."""
+    _open_checked(cfg, Skipped())
+    if cfg.split == "official":
+        assert cfg.partition_file is not None  # checked with the params
+        read_partition(Path(cfg.partition_file))
+
+
+def _split_error(
+    where: str, cfg: FaceDataConfig, counts: dict[str, int], skipped: Skipped, n: int
+) -> DataError:
+    """Why the split has an empty side, with what on_bad_image: skip left out and, when images were too small
+    for the crop, the crop_size that would keep them."""
+    message = (
+        f"{where}: the {cfg.split} split gives {counts['train']} train and {counts['test']} test images "
+        "(each needs at least 1)"
+    )
+    if skipped.counts:
+        left_out = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.counts.items()))
+        message += f"; on_bad_image: skip left out {sum(skipped.counts.values())} of {n} images ({left_out})"
+    if skipped.largest_small_side:
+        message += (
+            f"; the too_small ones are narrower than crop_size {cfg.crop_size} (the widest, on its shorter "
+            f"side, {skipped.largest_small_side} px): set crop_size to at most {skipped.largest_small_side}"
+        )
+    return DataError(message)
+
+
+def prepare_faces(cfg: FaceDataConfig, out_h5: str | Path, out_stats: str | Path) -> dict:
+    """Raw faces -> out_h5 (`images` uint8 (N, S, S, 3), train rows first, `names`) and a stats JSON."""
+    from gan_pipeline.io import atomic_path, write_json  # here: the rest of this module runs without torch
+
+    start = time.perf_counter()
+    skipped = Skipped()
+    raw, names = _open_checked(cfg, skipped)
     train_names, test_names = split_names(cfg, names)
     size = cfg.image_size
     with atomic_path(out_h5) as tmp:
@@ -312,10 +391,7 @@ def prepare_faces(cfg: FaceDataConfig, out_h5: str | Path, out_stats: str | Path
             splits = {"train": train_names, "test": test_names}
             kept, counts, digest = _write_images(f, raw, cfg, splits, skipped)
             if counts["train"] == 0 or counts["test"] == 0:
-                raise DataError(
-                    f"{raw.where}: the {cfg.split} split gives {counts['train']} train and {counts['test']} "
-                    "test images (each needs at least 1)"
-                )
+                raise _split_error(raw.where, cfg, counts, skipped, len(names) + len(raw.bad))
             digest.update(f"n_train={counts['train']}".encode())
             f.create_dataset("names", data=np.array(kept, dtype=h5py.string_dtype()))
             f.attrs.update(
@@ -330,13 +406,13 @@ def prepare_faces(cfg: FaceDataConfig, out_h5: str | Path, out_stats: str | Path
             "n_test": counts["test"],
             "image_shape": [size, size, 3],
             "crop_size": cfg.crop_size,
-            "skipped": dict(sorted(skipped.items())),
+            "skipped": dict(sorted(skipped.counts.items())),
             "content_hash": f"sha256:{digest.hexdigest()}",
         }
         write_json(out_stats, stats)
     seconds = time.perf_counter() - start
     stats["images_per_s"] = len(kept) / seconds
-    skipped_note = f", skipped {dict(skipped)}" if skipped else ""
+    skipped_note = f", skipped {dict(skipped.counts)}" if skipped.counts else ""
     print(
         f"prepare: {len(kept)} faces ({counts['train']} train, {counts['test']} test) from {cfg.source} "
         f"in {seconds:.2f} s ({stats['images_per_s']:,.0f} images/s, {cfg.decode_workers} decode workers)"

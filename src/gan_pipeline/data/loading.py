@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, Protocol
@@ -10,12 +11,29 @@ import h5py
 import numpy as np
 import torch
 
+from gan_pipeline.data.safety import MAX_DIGITS_BYTES, check_hdf5
 from gan_pipeline.data.sources import IMAGE_SHAPE
 from gan_pipeline.errors import DataError, first_line
 
 
+def split_counts(path: Path, f: h5py.File, n_images: int) -> tuple[int, int]:
+    """(n_train, n_test) from a prepared file's attributes, checked to be ints >= 0 adding up to n_images."""
+    counts = []
+    for key in ("n_train", "n_test"):
+        value = f.attrs.get(key)
+        if value is None or not np.issubdtype(np.asarray(value).dtype, np.integer) or value < 0:
+            raise DataError(f"{path}: attribute {key} is {value!r}, expected an int >= 0")
+        counts.append(int(value))
+    n_train, n_test = counts
+    if n_train + n_test != n_images:
+        raise DataError(f"{path}: n_train {n_train} + n_test {n_test} != {n_images} images")
+    return n_train, n_test
+
+
 def _check_prepared(path: Path, f: h5py.File) -> tuple[int, int]:
-    """(n_train, n_test) of a prepared file, after checking its datasets and attrs agree."""
+    """(n_train, n_test) of a prepared file, after checking that it holds its own data within the size cap
+    (it is read whole) and that its datasets and attrs agree."""
+    check_hdf5(path, f, MAX_DIGITS_BYTES, "the prepared digits (read whole into memory)")
     for name in ("images", "labels"):
         if not isinstance(f.get(name), h5py.Dataset):
             raise DataError(f"{path}: no '{name}' dataset (not written by the prepare stage)")
@@ -29,16 +47,23 @@ def _check_prepared(path: Path, f: h5py.File) -> tuple[int, int]:
         raise DataError(
             f"{path}: 'labels' has shape {labels.shape}, expected ({images.shape[0]},) like 'images'"
         )
-    counts = []
-    for key in ("n_train", "n_test"):
-        value = f.attrs.get(key)
-        if value is None or not np.issubdtype(np.asarray(value).dtype, np.integer) or value < 0:
-            raise DataError(f"{path}: attribute {key} is {value!r}, expected an int >= 0")
-        counts.append(int(value))
-    n_train, n_test = counts
-    if n_train + n_test != images.shape[0]:
-        raise DataError(f"{path}: n_train {n_train} + n_test {n_test} != {images.shape[0]} images")
-    return n_train, n_test
+    return split_counts(path, f, images.shape[0])
+
+
+@contextlib.contextmanager
+def open_prepared(path: Path) -> Iterator[h5py.File]:
+    """A prepared HDF5 file opened for reading; a missing, non-HDF5 or damaged file is a DataError (also when
+    the damage shows while reading inside the block)."""
+    if not path.is_file():
+        raise DataError(f"{path}: prepared data not found (run the prepare stage first)")
+    if not h5py.is_hdf5(path):
+        raise DataError(f"{path}: not an HDF5 file")
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except OSError as exc:  # a truncated or damaged file: h5py says which part it could not read
+        reason = first_line(exc)
+        raise DataError(f"{path}: unreadable HDF5 file ({reason}); run the prepare stage again") from None
 
 
 def load_split(path: str | Path, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
@@ -46,18 +71,15 @@ def load_split(path: str | Path, split: Literal["train", "test"]) -> tuple[np.nd
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: prepared data not found (run the prepare stage first)")
-    if not h5py.is_hdf5(path):
-        raise DataError(f"{path}: not an HDF5 file")
-    try:
-        with h5py.File(path, "r") as f:
-            n_train, _ = _check_prepared(path, f)
-            rows = slice(0, n_train) if split == "train" else slice(n_train, None)
-            return f["images"][rows], f["labels"][rows]
-    except OSError as exc:  # a truncated or damaged file: h5py says which part it could not read
-        reason = first_line(exc)
-        raise DataError(f"{path}: unreadable HDF5 file ({reason}); run the prepare stage again") from None
+    with open_prepared(path) as f:
+        n_train, _ = _check_prepared(path, f)
+        rows = slice(0, n_train) if split == "train" else slice(n_train, None)
+        return f["images"][rows], f["labels"][rows]
+
+
+def train_digits(path: str | Path) -> list[int]:
+    """The digits that the train split of a prepared file holds, ascending."""
+    return np.unique(load_split(path, "train")[1]).tolist()
 
 
 def _bounds(value_range: tuple[float, float]) -> tuple[float, float]:

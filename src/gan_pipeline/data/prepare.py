@@ -12,7 +12,6 @@ import numpy as np
 from gan_pipeline.config import DataConfig
 from gan_pipeline.data.sources import IMAGE_SHAPE, load_source
 from gan_pipeline.errors import DataError
-from gan_pipeline.io import atomic_path, write_json
 
 FORMAT_VERSION = 1
 N_CLASSES = 10
@@ -61,6 +60,8 @@ def prepare(cfg: DataConfig, out_h5: Path, out_stats: Path) -> dict:
 
     On any error neither output is written and earlier files at those paths are left as they were.
     """
+    from gan_pipeline.io import atomic_path, write_json  # here: the rest of this module runs without torch
+
     start = time.perf_counter()
     raw = load_source(cfg)
     train, test = _split(cfg, raw.labels, raw.is_test)

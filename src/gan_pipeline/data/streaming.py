@@ -14,7 +14,15 @@ import h5py
 import numpy as np
 import torch
 
-from gan_pipeline.data.loading import BatchSource, TensorBatches, load_split, to_float
+from gan_pipeline.data.loading import (
+    BatchSource,
+    TensorBatches,
+    load_split,
+    open_prepared,
+    split_counts,
+    to_float,
+)
+from gan_pipeline.data.safety import MAX_IMAGE_PIXELS, check_hdf5
 from gan_pipeline.errors import DataError
 from gan_pipeline.runtime import to_device
 
@@ -22,21 +30,23 @@ _DONE = object()
 
 
 def face_counts(path: str | Path) -> tuple[int, int, int]:
-    """(n_train, n_test, rows per chunk) of a prepared face file, after checking what it holds."""
+    """(n_train, n_test, rows per chunk) of a prepared face file, after checking what it holds: its own data
+    (no links or external storage), images of at most MAX_IMAGE_PIXELS, chunks within the cap (the file is
+    streamed a chunk at a time, so the number of images has none)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: prepared data not found (run the prepare stage first)")
-    if not h5py.is_hdf5(path):
-        raise DataError(f"{path}: not an HDF5 file")
-    with h5py.File(path, "r") as f:
+    with open_prepared(path) as f:
+        check_hdf5(path, f, None)
         images = f.get("images")
         if not isinstance(images, h5py.Dataset) or f.attrs.get("kind") != "faces":
             raise DataError(f"{path}: not a prepared face file (no 'images' dataset of kind 'faces')")
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
             raise DataError(f"{path}: 'images' is {images.dtype} {images.shape}, expected uint8 (N, S, S, 3)")
-        n_train, n_test = int(f.attrs["n_train"]), int(f.attrs["n_test"])
-        if n_train + n_test != images.shape[0]:
-            raise DataError(f"{path}: n_train {n_train} + n_test {n_test} != {images.shape[0]} images")
+        if images.shape[1] * images.shape[2] > MAX_IMAGE_PIXELS:
+            raise DataError(
+                f"{path}: 'images' has shape {images.shape}: images over the {MAX_IMAGE_PIXELS:,}-pixel cap "
+                "(the prepare stage writes image_size x image_size faces)"
+            )
+        n_train, n_test = split_counts(path, f, images.shape[0])
         return n_train, n_test, (images.chunks or (1,))[0]
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from gan_pipeline.config import ClassifierConfig
+from gan_pipeline.errors import DataError
 from gan_pipeline.models.classifier import DigitClassifier
 from gan_pipeline.runtime import device, module_device, progress_enabled, seed_everything
 
@@ -80,6 +83,27 @@ def predict_proba(model: torch.nn.Module, images: torch.Tensor, batch_size: int 
     return _logits(model, images, batch_size).softmax(1)
 
 
+def check_digits(data: str | Path, train_labels: np.ndarray, test_labels: np.ndarray) -> None:
+    """DataError when the train split holds fewer than 2 digits (a classifier of one digit scores accuracy 1.0
+    whatever it learns); a warning naming the digits that either split lacks."""
+    present = np.unique(train_labels).tolist()
+    if len(present) < 2:
+        raise DataError(
+            f"{data}: the train split holds {len(present)} digit ({', '.join(map(str, present))}) in "
+            f"{len(train_labels)} images: the digit classifier needs at least 2 (on one it scores accuracy "
+            "1.0 whatever it learns)"
+        )
+    for split, labels in (("train", train_labels), ("test", test_labels)):
+        missing = sorted(set(range(10)) - set(np.unique(labels).tolist()))
+        if missing:
+            print(
+                f"warning: {data}: the {split} split has no images of digit {', '.join(map(str, missing))} "
+                f"(the classifier {'never learns' if split == 'train' else 'is not tested on'} them; the "
+                "collapse alarm counts the digits of the train split)",
+                file=sys.stderr,
+            )
+
+
 def fit_and_score(
     data: str | Path, cfg: ClassifierConfig, n_floor: int
 ) -> tuple[DigitClassifier, dict[str, float | int], float]:
@@ -94,6 +118,7 @@ def fit_and_score(
 
     train_u8, train_labels = load_split(data, "train")
     test_u8, test_labels = load_split(data, "test")
+    check_digits(data, train_labels, test_labels)
     train_x, test_x = to_float(train_u8, (-1.0, 1.0)), to_float(test_u8, (-1.0, 1.0))
     start = time.perf_counter()
     model, history = train_classifier(train_x, torch.from_numpy(train_labels).long(), cfg)

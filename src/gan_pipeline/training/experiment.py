@@ -14,7 +14,7 @@ from typing import Any
 
 from gan_pipeline.config import Params, check_fits_data, experiment, flatten
 from gan_pipeline.config.schema import ExperimentConfig
-from gan_pipeline.data.loading import BatchSource
+from gan_pipeline.data.loading import BatchSource, train_digits
 from gan_pipeline.data.streaming import train_batches, train_size
 from gan_pipeline.errors import ParamsError
 from gan_pipeline.io import load_module, read_json, save_weights, write_csv
@@ -176,4 +176,5 @@ def _collapse_monitor(
         *plan.monitor_cfg,
         log,
         rows=plan.resume.extra.get("monitor_rows") if plan.resume else None,
+        digits=train_digits(paths.data),
     )
