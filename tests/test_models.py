@@ -3,11 +3,15 @@ images to one logit each."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from gan_pipeline.models import GAN_MODELS, build_gan, init_weights
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", sorted(GAN_MODELS))
@@ -93,3 +97,23 @@ def test_face_dcgans_are_the_standard_dcgan_with_their_outer_layers(name, outer)
     assert all(m.kernel_size == (4, 4) for m in g[:-1] + d[1:])
     assert isinstance(list(generator.modules())[-1], nn.Tanh)
     assert sum(isinstance(m, nn.LeakyReLU) for m in discriminator.modules()) == 4
+
+
+def test_every_card_has_a_builder_and_every_builder_a_card():
+    from gan_pipeline.model_cards import MODEL_CARDS
+
+    assert set(GAN_MODELS) == set(MODEL_CARDS)
+    for name, spec in GAN_MODELS.items():
+        assert spec.card is MODEL_CARDS[name]  # test_shapes_and_output_range checks the card's facts
+
+
+def test_reading_params_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from gan_pipeline.config import load_params; load_params('params.yaml');"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"

@@ -10,9 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from gan_pipeline.config import Params, load_params
+from gan_pipeline.data.checks import check_source
 
 
 def check_all(params_path: str | Path) -> Params:
     """The params of `params_path`, once every check has passed; a PipelineError names the first failure."""
     params = load_params(params_path)
+    for cfg in params.datasets.values():
+        check_source(cfg)
     return params

@@ -9,14 +9,15 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
+from typing import TYPE_CHECKING, Any
 
 from gan_pipeline.errors import DataError, first_line
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and safetensors load in the functions that read and write weights: the stages that only read params
+# and JSON (check, report) start without torch.
 
 # Every output is rw-r--r--, whoever writes it: mkstemp makes 0600 and safetensors' save_file replaces the
 # file with a 0600 one, so a direct run and `dvc repro` would otherwise leave different modes.
@@ -96,6 +97,8 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
     process, so the header is written again here with them sorted: identical runs give identical files (and
     md5s in dvc.lock). The bytes are written from Python, so a full disk is an OSError like any other.
     """
+    from safetensors.torch import save as safetensors_bytes
+
     data = safetensors_bytes(tensors, metadata=metadata)
     size = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + size])
@@ -115,6 +118,9 @@ def save_weights(path: str | Path, module: torch.nn.Module, config: dict[str, An
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a state dict and its config written by `save_weights`; never unpickles anything."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: weights file not found (run the train stage first)")

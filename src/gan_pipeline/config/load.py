@@ -29,6 +29,7 @@ from gan_pipeline.config.schema import (
     TrainConfig,
 )
 from gan_pipeline.errors import ParamsError, first_line
+from gan_pipeline.model_cards import MODEL_CARDS  # the model names that exist, without torch
 
 # experiment section -> (the params.yaml section of its defaults, its schema)
 DEFAULTS: dict[str, tuple[str, type]] = {
@@ -77,7 +78,6 @@ def _merge(exp: Any, defaults: dict[str, dict]) -> Any:
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a params mapping; errors are prefixed with `source`."""
-    from gan_pipeline.models import GAN_MODELS  # the registry decides which model names exist
 
     try:
         params = build(Params, merge_defaults(raw), "")
@@ -91,7 +91,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
                 f"are made from it), got {found}"
             )
         for name, exp in params.experiments.items():
-            _check_experiment(f"experiments.{name}", exp, params.datasets, GAN_MODELS)
+            _check_experiment(f"experiments.{name}", exp, params.datasets, MODEL_CARDS)
         _check_sample_sizes(params)
     except ParamsError as exc:
         raise ParamsError(f"{source}: {exc}") from None

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gan_pipeline.models.registry import GanSpec, register
+from gan_pipeline.models.registry import register
 
 PIXELS = 28 * 28
 
@@ -64,14 +64,9 @@ class CganDiscriminator(nn.Module):
 
 
 register(
-    GanSpec(
-        name="cgan",
-        build=lambda latent_dim, n_classes, label_embedding: (
-            CganGenerator(latent_dim, n_classes, label_embedding),
-            CganDiscriminator(n_classes, label_embedding),
-        ),
-        conditional=True,
-        value_range=(0.0, 1.0),
-        image_shape=(1, 28, 28),
-    )
+    "cgan",
+    lambda latent_dim, n_classes, label_embedding: (
+        CganGenerator(latent_dim, n_classes, label_embedding),
+        CganDiscriminator(n_classes, label_embedding),
+    ),
 )

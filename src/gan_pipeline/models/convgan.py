@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_pipeline.models.registry import GanSpec, register
+from gan_pipeline.models.registry import register
 
 SEED_SHAPE = (3, 11, 11)  # G's linear layer output, reshaped; three stride-2 k8 layers grow it to 128
 
@@ -66,14 +66,9 @@ class ConvGan128Discriminator(nn.Module):
 
 
 register(
-    GanSpec(
-        name="convgan128",
-        build=lambda latent_dim, n_classes, label_embedding: (
-            ConvGan128Generator(latent_dim),
-            ConvGan128Discriminator(),
-        ),
-        conditional=False,
-        value_range=(0.0, 1.0),
-        image_shape=(3, 128, 128),
-    )
+    "convgan128",
+    lambda latent_dim, n_classes, label_embedding: (
+        ConvGan128Generator(latent_dim),
+        ConvGan128Discriminator(),
+    ),
 )

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from gan_pipeline.models.layers import MinibatchDiscrimination
-from gan_pipeline.models.registry import GanSpec, register
+from gan_pipeline.models.registry import register
 
 
 class Dcgan28Generator(nn.Module):
@@ -73,15 +73,9 @@ class Dcgan28Discriminator(nn.Module):
 
 
 register(
-    GanSpec(
-        name="dcgan28",
-        build=lambda latent_dim, n_classes, label_embedding, minibatch_kernels=0: (
-            Dcgan28Generator(latent_dim),
-            Dcgan28Discriminator(minibatch_kernels),
-        ),
-        conditional=False,
-        value_range=(-1.0, 1.0),
-        image_shape=(1, 28, 28),
-        minibatch=True,
-    )
+    "dcgan28",
+    lambda latent_dim, n_classes, label_embedding, minibatch_kernels=0: (
+        Dcgan28Generator(latent_dim),
+        Dcgan28Discriminator(minibatch_kernels),
+    ),
 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_pipeline.models.registry import GanSpec, register
+from gan_pipeline.models.registry import register
 
 WIDTH = 64  # ngf = ndf
 # image size -> (kernel, stride, padding) of G's last and D's first layer, between 32x32 and the image
@@ -76,14 +76,9 @@ class FaceDcganDiscriminator(nn.Module):
 
 for _size in OUTER_LAYER:
     register(
-        GanSpec(
-            name=f"dcgan{_size}",
-            build=lambda latent_dim, n_classes, label_embedding, size=_size: (
-                FaceDcganGenerator(latent_dim, size),
-                FaceDcganDiscriminator(size),
-            ),
-            conditional=False,
-            value_range=(-1.0, 1.0),
-            image_shape=(3, _size, _size),
-        )
+        f"dcgan{_size}",
+        lambda latent_dim, n_classes, label_embedding, size=_size: (
+            FaceDcganGenerator(latent_dim, size),
+            FaceDcganDiscriminator(size),
+        ),
     )

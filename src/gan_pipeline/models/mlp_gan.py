@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from gan_pipeline.models.layers import MinibatchDiscrimination
-from gan_pipeline.models.registry import GanSpec, register
+from gan_pipeline.models.registry import register
 
 PIXELS = 28 * 28
 
@@ -60,15 +60,9 @@ class MlpDiscriminator(nn.Module):
 
 
 register(
-    GanSpec(
-        name="mlp_gan",
-        build=lambda latent_dim, n_classes, label_embedding, minibatch_kernels=0: (
-            MlpGenerator(latent_dim),
-            MlpDiscriminator(minibatch_kernels),
-        ),
-        conditional=False,
-        value_range=(-1.0, 1.0),
-        image_shape=(1, 28, 28),
-        minibatch=True,
-    )
+    "mlp_gan",
+    lambda latent_dim, n_classes, label_embedding, minibatch_kernels=0: (
+        MlpGenerator(latent_dim),
+        MlpDiscriminator(minibatch_kernels),
+    ),
 )

@@ -7,27 +7,33 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from gan_pipeline.model_cards import MODEL_CARDS, ModelCard
 from gan_pipeline.models.layers import without_batchnorm
 
 
 @dataclass(frozen=True)
 class GanSpec:
-    """What the rest of the pipeline needs to know about a registered GAN."""
+    """A registered GAN: its card (name, conditional, image shape, value range) and its builder."""
 
-    name: str
+    card: ModelCard
     # (latent_dim, n_classes, label_embedding) -> (generator, discriminator)
     build: Callable[[int, int, str], tuple[nn.Module, nn.Module]]
-    conditional: bool  # G(z, labels) and D(x, labels) instead of G(z) and D(x)
-    value_range: tuple[float, float]  # the range of G's output and of the real images D sees
-    image_shape: tuple[int, int, int]  # (C, H, W)
-    # True when `build` also takes the keyword `minibatch_kernels` (minibatch discrimination in D).
-    minibatch: bool = False
+
+    name = property(lambda self: self.card.name)
+    conditional = property(lambda self: self.card.conditional)
+    value_range = property(lambda self: self.card.value_range)
+    image_shape = property(lambda self: self.card.image_shape)
+    minibatch = property(lambda self: self.card.minibatch)
 
 
 GAN_MODELS: dict[str, GanSpec] = {}
 
 
-def register(spec: GanSpec) -> GanSpec:
+def register(name: str, build: Callable[..., tuple[nn.Module, nn.Module]]) -> GanSpec:
+    """Register the builder of the GAN whose card is MODEL_CARDS[name]."""
+    if name not in MODEL_CARDS:
+        raise ValueError(f"model {name!r} has no card in model_cards.py")
+    spec = GanSpec(MODEL_CARDS[name], build)
     if spec.name in GAN_MODELS:
         raise ValueError(f"model {spec.name!r} registered twice")
     GAN_MODELS[spec.name] = spec
