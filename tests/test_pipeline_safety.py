@@ -72,12 +72,13 @@ def test_an_experiment_name_is_never_run_as_shell_code(repo, pristine):
 
 
 def test_a_stage_that_fails_mid_run_leaves_the_previous_outputs_and_lock(repo, pristine):
-    # lr 1e6 makes the MLP GAN's losses non-finite within its first steps: train@mlp_gan fails after DVC
-    # would have removed its outputs, had they not been persisted.
+    # Weights drawn from N(0, 1e30) overflow float32 in the first forward pass: the loss is NaN at step 1,
+    # and train@mlp_gan fails after DVC would have removed its outputs, had they not been persisted.
     lock_before = _lock(repo)["stages"]["train@mlp_gan"]
-    proc = run(["dvc", "exp", "run", "-S", "experiments.mlp_gan.train.lr=1000000.0"], repo, check=False)
+    overflow = "experiments.mlp_gan.train.init_std=1e30"
+    proc = run(["dvc", "exp", "run", "-S", overflow, "train@mlp_gan"], repo, check=False)
     assert proc.returncode != 0
-    assert "training diverged" in proc.stderr, proc.stderr
+    assert "error: training diverged at step 1: loss_d is nan" in proc.stderr, proc.stderr
     assert "train@mlp_gan" in ran_stages(proc.stdout)
     assert _lock(repo)["stages"]["train@mlp_gan"] == lock_before
     after = output_md5s(repo)
