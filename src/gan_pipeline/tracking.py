@@ -9,6 +9,10 @@ The train stage opens its run with `with run(...) as r:`, which sets the run's f
 after it log into that run with `with attach(...) as r:`. Both hand out a `Run`, which logs through an
 `MlflowClient` for the store's URI: MLflow's global tracking URI is set only around the fluent calls that
 read it, and put back afterwards.
+
+A store that fails mid-run loses nothing that can be kept: the handle appends what the store did not take
+to a journal file beside the run's outputs and sends it, in order, once the store answers again (during the
+run, or when the next stage opens it). `check_store` tells cheaply whether the store answers.
 """
 
 from __future__ import annotations
