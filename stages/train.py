@@ -101,7 +101,9 @@ def _log_result(run, plan, paths, result) -> dict:
     run.log_artifact(paths.plot)
     speed = {"train_images_per_s": result.images_per_s, "train_seconds": result.seconds}
     run.log_metrics(speed, result.steps)
-    model_uri = run.log_generator(result.sampling_generator, plan.exp.model.latent_dim, plan.spec.conditional)
+    model_uri = run.log_generator(
+        result.sampling_generator, plan.exp.model.latent_dim, plan.spec.conditional, paths.generator
+    )
     generator_md5 = file_md5(paths.generator)
     model_tag = {"generator_model_uri": model_uri} if model_uri else {}
     run.set_tags({"generator_md5": generator_md5, "precision": result.precision, **model_tag})

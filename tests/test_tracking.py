@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from gan_pipeline import tracking
 from gan_pipeline.config import TrackingConfig
 from gan_pipeline.errors import first_line
+from gan_pipeline.io import save_weights
 from gan_pipeline.models import build_gan
 
 UNIT = TrackingConfig(experiment_name="unit", retries=2, retry_backoff_s=1)
@@ -484,17 +485,25 @@ def test_a_server_that_goes_away_during_training_is_reported_not_fatal_and_the_n
         plot = tmp_path / "training.png"
         plot.write_bytes(b"png")
         run.log_artifact(plot)
+        torch.manual_seed(0)
+        generator, _ = build_gan("mlp_gan", 8)
+        weights = tmp_path / "m" / "generator.safetensors"
+        save_weights(
+            weights, generator, {"model": {"name": "mlp_gan", "latent_dim": 8, "label_embedding": "one_hot"}}
+        )
+        assert run.log_generator(generator, 8, conditional=False, weights=weights) is None
     assert run.offline is not None
     report = run.report()
     assert report.startswith(f"MLflow store {outage.url} failed (")
     assert report.endswith(
-        "not logged: metrics at 3 steps (20..40); artifact training.png; run status FINISHED; kept in "
-        f"{journal}, sent by the next stage that logs into the run"
+        "not logged: metrics at 3 steps (20..40); artifact training.png; the generator model; run status "
+        f"FINISHED; kept in {journal}, sent by the next stage that logs into the run"
     )
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"warning: {report}"  # said when it ended
     client = MlflowClient(mlflow_server)
     assert client.get_run(run.id).info.status == "RUNNING"
-    assert [r["op"] for r in tracking.Journal(journal).records()] == ["metrics"] * 3 + ["artifact", "status"]
+    kept = [r["op"] for r in tracking.Journal(journal).records()]
+    assert kept == ["metrics"] * 3 + ["artifact", "model", "status"]
 
     outage.start()  # the next stage (sample) attaches with the server back
     with tracking.attach(TEAM, run.id, root=tmp_path, journal=journal) as attached:
@@ -504,6 +513,9 @@ def test_a_server_that_goes_away_during_training_is_reported_not_fatal_and_the_n
     assert logged.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.id, "loss_d")] == [10, 20, 30, 40]
     assert [a.path for a in client.list_artifacts(run.id)] == ["training.png"]
+    reloaded = tracking.load_generator(logged.data.tags["generator_model_uri"], mlflow_server)
+    z = torch.randn(3, 8)
+    assert torch.allclose(reloaded(z), generator.eval()(z), atol=1e-6)
 
 
 def test_a_server_outage_mid_run_loses_no_metric_point(

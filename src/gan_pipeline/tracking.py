@@ -365,10 +365,28 @@ def _send_group(client: MlflowClient, group: list[dict[str, Any]]) -> None:
             client.log_artifact(run_id, first["path"], first.get("artifact_path"))
         elif op == "status":
             client.set_terminated(run_id, first["status"], first["end_time"])
+        elif op == "model":
+            _send_kept_model(client, run_id, first)
     except MlflowException as exc:
         if exc.error_code not in _REFUSALS:
             raise
         _warn(f"MLflow run {run_id}: the store refused the kept {op} ({first_line(exc)}): dropped")
+
+
+def _send_kept_model(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
+    """Log the generator whose weights file the journal kept, and tag the run with its model URI."""
+    from gan_pipeline.sampling import load_generator  # the models' code, only for a model to send
+
+    weights = Path(record["weights"])
+    if not weights.exists():
+        _warn(f"MLflow run {run_id}: generator weights {weights} are gone: the model is not logged")
+        return
+    generator, spec, model = load_generator(weights)
+    status = client.get_run(run_id).info.status  # the fluent API that logs a model ends the run FINISHED
+    model_uri = _log_generator_model(record["uri"], run_id, generator, model["latent_dim"], spec.conditional)
+    client.set_tag(run_id, "generator_model_uri", model_uri)
+    if status != RunStatus.to_string(RunStatus.FINISHED):
+        client.update_run(run_id, status=status)
 
 
 # --- the run handle --------------------------------------------------------------------------------------
@@ -505,12 +523,18 @@ class Run:
                 f"tags {', '.join(tags)}", {"op": "tags", "tags": {k: str(v) for k, v in tags.items()}}
             )
 
-    def log_generator(self, generator: nn.Module, latent_dim: int, conditional: bool) -> str | None:
-        """Log G as an MLflow model: its URI, or None when the store has failed (see _log_generator_model);
-        a model is not kept in the journal (its weights are the train stage's output)."""
+    def log_generator(
+        self, generator: nn.Module, latent_dim: int, conditional: bool, weights: Path | None = None
+    ) -> str | None:
+        """Log G as an MLflow model: its URI, or None when the store has failed (see _log_generator_model).
+        With `weights`, G's weights file (written by io.save_weights), a model the store does not take is
+        kept in the journal as that path, and logged with a `generator_model_uri` tag once it is sent."""
+        record = None
+        if weights is not None:
+            record = {"op": "model", "weights": str(Path(weights).resolve()), "uri": self.uri}
         return self._send(
             "the generator model",
-            None,
+            record,
             lambda: _log_generator_model(self.uri, self.id, generator, latent_dim, conditional),
         )
 
