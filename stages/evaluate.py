@@ -47,13 +47,32 @@ def main(argv: list[str] | None = None) -> None:
     # torch and mlflow load after parsing, so that --help answers at once.
     from gan_pipeline import tracking
     from gan_pipeline.config import load_params
-    from gan_pipeline.evaluation import evaluate_samples, summary
-    from gan_pipeline.io import read_json, write_csv, write_json
-    from gan_pipeline.provenance import environment, without_timings
     from gan_pipeline.runtime import use_threads
 
     params = load_params(args.params)
     use_threads(params.runtime.threads)
+    # The run and its store are checked before anything is computed or replaced; what fails to reach the
+    # store later waits in the journal beside the model.
+    run = tracking.read_run_record(args.run)
+    journal = args.run.parent / tracking.JOURNAL_NAME
+    with tracking.attach(params.tracking, run["run_id"], journal=journal, source=str(args.run)) as mlflow_run:
+        from gan_pipeline.evaluation import summary  # the metrics' libraries: seconds, once they are needed
+
+        result, info = _evaluate_and_write(args, params)
+        mlflow_run.log_metrics(result.metrics, step=run["steps"])
+        mlflow_run.set_tags(tracking.info_tags(info))
+        if result.classes is not None:
+            mlflow_run.log_artifact(args.class_histogram)
+        for line in summary(run["experiment"], result, params.evaluate.inception_n):
+            print(line)
+
+
+def _evaluate_and_write(args, params):
+    """Score the samples and write the metrics, the info and the class histogram: (the Evaluation, info)."""
+    from gan_pipeline.evaluation import evaluate_samples
+    from gan_pipeline.io import read_json, write_csv, write_json
+    from gan_pipeline.provenance import environment, without_timings
+
     floor = None
     if args.classifier_metrics is not None:
         floor = read_json(args.classifier_metrics)["fid_classifier_real_floor"]
@@ -64,15 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.info, without_timings(info))
     if args.class_histogram is not None:  # faces have no classes: the file holds the header alone
         write_csv(args.class_histogram, result.classes or [], None if result.classes else ["digit", "count"])
-
-    run = read_json(args.run)
-    with tracking.attach(params.tracking, run["run_id"]) as mlflow_run:
-        mlflow_run.log_metrics(result.metrics, step=run["steps"])
-        mlflow_run.set_tags(tracking.info_tags(info))
-        if result.classes is not None:
-            mlflow_run.log_artifact(args.class_histogram)
-        for line in summary(run["experiment"], result, params.evaluate.inception_n):
-            print(line)
+    return result, info
 
 
 if __name__ == "__main__":

@@ -25,21 +25,23 @@ def main(argv: list[str] | None = None) -> None:
     # torch and mlflow load after parsing, so that --help answers at once.
     from gan_pipeline import tracking
     from gan_pipeline.config import load_params
-    from gan_pipeline.io import read_json
     from gan_pipeline.runtime import use_threads
     from gan_pipeline.sampling import generate, grid_samples, load_generator, save_grid, save_samples
 
     params = load_params(args.params)
     use_threads(params.runtime.threads)
     cfg = params.sample
-    generator, spec, model = load_generator(args.model / "generator.safetensors")
-    images, labels = generate(generator, spec, model["latent_dim"], cfg.n_samples, cfg.seed)
-    save_samples(args.samples, images, labels)
-    grid, rows = grid_samples(generator, spec, model["latent_dim"], images, cfg.grid_rows, cfg.seed)
-    save_grid(grid, rows, args.grid)
-
-    run = read_json(args.model / "run.json")
-    with tracking.attach(params.tracking, run["run_id"]) as mlflow_run:
+    # The run and its store are checked before anything is computed or replaced; what fails to reach the
+    # store later waits in the journal beside the model.
+    record = args.model / "run.json"
+    run_id = tracking.read_run_record(record)["run_id"]
+    journal = args.model / tracking.JOURNAL_NAME
+    with tracking.attach(params.tracking, run_id, journal=journal, source=str(record)) as mlflow_run:
+        generator, spec, model = load_generator(args.model / "generator.safetensors")
+        images, labels = generate(generator, spec, model["latent_dim"], cfg.n_samples, cfg.seed)
+        save_samples(args.samples, images, labels)
+        grid, rows = grid_samples(generator, spec, model["latent_dim"], images, cfg.grid_rows, cfg.seed)
+        save_grid(grid, rows, args.grid)
         mlflow_run.log_artifact(args.grid)
         print(f"sampled {len(images)} images; grid {args.grid}")
 

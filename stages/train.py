@@ -43,12 +43,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     # torch, mlflow and the rest load after parsing, so that --help answers at once.
-    from gan_pipeline import tracking
     from gan_pipeline.config import load_params
-    from gan_pipeline.io import write_json
-    from gan_pipeline.provenance import environment, run_tags
     from gan_pipeline.runtime import use_threads
-    from gan_pipeline.training import distributed
+    from gan_pipeline.training import distributed, processes
     from gan_pipeline.training.experiment import ExperimentPaths, plan_training, train_experiment
 
     params = load_params(args.params)
@@ -57,29 +54,44 @@ def main(argv: list[str] | None = None) -> None:
     paths = ExperimentPaths(
         args.data, args.stats, args.out, args.log, checkpoint, args.classifier, args.eval_log
     )
+    processes.end_with_dvc()  # killing dvc alone must not leave the trainer running
     replicas = distributed.start()
     try:
-        plan = plan_training(params, args.params, args.experiment, paths, replicas.world_size)
         if not replicas.is_main:  # the other ranks train in step with rank 0, which writes and logs alone
+            plan = plan_training(params, args.params, args.experiment, paths, replicas.world_size)
             train_experiment(plan, paths, write_outputs=False)
             return
-        print(plan.note)
-        tags = {
-            **run_tags(tracking.repo_root(), [str(args.data)], plan.content_hash),
-            **tracking.info_tags({"environment": environment()}),  # env.torch, env.threads, ...
-            "experiment": plan.name,
-        }
-        with tracking.run(params.tracking, plan.name, plan.run_params, tags, plan.earlier_run_id) as run:
-            print(f"MLflow run {run.id} in {run.uri}{' (resumed)' if run.resumed else ''}")
-            result = train_experiment(plan, paths, run.log_step, {"mlflow_run_id": run.id})
-            record = {**_log_result(run, plan, paths, result), "environment": environment()}
-            write_json(args.out / "run.json", record)
-            print(
-                f"{plan.name}: {result.steps} steps in {result.seconds:.0f} s "
-                f"({result.images_per_s:.0f} real images/s, {result.precision}); run {run.id}"
-            )
+        with processes.one_trainer(checkpoint):  # one trainer per checkpoint, and so per MLflow run
+            plan = plan_training(params, args.params, args.experiment, paths, replicas.world_size)
+            _train_and_log(params, plan, paths)
     finally:
         distributed.stop()
+
+
+def _train_and_log(params, plan, paths) -> None:
+    """Train the planned experiment in its MLflow run (reopened when resuming), and write run.json."""
+    from gan_pipeline import tracking
+    from gan_pipeline.io import write_json
+    from gan_pipeline.provenance import environment, run_tags
+    from gan_pipeline.training.experiment import train_experiment
+
+    print(plan.note)
+    tags = {
+        **run_tags(tracking.repo_root(), [str(paths.data)], plan.content_hash),
+        **tracking.info_tags({"environment": environment()}),  # env.torch, env.threads, ...
+        "experiment": plan.name,
+    }
+    journal = paths.out / tracking.JOURNAL_NAME  # what the store does not take waits here
+    with tracking.run(params.tracking, plan.name, plan.run_params, tags, plan.earlier_run_id,
+                      journal=journal) as run:  # fmt: skip
+        print(f"MLflow run {run.id} in {run.uri}{' (resumed)' if run.resumed else ''}")
+        result = train_experiment(plan, paths, run.log_step, {"mlflow_run_id": run.id})
+        record = {**_log_result(run, plan, paths, result), "environment": environment()}
+        write_json(paths.out / "run.json", record)
+        print(
+            f"{plan.name}: {result.steps} steps in {result.seconds:.0f} s "
+            f"({result.images_per_s:.0f} real images/s, {result.precision}); run {run.id}"
+        )
 
 
 def _log_result(run, plan, paths, result) -> dict:
@@ -90,7 +102,9 @@ def _log_result(run, plan, paths, result) -> dict:
     run.log_artifact(paths.plot)
     speed = {"train_images_per_s": result.images_per_s, "train_seconds": result.seconds}
     run.log_metrics(speed, result.steps)
-    model_uri = run.log_generator(result.sampling_generator, plan.exp.model.latent_dim, plan.spec.conditional)
+    model_uri = run.log_generator(
+        result.sampling_generator, plan.exp.model.latent_dim, plan.spec.conditional, paths.generator
+    )
     generator_md5 = file_md5(paths.generator)
     model_tag = {"generator_model_uri": model_uri} if model_uri else {}
     run.set_tags({"generator_md5": generator_md5, "precision": result.precision, **model_tag})

@@ -403,3 +403,47 @@ def test_use_threads_sets_torchs_thread_count():
         assert torch.get_num_threads() == other
     finally:
         torch.set_num_threads(before)
+
+
+def test_sample_and_evaluate_check_the_run_and_its_store_before_computing_or_replacing_outputs(tmp_path):
+    """run.json without its run id, or the store down: one line and exit 1 at once, earlier outputs kept (the
+    samples file does not even exist: evaluate stops before it would read it)."""
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "run.json").write_text("{}")
+    earlier = {tmp_path / name: b"earlier" for name in ("grid.png", "s.npz", "metrics.json", "info.json")}
+    for path, data in earlier.items():
+        path.write_bytes(data)
+    params = str(REPO / "params.yaml")
+    proc = stage("sample", "--params", params, "--model", "m", "--grid", "grid.png", "--samples", "s.npz",
+                 cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: m/run.json: expected the train stage's record with run_id, experiment and steps, missing: "
+        "run_id, experiment, steps (train again: dvc repro --force train@<experiment>)"
+    ]
+    (tmp_path / "m" / "run.json").write_text(
+        json.dumps({"run_id": "0" * 32, "experiment": "cgan", "steps": 8})
+    )
+    dead = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    proc = stage("evaluate", "--params", params, "--data", "d.h5", "--samples", "missing.npz",
+                 "--run", "m/run.json", "--metrics", "metrics.json", "--info", "info.json",
+                 cwd=tmp_path, env=dead)  # fmt: skip
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: MLflow store http://127.0.0.1:9: not reachable or not usable (")
+    assert all(path.read_bytes() == data for path, data in earlier.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["dvc.yaml", "m", *(p.name for p in earlier)])
+
+
+def test_train_refuses_a_checkpoint_that_another_trainer_holds_naming_its_pid(tmp_path, prepared_digits):
+    from gan_pipeline.training.processes import one_trainer
+
+    with one_trainer(tmp_path / "m" / "ck"):  # this process is the other trainer
+        proc = _train_in(tmp_path, prepared_digits, _tiny_train(tmp_path, 1))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"error: m/ck: another trainer (PID {os.getpid()}) is training from this checkpoint; wait for it to "
+        f"end, or stop it (kill {os.getpid()}), then run again"
+    ]
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the MLflow run was opened

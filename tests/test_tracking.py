@@ -4,11 +4,13 @@ is used instead of the local store."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -20,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from gan_pipeline import tracking
 from gan_pipeline.config import TrackingConfig
 from gan_pipeline.errors import first_line
+from gan_pipeline.io import save_weights
 from gan_pipeline.models import build_gan
 
 UNIT = TrackingConfig(experiment_name="unit", retries=2, retry_backoff_s=1)
@@ -200,14 +203,132 @@ def test_attach_logs_into_an_existing_run_without_changing_its_status(tmp_path, 
     assert "warning" not in capsys.readouterr().err  # everything reached the store
 
 
-def test_attach_to_a_run_the_store_lacks_warns_at_the_end(tmp_path, monkeypatch, capsys):
+def test_attach_refuses_a_run_the_store_lacks_or_has_deleted_before_the_block(tmp_path, monkeypatch):
+    client = _local_store(tmp_path, monkeypatch)
+    with (
+        pytest.raises(tracking.PipelineError) as err,
+        tracking.attach(UNIT, "0" * 32, root=tmp_path, source="m/run.json"),
+    ):
+        pytest.fail("the block ran")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert str(err.value) == (
+        f"m/run.json: MLflow run {'0' * 32} is not in the MLflow store {uri} (restore it, or train again: "
+        "dvc repro --force train@<experiment>)"
+    )
+    with tracking.run(UNIT, "cgan", {}, {}, root=tmp_path) as run:
+        pass
+    client.delete_run(run.id)
+    with pytest.raises(tracking.PipelineError, match=f"^run_id: MLflow run {run.id} was deleted in the "):
+        with tracking.attach(UNIT, run.id, root=tmp_path):
+            pytest.fail("the block ran")
+
+
+def test_run_json_without_a_run_id_is_one_line_naming_the_file(tmp_path):
+    record = tmp_path / "run.json"
+    record.write_text("{}")
+    with pytest.raises(tracking.DataError) as err:
+        tracking.read_run_record(record)
+    assert str(err.value) == (
+        f"{record}: expected the train stage's record with run_id, experiment and steps, missing: run_id, "
+        "experiment, steps (train again: dvc repro --force train@<experiment>)"
+    )
+    record.write_text('{"run_id": "", "experiment": "cgan", "steps": 8}')
+    with pytest.raises(tracking.DataError, match="missing: run_id \\(found ''\\) .*train@cgan\\)$"):
+        tracking.read_run_record(record)
+
+
+def test_a_deleted_experiment_is_restored_and_a_deleted_run_replaced_each_said_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    client = _local_store(tmp_path, monkeypatch)
+    with tracking.run(UNIT, "cgan", {}, {}, root=tmp_path) as first:
+        first.log_step(10, {"loss_d": 0.5})
+    client.delete_experiment(first.experiment_id)  # in the UI: after this nothing could train
+    capsys.readouterr()
+    with tracking.run(UNIT, "cgan", {}, {}, resume=first.id, root=tmp_path) as again:
+        pass
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: MLflow experiment 'unit' in {uri} was deleted (MLflow keeps its name reserved): restored "
+        "it with its runs; to remove it for good, delete it and run `mlflow gc`"
+    ]
+    assert (again.id, again.resumed, again.experiment_id) == (first.id, True, first.experiment_id)
+    client.delete_run(first.id)
+    with tracking.run(UNIT, "cgan", {}, {}, resume=first.id, root=tmp_path) as new:
+        pass
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: MLflow run {first.id} of the checkpoint was deleted in the MLflow store {uri}: logging "
+        f"into a new run {new.id}"
+    ]
+    assert new.id != first.id and not new.resumed
+    assert client.get_run(new.id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_or_truncated_store_file_is_one_line_naming_it_and_the_way_out(
+    tmp_path, monkeypatch, damage
+):
     _local_store(tmp_path, monkeypatch)
-    with tracking.attach(UNIT, "0" * 32, root=tmp_path) as attached:
-        attached.log_metrics({"fid_classifier": 3.5}, step=16)
-        assert attached.not_logged == ["metrics at step 16"]
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith(f"warning: MLflow store {attached.uri} failed (")
-    assert last.endswith("not logged: metrics at 1 steps (16..16)")
+    with tracking.run(UNIT, "cgan", {}, {}, root=tmp_path):
+        pass
+    db = tmp_path / "mlflow.db"
+    good = db.read_bytes()
+    db.write_bytes(b"not sqlite" * 1000 if damage == "garbage" else good[: len(good) // 2])
+    why = "file is not a database" if damage == "garbage" else "database disk image is malformed"
+    expected = (
+        f"{db}: not a readable MLflow database ({why}); move it aside and run again (the runs in it are "
+        "lost, unless a copy of the file is restored)"
+    )
+    with pytest.raises(tracking.PipelineError) as at_check:
+        tracking.check_store(UNIT, tmp_path)
+    with pytest.raises(tracking.PipelineError) as at_run, tracking.run(UNIT, "cgan", {}, {}, root=tmp_path):
+        pytest.fail("the block ran")
+    assert str(at_check.value) == str(at_run.value) == expected
+    assert db.read_bytes() == (b"not sqlite" * 1000 if damage == "garbage" else good[: len(good) // 2])
+
+
+def test_check_store_accepts_a_store_not_made_yet_and_changes_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    tracking.check_store(UNIT, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_run_a_signal_interrupts_ends_killed_whatever_the_code_made_of_it(tmp_path, monkeypatch, signum):
+    client = _local_store(tmp_path, monkeypatch)
+    with pytest.raises(RuntimeError), tracking.run(UNIT, "cgan", {}, {}, root=tmp_path) as run:
+        try:  # a library that turns the interrupt into its own error
+            os.kill(os.getpid(), signum)
+            time.sleep(5)
+        except BaseException as exc:
+            raise RuntimeError("interrupted") from exc
+    assert client.get_run(run.id).info.status == "KILLED"
+
+
+def test_the_journal_skips_a_line_cut_by_a_crash_and_drops_what_the_store_refuses(
+    tmp_path, monkeypatch, capsys
+):
+    client = _local_store(tmp_path, monkeypatch)
+    with tracking.run(UNIT, "cgan", {"train.lr": 0.1}, {}, root=tmp_path) as run:
+        pass
+    journal = tracking.Journal(tmp_path / "m" / "mlflow_journal.jsonl")
+    journal.append({"run_id": run.id, "op": "metrics", "metrics": [["loss_d", 0.5, 1000, 3]]})
+    journal.append({"run_id": run.id, "op": "params", "params": {"train.lr": "0.2"}})  # logged as 0.1
+    journal.append({"run_id": run.id, "op": "tags", "tags": {"kept": "yes"}})
+    with open(journal.path, "a") as f:
+        f.write('{"run_id": "')  # the crash
+    assert journal.replay(client) == 3
+    assert not journal.path.exists()
+    logged = client.get_run(run.id)
+    assert [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run.id, "loss_d")] == [
+        (3, 0.5, 1000)
+    ]
+    assert logged.data.params == {"train.lr": "0.1"} and logged.data.tags["kept"] == "yes"
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert line.startswith(
+        f"warning: MLflow run {run.id}: the store refused the kept params ("
+    ) and line.endswith(": dropped")
 
 
 def _free_port() -> int:
@@ -216,9 +337,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server_process(tmp_path):
-    """A real MLflow tracking server on 127.0.0.1 (its URL and process), stopped after the test."""
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """The URL of a real MLflow tracking server on 127.0.0.1, for the module's tests (starting one takes up to
+    a minute on a busy CPU)."""
+    folder = tmp_path_factory.mktemp("server")
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -231,18 +354,19 @@ def mlflow_server_process(tmp_path):
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{tmp_path}/server.db",
+            f"sqlite:///{folder}/server.db",
             "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
+            str(folder / "server-artifacts"),
             "--workers",
             "1",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the server and the workers it starts
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120  # starting and stopping take over a minute on a busy CPU
+        deadline = time.monotonic() + 180
         while True:
             try:
                 urllib.request.urlopen(f"{url}/health", timeout=1)
@@ -251,16 +375,71 @@ def mlflow_server_process(tmp_path):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("mlflow server did not start") from None
                 time.sleep(0.5)
-        yield url, proc
+        yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=120)
+        os.killpg(proc.pid, signal.SIGKILL)  # a clean stop takes half a minute; the test store is thrown away
+        proc.wait(timeout=60)
+
+
+class Outage:
+    """The tracking server as the tracker sees it, through a TCP proxy on its own port: `stop()` refuses new
+    connections and cuts open ones, as a stopped server does; `start()` serves on the same port again. (A real
+    server takes up to a minute to start here, too slow to restart in every test.)"""
+
+    def __init__(self, server_url: str):
+        self.upstream = ("127.0.0.1", int(server_url.rsplit(":", 1)[1]))
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._open: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.start()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        listener.settimeout(0.1)
+        self._listener = listener
+        threading.Thread(target=self._serve, args=(listener,), daemon=True).start()
+
+    def _serve(self, listener: socket.socket) -> None:
+        while self._listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            upstream = socket.create_connection(self.upstream)
+            self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+    def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        listener.close()
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._open = []
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    for sock in (source, sink):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture
-def mlflow_server(mlflow_server_process):
-    """The URL of a real MLflow tracking server on 127.0.0.1, stopped after the test."""
-    return mlflow_server_process[0]
+def outage(mlflow_server):
+    proxy = Outage(mlflow_server)
+    yield proxy
+    proxy.stop()
 
 
 def test_a_tracking_server_from_the_environment_receives_the_run(mlflow_server, tmp_path, monkeypatch):
@@ -293,27 +472,83 @@ def test_an_unreachable_server_at_start_is_one_clear_error(tmp_path, monkeypatch
     assert time.monotonic() - start < 30
 
 
-def test_a_server_that_goes_away_during_training_is_reported_not_fatal(
-    mlflow_server_process, tmp_path, monkeypatch, fast_failing_http, capsys
+def test_a_server_that_goes_away_during_training_is_reported_not_fatal_and_the_next_attach_sends_the_rest(
+    mlflow_server, outage, tmp_path, monkeypatch, fast_failing_http, capsys
 ):
-    mlflow_server, server = mlflow_server_process
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    with tracking.run(TEAM, "mlp_gan", {"train.lr": 0.001}, {}, root=tmp_path) as run:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", outage.url)
+    journal = tmp_path / "m" / "mlflow_journal.jsonl"
+    with tracking.run(TEAM, "mlp_gan", {"train.lr": 0.001}, {}, root=tmp_path, journal=journal) as run:
         run.log_step(10, {"step": 10, "loss_d": 1.0})
-        server.terminate()  # the server goes away mid-run
-        server.wait(timeout=120)
+        outage.stop()  # the server goes away mid-run and stays away past its end
         for step in (20, 30, 40):
             run.log_step(step, {"step": step, "loss_d": 1.0})
         plot = tmp_path / "training.png"
         plot.write_bytes(b"png")
         run.log_artifact(plot)
+        torch.manual_seed(0)
+        generator, _ = build_gan("mlp_gan", 8)
+        weights = tmp_path / "m" / "generator.safetensors"
+        save_weights(
+            weights, generator, {"model": {"name": "mlp_gan", "latent_dim": 8, "label_embedding": "one_hot"}}
+        )
+        assert run.log_generator(generator, 8, conditional=False, weights=weights) is None
     assert run.offline is not None
     report = run.report()
-    assert report.startswith(f"MLflow store {mlflow_server} failed (")
+    assert report.startswith(f"MLflow store {outage.url} failed (")
     assert report.endswith(
-        "not logged: metrics at 3 steps (20..40); artifact training.png; run status FINISHED"
+        "not logged: metrics at 3 steps (20..40); artifact training.png; the generator model; run status "
+        f"FINISHED; kept in {journal}, sent by the next stage that logs into the run"
     )
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"warning: {report}"  # said when it ended
+    client = MlflowClient(mlflow_server)
+    assert client.get_run(run.id).info.status == "RUNNING"
+    kept = [r["op"] for r in tracking.Journal(journal).records()]
+    assert kept == ["metrics"] * 3 + ["artifact", "model", "status"]
+
+    outage.start()  # the next stage (sample) attaches with the server back
+    with tracking.attach(TEAM, run.id, root=tmp_path, journal=journal) as attached:
+        pass
+    assert attached.report() is None and not journal.exists()
+    logged = client.get_run(run.id)
+    assert logged.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.id, "loss_d")] == [10, 20, 30, 40]
+    assert [a.path for a in client.list_artifacts(run.id)] == ["training.png"]
+    reloaded = tracking.load_generator(logged.data.tags["generator_model_uri"], mlflow_server)
+    z = torch.randn(3, 8)
+    assert torch.allclose(reloaded(z), generator.eval()(z), atol=1e-6)
+
+
+def test_a_server_outage_mid_run_loses_no_metric_point(
+    mlflow_server, outage, tmp_path, monkeypatch, fast_failing_http, capsys
+):
+    """The server stops at step 21 and is back at step 41 of 60: the run reconnects, every point arrives."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", outage.url)
+    monkeypatch.setattr(tracking, "RECONNECT_EVERY_S", 0.2)
+    journal = tmp_path / "m" / "mlflow_journal.jsonl"
+    with tracking.run(TEAM, "mlp_gan", {}, {}, root=tmp_path, journal=journal) as run:
+        for step in range(1, 61):
+            if step == 21:
+                outage.stop()
+            if step == 31:
+                assert journal.exists()
+                with pytest.raises(
+                    tracking.PipelineError, match=f"^MLflow store {outage.url}: not reachable"
+                ):
+                    tracking.check_store(TEAM, tmp_path)
+            if step == 41:
+                outage.start()
+                time.sleep(0.3)  # past RECONNECT_EVERY_S
+                tracking.check_store(TEAM, tmp_path)
+            run.log_step(step, {"step": step, "loss_d": step / 10})
+    client = MlflowClient(mlflow_server)
+    history = client.get_metric_history(run.id, "loss_d")
+    assert sorted((m.step, m.value) for m in history) == [(step, step / 10) for step in range(1, 61)]
+    assert client.get_run(run.id).info.status == "FINISHED"
+    assert run.report() is None and not journal.exists()
+    assert (
+        f"MLflow store {outage.url} answers again: sent the 20 records kept in {journal}"
+        in capsys.readouterr().err
+    )
 
 
 def test_an_interrupted_run_is_resumed_not_duplicated(tmp_path, monkeypatch):

@@ -9,17 +9,26 @@ The train stage opens its run with `with run(...) as r:`, which sets the run's f
 after it log into that run with `with attach(...) as r:`. Both hand out a `Run`, which logs through an
 `MlflowClient` for the store's URI: MLflow's global tracking URI is set only around the fluent calls that
 read it, and put back afterwards.
+
+A store that fails mid-run loses nothing that can be kept: the handle appends what the store did not take
+to a journal file beside the run's outputs and sends it, in order, once the store answers again (during the
+run, or when the next stage opens it). `check_store` tells cheaply whether the store answers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,14 +36,16 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import LifecycleStage, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
+from sqlalchemy.exc import SQLAlchemyError
 from torch import nn
 
-from gan_pipeline.errors import PipelineError, first_line
+from gan_pipeline.errors import DataError, PipelineError, first_line
+from gan_pipeline.io import read_json, write_text
 
 if TYPE_CHECKING:
     from gan_pipeline.config import TrackingConfig
@@ -43,6 +54,8 @@ if TYPE_CHECKING:
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 GENERATOR_ARTIFACT = "generator"
+# What a run could not send to its store, kept beside the run's outputs (never a DVC output).
+JOURNAL_NAME = "mlflow_journal.jsonl"
 
 
 # --- where the store is ----------------------------------------------------------------------------------
@@ -111,6 +124,66 @@ def _fluent_tracking_uri(uri: str):
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
+# --- checking the store -----------------------------------------------------------------------------------
+
+# How long check_store and a reconnect attempt wait for a tracking server's answer.
+PROBE_TIMEOUT_S = 5
+# While the store does not answer, how often a run tries to send what it kept in its journal.
+RECONNECT_EVERY_S = 10.0
+_MOVE_ASIDE = "move it aside and run again (the runs in it are lost, unless a copy of the file is restored)"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _check_sqlite(db: Path) -> None:
+    """PipelineError when `db` exists but is not a usable MLflow database. Opened read-only: nothing is
+    created or migrated (a missing or empty file is what the first stage to open the store starts from)."""
+    if not db.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=20)) as con:
+            problems = [row[0] for row in con.execute("PRAGMA quick_check(3)")]
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise PipelineError(
+            f"{db}: not a readable MLflow database ({first_line(exc)}); {_MOVE_ASIDE}"
+        ) from None
+    if problems != ["ok"]:
+        raise PipelineError(f"{db}: corrupt MLflow database ({'; '.join(problems)}); {_MOVE_ASIDE}")
+    if tables and not {"experiments", "runs"} <= tables:
+        raise PipelineError(f"{db}: not an MLflow database (no experiments and runs tables); {_MOVE_ASIDE}")
+
+
+def _ask_server(uri: str, experiment_name: str) -> None:
+    """One request to the tracking server's API with a short timeout; OSError when it does not answer. A
+    missing experiment (404) or refused credentials (401, 403) are answers."""
+    query = urllib.parse.urlencode({"experiment_name": experiment_name})
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (401, 403, 404):
+            raise
+
+
+def check_store(cfg: TrackingConfig, root: Path | None = None) -> None:
+    """PipelineError (one line) when the tracking store of the repository at `root` (default: the working
+    directory's) does not answer or its file is corrupt. Cheap, and changes nothing: a SQLite store is
+    opened read-only and checked without migrating; a server gets one request with a short timeout (asking
+    for the experiment `cfg.experiment_name`); other stores are not checked."""
+    uri = tracking_uri(repo_root(root))
+    if (db := _sqlite_path(uri)) is not None:
+        _check_sqlite(db)
+    elif uri.startswith(("http://", "https://")):
+        try:
+            _ask_server(uri, cfg.experiment_name)
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"MLflow store {uri}: not reachable ({first_line(exc)})") from None
+
+
 class _Store:
     """A connection to the tracking store and the project's MLflow experiment; PipelineError if the store
     does not answer now, before any training."""
@@ -118,22 +191,48 @@ class _Store:
     def __init__(self, cfg: TrackingConfig, root: Path | None):
         self.root = repo_root(root)
         self.uri = tracking_uri(self.root)
+        self.experiment_name = cfg.experiment_name
         # MLflow's HTTP client retries each request (7 times, up to minutes, by default); the params say how
         # often, unless the environment already does.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(cfg.retry_backoff_s))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        try:
+        if (db := _sqlite_path(self.uri)) is not None:
+            _check_sqlite(db)
+        with self.answering():
             with _first_use_lock(self.uri):
                 self.client = MlflowClient(self.uri)
                 self.experiment_id = self._experiment(cfg.experiment_name)
-        except (MlflowException, OSError) as exc:
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """The block's store failures as the one-line PipelineError."""
+        try:
+            yield
+        except (MlflowException, OSError, SQLAlchemyError) as exc:
             raise PipelineError(
                 f"MLflow store {self.uri}: not reachable or not usable ({first_line(exc)})"
             ) from None
 
+    def answers(self) -> bool:
+        """Whether the store answers a quick request now (a local store is not asked: its calls fail fast)."""
+        if not self.uri.startswith(("http://", "https://")):
+            return True
+        try:
+            _ask_server(self.uri, self.experiment_name)
+        except (OSError, ValueError):
+            return False
+        return True
+
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
+        if found is not None and found.lifecycle_stage == LifecycleStage.DELETED:
+            # MLflow keeps a deleted experiment's name reserved: no new one can take it.
+            self.client.restore_experiment(found.experiment_id)
+            _warn(
+                f"MLflow experiment '{name}' in {self.uri} was deleted (MLflow keeps its name reserved): "
+                "restored it with its runs; to remove it for good, delete it and run `mlflow gc`"
+            )
         if found is not None:
             return found.experiment_id
         location = (self.root / ARTIFACTS_DIR).as_uri() if _is_local_store(self.uri) else None
@@ -148,15 +247,26 @@ class _Store:
         self.client.log_batch(created.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return created.info.run_id
 
-    def reopen(self, run_id: str, params: Mapping[str, Any]) -> tuple[int, dict[str, str]] | None:
-        """Reopen an interrupted run of this experiment: (the last step it has metrics for, the params whose
-        value changed), or None when the store does not have it."""
+    def find_run(self, run_id: str) -> tuple[Any | None, str]:
+        """(the run, "") when the store has `run_id` and it is not deleted, else (None, why not)."""
         try:
             found = self.client.get_run(run_id)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return None, f"is not in the MLflow store {self.uri}"
+        if found.info.lifecycle_stage == LifecycleStage.DELETED:
+            return None, f"was deleted in the MLflow store {self.uri}"
+        return found, ""
+
+    def reopen(self, run_id: str, params: Mapping[str, Any]) -> tuple[int, dict[str, str]] | str:
+        """Reopen an interrupted run of this experiment: (the last step it has metrics for, the params whose
+        value changed), or why it cannot be (not in the store, deleted, of another experiment)."""
+        found, why = self.find_run(run_id)
+        if found is None:
+            return why
         if found.info.experiment_id != self.experiment_id:
-            return None
+            return f"belongs to another MLflow experiment than '{self.experiment_name}'"
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         logged = found.data.params
         new = {k: str(v) for k, v in params.items() if k not in logged}
@@ -165,6 +275,118 @@ class _Store:
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in new.items()])
         history = self.client.get_metric_history(run_id, "loss_d")
         return max((m.step for m in history), default=0), changed
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# --- the journal of what the store did not take -----------------------------------------------------------
+
+# Errors with which a store that answers refuses a record (a deleted run, a param logged with another
+# value): sending it again cannot succeed, so the journal drops it, saying so.
+_REFUSALS = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "INVALID_STATE", "BAD_REQUEST")
+
+
+class Journal:
+    """What a run could not send to its store, kept in a local JSONL file (`path`) until it can: one record
+    per line (metrics with their steps and timestamps, params, tags, an artifact's path, the run's end
+    status), each appended and fsync'd, so that a crash loses at most the line being written; `replay`
+    sends them in order and removes the file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def records(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in lines:
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a crash as it was written
+                records.append(json.loads(line))
+        return records
+
+    def replay(self, client: MlflowClient) -> int:
+        """Send the records in order, then remove the file: how many were sent. On a store failure the
+        records not sent yet stay (the file is rewritten atomically) and the error goes on."""
+        records = self.records()
+        done = 0
+        try:
+            for group in _groups(records):
+                _send_group(client, group)
+                done += len(group)
+        except (MlflowException, OSError, SQLAlchemyError):
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in records[done:]))
+            raise
+        self.path.unlink(missing_ok=True)
+        return done
+
+
+def _groups(records: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """The records in order, consecutive metrics of one run together (sent in batches, not one by one)."""
+    group: list[dict[str, Any]] = []
+    for record in records:
+        if group and not (
+            record["op"] == group[-1]["op"] == "metrics" and record["run_id"] == group[-1]["run_id"]
+        ):
+            yield group
+            group = []
+        group.append(record)
+    if group:
+        yield group
+
+
+def _send_group(client: MlflowClient, group: list[dict[str, Any]]) -> None:
+    """Send one group of journal records; a record that the store refuses is dropped with a warning."""
+    first = group[0]
+    run_id, op = first["run_id"], first["op"]
+    try:
+        if op == "metrics":
+            metrics = [Metric(k, v, ts, step) for r in group for k, v, ts, step in r["metrics"]]
+            for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+                client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        elif op == "params":
+            client.log_batch(run_id, params=[Param(k, v) for k, v in first["params"].items()])
+        elif op == "tags":
+            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in first["tags"].items()])
+        elif op == "artifact":
+            if not Path(first["path"]).exists():
+                _warn(f"MLflow run {run_id}: artifact {first['path']} is gone: not logged")
+                return
+            client.log_artifact(run_id, first["path"], first.get("artifact_path"))
+        elif op == "status":
+            client.set_terminated(run_id, first["status"], first["end_time"])
+        elif op == "model":
+            _send_kept_model(client, run_id, first)
+    except MlflowException as exc:
+        if exc.error_code not in _REFUSALS:
+            raise
+        _warn(f"MLflow run {run_id}: the store refused the kept {op} ({first_line(exc)}): dropped")
+
+
+def _send_kept_model(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
+    """Log the generator whose weights file the journal kept, and tag the run with its model URI."""
+    from gan_pipeline.sampling import load_generator  # the models' code, only for a model to send
+
+    weights = Path(record["weights"])
+    if not weights.exists():
+        _warn(f"MLflow run {run_id}: generator weights {weights} are gone: the model is not logged")
+        return
+    generator, spec, model = load_generator(weights)
+    status = client.get_run(run_id).info.status  # the fluent API that logs a model ends the run FINISHED
+    model_uri = _log_generator_model(record["uri"], run_id, generator, model["latent_dim"], spec.conditional)
+    client.set_tag(run_id, "generator_model_uri", model_uri)
+    if status != RunStatus.to_string(RunStatus.FINISHED):
+        client.update_run(run_id, status=status)
 
 
 # --- the run handle --------------------------------------------------------------------------------------
@@ -182,12 +404,15 @@ class Run:
     """An MLflow run to log into: `id`, `uri` (the store's tracking URI), and for a run opened by `run`,
     `resumed` and `logged_until` (the last step that the interrupted run it reopened has metrics for).
 
-    If the store fails after the run was opened, the handle goes offline: calls made through it are skipped
-    and listed in `not_logged`, so that training goes on and the stage can say what the run lacks (the DVC
-    outputs hold everything); `run` and `attach` print that as a warning when their block ends.
+    If the store fails after the run was opened, the handle goes offline: what is logged through it goes to
+    its journal (`journal.path`), training goes on, and every RECONNECT_EVERY_S the journal is sent again;
+    once the store answers, the handle is online again. `not_logged` lists what is in the journal from this
+    handle; `run` and `attach` print that as a warning when their block ends.
     """
 
-    def __init__(self, store: _Store, run_id: str, resumed: bool = False, logged_until: int = 0):
+    def __init__(self, store: _Store, run_id: str, journal: Journal, resumed: bool = False,
+                 logged_until: int = 0):  # fmt: skip
+        self._store = store
         self._client = store.client
         self.id = run_id
         self.uri = store.uri
@@ -197,24 +422,58 @@ class Run:
             f"sqlite:///{DB_NAME}" if store.uri == f"sqlite:///{store.root / DB_NAME}" else store.uri
         )
         self.experiment_id = store.experiment_id
+        self.journal = journal
         self.resumed = resumed
         self.logged_until = logged_until
-        self.offline: str | None = None  # why the store stopped answering, once it has
-        self.not_logged: list[str] = []
+        self.offline: str | None = None  # why the store stopped answering, while it does not
+        self._failure: str | None = None  # the last such reason
+        self.not_logged: list[str] = []  # what this handle did not send (and kept, but for `_lost`)
+        self._lost: set[str] = set()  # what could not be kept in the journal
+        self._retry_at = 0.0  # time.monotonic() of the next attempt to send the journal
 
-    def _guarded(self, what: str, call: Callable[[], Any]) -> Any:
-        """Run one logging call; when the store fails, go offline, record `what`, and return None."""
+    def _go_offline(self, exc: BaseException) -> None:
+        self.offline = self._failure = first_line(exc)
+        self._retry_at = time.monotonic() + RECONNECT_EVERY_S
+        _warn(
+            f"MLflow store {self.uri} failed ({self.offline}); going on, keeping what is not logged in "
+            f"{self.journal.path} and sending it once the store answers again"
+        )
+
+    def send_journal(self) -> None:
+        """Send what the journal holds (from this handle or an earlier process) if the store answers; online
+        again once it is sent."""
+        self._retry_at = time.monotonic() + RECONNECT_EVERY_S
+        if self.journal.path.exists():
+            if not self._store.answers():
+                return
+            try:
+                sent = self.journal.replay(self._client)
+            except (MlflowException, OSError, SQLAlchemyError):
+                return
+            print(f"MLflow store {self.uri} answers again: sent the {sent} records kept in "
+                  f"{self.journal.path}", file=sys.stderr)  # fmt: skip
+        self.offline = None
+        self.not_logged = [what for what in self.not_logged if what in self._lost]
+
+    def _send(self, what: str, record: dict[str, Any] | None, call: Callable[[], Any]) -> Any:
+        """Make one logging call; offline, or when the store fails, keep `record` in the journal (None: the
+        call cannot be kept) and list `what` in not_logged."""
+        if self.offline is not None and time.monotonic() >= self._retry_at:
+            self.send_journal()
         if self.offline is None:
             try:
                 return call()
-            except (MlflowException, OSError) as exc:
-                self.offline = first_line(exc)
-                print(
-                    f"warning: MLflow store {self.uri} failed ({self.offline}); going on without it",
-                    file=sys.stderr,
-                )
+            except (MlflowException, OSError, SQLAlchemyError) as exc:
+                self._go_offline(exc)
+        if record is None:
+            self._lost.add(what)
+        else:
+            self.journal.append({"run_id": self.id, **record})
         self.not_logged.append(what)
         return None
+
+    def _record(self, what: str, record: dict[str, Any]) -> None:
+        self._send(what, record, lambda: _send_group(self._client, [{"run_id": self.id, **record}]))
 
     def report(self) -> str | None:
         """A line saying what did not reach the store, or None when everything did."""
@@ -227,11 +486,16 @@ class Run:
             first, last = steps[0].rsplit(" ", 1)[1], steps[-1].rsplit(" ", 1)[1]
             parts.append(f"metrics at {len(steps)} steps ({first}..{last})")
         parts.extend(others)
-        return f"MLflow store {self.uri} failed ({self.offline}): not logged: {'; '.join(parts)}"
+        kept = (
+            f"; kept in {self.journal.path}, sent by the next stage that logs into the run"
+            if self.journal.path.exists()
+            else ""
+        )
+        return f"MLflow store {self.uri} failed ({self._failure}): not logged: {'; '.join(parts)}{kept}"
 
     def _warn_if_not_logged(self) -> None:
         if report := self.report():
-            print(f"warning: {report}", file=sys.stderr)
+            _warn(report)
 
     def log_step(self, step: int, stats: Mapping[str, float]) -> None:
         """The training loop's `on_step(step, stats)`: log the stats (less `step`) at that step, skipping
@@ -243,62 +507,77 @@ class Run:
         """Log numbers (non-numeric values are skipped) at `step`."""
         now = int(time.time() * 1000)
         batch = [
-            Metric(k, float(v), now, step)
+            [k, float(v), now, step]
             for k, v in metrics.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         ]
-
-        def log() -> None:
-            for start in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
-                self._client.log_batch(self.id, metrics=batch[start : start + 1000])
-
-        self._guarded(f"metrics at step {step}", log)
+        self._record(f"metrics at step {step}", {"op": "metrics", "metrics": batch})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._guarded(
-            f"artifact {Path(path).name}",
-            lambda: self._client.log_artifact(self.id, str(path), artifact_path),
-        )
+        record = {"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path}
+        self._record(f"artifact {Path(path).name}", record)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self._guarded(
-                f"tag {key}", lambda key=key, value=value: self._client.set_tag(self.id, key, value)
+        if tags:
+            self._record(
+                f"tags {', '.join(tags)}", {"op": "tags", "tags": {k: str(v) for k, v in tags.items()}}
             )
 
-    def log_generator(self, generator: nn.Module, latent_dim: int, conditional: bool) -> str | None:
-        """Log G as an MLflow model: its URI, or None when the store has failed (see _log_generator_model)."""
-        return self._guarded(
+    def log_generator(
+        self, generator: nn.Module, latent_dim: int, conditional: bool, weights: Path | None = None
+    ) -> str | None:
+        """Log G as an MLflow model: its URI, or None when the store has failed (see _log_generator_model).
+        With `weights`, G's weights file (written by io.save_weights), a model the store does not take is
+        kept in the journal as that path, and logged with a `generator_model_uri` tag once it is sent."""
+        record = None
+        if weights is not None:
+            record = {"op": "model", "weights": str(Path(weights).resolve()), "uri": self.uri}
+        return self._send(
             "the generator model",
+            record,
             lambda: _log_generator_model(self.uri, self.id, generator, latent_dim, conditional),
         )
 
     def _end(self, status: int) -> None:
         name = RunStatus.to_string(status)
-        self._guarded(f"run status {name}", lambda: self._client.set_terminated(self.id, name))
+        self._retry_at = 0.0  # one more attempt to send the journal first
+        end = {"op": "status", "status": name, "end_time": int(time.time() * 1000)}
+        self._record(f"run status {name}", end)
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """For the block, SIGTERM raises Terminated in the main thread instead of ending the process at once;
-    the handler it replaces is put back afterwards, and already at the first SIGTERM, so that a second one
-    acts as it did before. Python runs signal handlers in the main thread only, so other threads get none."""
+def _signals_end_run() -> Iterator[list[int]]:
+    """For the block, SIGTERM raises Terminated and SIGINT KeyboardInterrupt in the main thread; yields the
+    signals received, so that a run they end is KILLED whatever the interrupted code made of the exception.
+    Each handler replaced is put back afterwards, and already at its signal's first arrival, so that a second
+    one acts as it did before; an ignored signal stays ignored. Python runs signal handlers in the main
+    thread only, so other threads get none."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is None:  # installed from outside Python: the default action is all that can be restored
-        previous = signal.SIG_DFL
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if handler is signal.SIG_IGN:
+            continue
+        # None: installed from outside Python; the default action is all that can be restored.
+        previous[signum] = signal.SIG_DFL if handler is None else handler
 
-    def raise_terminated(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, previous)
-        raise Terminated
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        signal.signal(signum, previous[signum])
+        if signum == signal.SIGTERM:
+            raise Terminated
+        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, raise_terminated)
+    for signum in previous:
+        signal.signal(signum, interrupt)
     try:
-        yield
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -309,48 +588,104 @@ def run(
     tags: Mapping[str, str],
     resume: str | None = None,
     root: Path | None = None,
+    journal: Path | None = None,
 ) -> Iterator[Run]:
     """A run in the store of the repository at `root` (default: the working directory's), with its params
     (flattened keys) and tags: `resume`, the run id of an interrupted run, is reopened if the store still has
     it (a resumable param that grew, such as epochs, becomes a `resumed_with.<key>` tag, since MLflow params
-    cannot change), else a new run is created.
+    cannot change), else a new run is created, saying why. What the store does not take is kept in the
+    journal file `journal` (default: JOURNAL_NAME at the root) and sent first, before the run opens, and
+    whenever the store answers again.
 
-    The run ends FINISHED when the block does, FAILED when it raises, KILLED on KeyboardInterrupt or
-    SIGTERM (which raises Terminated for the block's duration); then what did not reach the store is
+    The run ends FINISHED when the block does, FAILED when it raises, KILLED on SIGINT or SIGTERM (which
+    raise KeyboardInterrupt and Terminated for the block's duration); then what did not reach the store is
     printed as a warning. PipelineError, before the block, when the store does not answer.
     """
-    with _sigterm_raises():
+    with _signals_end_run() as signals:
         store = _Store(cfg, root)
-        reopened = store.reopen(resume, params) if resume is not None else None
-        if reopened is None:
-            handle = Run(store, store.create_run(name, params, tags))
-        else:
-            handle = Run(store, resume, resumed=True, logged_until=reopened[0])
+        kept = Journal(journal or store.root / JOURNAL_NAME)
+        with store.answering():
+            _send_earlier_journal(store, kept)
+            reopened = store.reopen(resume, params) if resume is not None else None
+            if isinstance(reopened, tuple):
+                handle = Run(store, resume, kept, resumed=True, logged_until=reopened[0])
+            else:
+                handle = Run(store, store.create_run(name, params, tags), kept)
+                if reopened is not None:
+                    _warn(
+                        f"MLflow run {resume} of the checkpoint {reopened}: "
+                        f"logging into a new run {handle.id}"
+                    )
+        if isinstance(reopened, tuple):
             handle.set_tags({f"resumed_with.{k}": v for k, v in reopened[1].items()})
         try:
             yield handle
-        except (KeyboardInterrupt, Terminated):
-            handle._end(RunStatus.KILLED)
-            raise
-        except BaseException:
-            handle._end(RunStatus.FAILED)
+        except BaseException as exc:
+            killed = signals or isinstance(exc, KeyboardInterrupt | Terminated)
+            handle._end(RunStatus.KILLED if killed else RunStatus.FAILED)
             raise
         else:
-            handle._end(RunStatus.FINISHED)
+            handle._end(RunStatus.KILLED if signals else RunStatus.FINISHED)
         finally:
             handle._warn_if_not_logged()
 
 
+def _send_earlier_journal(store: _Store, journal: Journal) -> None:
+    """Send what an earlier process kept in `journal`; MlflowException etc. when the store fails."""
+    if journal.path.exists():
+        sent = journal.replay(store.client)
+        print(f"MLflow store {store.uri}: sent the {sent} records kept in {journal.path}", file=sys.stderr)
+
+
+RUN_RECORD_KEYS = ("run_id", "experiment", "steps")
+
+
+def read_run_record(path: str | Path) -> dict[str, Any]:
+    """The train stage's run.json at `path`; DataError when it is no JSON object with a run_id (a
+    non-empty string), experiment and steps."""
+    record = read_json(path)
+    if not isinstance(record, dict):
+        record = {}
+    missing = [key for key in RUN_RECORD_KEYS if key not in record]
+    if not missing and not (isinstance(record["run_id"], str) and record["run_id"]):
+        missing = [f"run_id (found {record['run_id']!r})"]
+    if missing:
+        stage = f"train@{record.get('experiment', '<experiment>')}"
+        raise DataError(
+            f"{path}: expected the train stage's record with run_id, experiment and steps, missing: "
+            f"{', '.join(missing)} (train again: dvc repro --force {stage})"
+        )
+    return record
+
+
 @contextlib.contextmanager
-def attach(cfg: TrackingConfig, run_id: str, root: Path | None = None) -> Iterator[Run]:
+def attach(
+    cfg: TrackingConfig,
+    run_id: str,
+    root: Path | None = None,
+    journal: Path | None = None,
+    source: str = "run_id",
+) -> Iterator[Run]:
     """The run `run_id` (from the train stage's run.json) in the store of the repository at `root` (default:
     the working directory's), to log into without changing its status; at the end of the block, what did
-    not reach the store is printed as a warning. PipelineError when the store does not answer.
+    not reach the store is printed as a warning. PipelineError, before the block, when the store does not
+    answer or lacks the run or the run is deleted (`source` names where the run id came from). What an
+    earlier stage kept in the journal `journal` (default: JOURNAL_NAME at the root) is sent first.
 
     The store is found as the train stage finds it, not from run.json's `tracking_uri`: a copy of the
     project or a run-cache restore carries run.json from another checkout, whose store may be gone.
     """
-    handle = Run(_Store(cfg, root), run_id)
+    store = _Store(cfg, root)
+    kept = Journal(journal or store.root / JOURNAL_NAME)
+    with store.answering():
+        _send_earlier_journal(store, kept)
+        found, why = store.find_run(run_id)
+    if found is None:
+        raise PipelineError(
+            f"{source}: MLflow run {run_id} {why} (restore it, or train again: dvc repro --force "
+            "train@<experiment>)"
+        )
+    handle = Run(store, run_id, kept)
     try:
         yield handle
     finally:
