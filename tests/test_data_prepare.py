@@ -196,9 +196,9 @@ def test_prepare_failing_to_write_stats_leaves_the_earlier_hdf5(
     def disk_full(path, data):
         raise OSError(28, "No space left on device")
 
-    # prepare imports write_json as it runs (gan_pipeline.io imports torch; the data checks need none).
+    # prepare imports write_json as it runs; a full disk inside io's atomic write is its one-line DataError.
     monkeypatch.setattr(importlib.import_module("gan_pipeline.io"), "write_json", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DataError, match="No space left"):
         prepare(csv_cfg, earlier_outputs / "digits.h5", earlier_outputs / "stats.json")
     assert sorted(p.name for p in earlier_outputs.iterdir()) == ["digits.h5", "stats.json"]
     assert (earlier_outputs / "digits.h5").read_bytes() == b"earlier h5"

@@ -368,7 +368,7 @@ def test_faces_are_more_entries_of_the_same_stages_reading_their_own_data(tmp_pa
     assert {n: on[n] for n in off} == off  # the MNIST stages are unchanged
     for name in ("train@convgan128", "evaluate@convgan128"):
         cmd, deps = on[name]
-        assert "--data data/prepared/celeba128.h5" in cmd and "data/prepared/celeba128.h5" in deps
+        assert "--data 'data/prepared/celeba128.h5'" in cmd and "data/prepared/celeba128.h5" in deps
     assert "--dataset celeba64" in on["prepare@celeba64"][0] and "data/raw" in on["prepare@celeba64"][1]
 
 

@@ -21,6 +21,7 @@ import torch
 
 from gan_pipeline.config import EvaluateConfig
 from gan_pipeline.data.loading import load_split, to_float
+from gan_pipeline.data.sources import IMAGE_SHAPE
 from gan_pipeline.data.streaming import face_counts, is_face_file, read_faces
 from gan_pipeline.errors import DataError
 from gan_pipeline.io import load_module
@@ -88,8 +89,8 @@ def _digit_metrics(
     data: Path, samples: Path, cfg: EvaluateConfig, classifier_path: Path, floor: float
 ) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
     """The classifier-feature metrics of the samples, the per-digit rows, and the samples."""
+    fake_u8, labels = load_samples(samples, image_shape=IMAGE_SHAPE)  # before any model loads
     classifier, _ = load_module(classifier_path, lambda c: DigitClassifier(c["feature_dim"]))
-    fake_u8, labels = load_samples(samples)
     requested = torch.from_numpy(labels) if labels is not None else None
     fake = to_float(fake_u8, (-1.0, 1.0))
     real_u8, real_labels = load_split(data, "test")

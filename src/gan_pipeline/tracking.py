@@ -22,13 +22,9 @@ import fcntl
 import json
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,12 +42,20 @@ from torch import nn
 
 from gan_pipeline.errors import DataError, PipelineError, first_line
 from gan_pipeline.io import read_json, write_text
+from gan_pipeline.store import (  # noqa: F401  (check_store, repo_root, tracking_uri: called as tracking.* too)
+    DB_NAME,
+    ask_server,
+    check_sqlite,
+    check_store,
+    repo_root,
+    sqlite_path,
+    tracking_uri,
+)
 
 if TYPE_CHECKING:
     from gan_pipeline.config import TrackingConfig
 
 # mlflow.db and artifacts are git-ignored; the MLflow UI reads them from the repo root.
-DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 GENERATOR_ARTIFACT = "generator"
 # What a run could not send to its store, kept beside the run's outputs (never a DVC output).
@@ -59,27 +63,6 @@ JOURNAL_NAME = "mlflow_journal.jsonl"
 
 
 # --- where the store is ----------------------------------------------------------------------------------
-
-
-def repo_root(start: str | Path | None = None) -> Path:
-    """The repository that owns the MLflow store.
-
-    `dvc exp run --queue/--temp` runs stages in a copy under `<repo>/.dvc/tmp/exps/...`; a store inside the
-    copy would be thrown away with it, so the original repository's root is returned for such paths.
-    """
-    here = Path(start or os.getcwd()).resolve()
-    parts = here.parts
-    for i in range(len(parts) - 3):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    for candidate in (here, *here.parents):
-        if (candidate / ".dvc").is_dir() or (candidate / "dvc.yaml").is_file():
-            return candidate
-    return here
-
-
-def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DB_NAME}"
 
 
 def _is_local_store(uri: str) -> bool:
@@ -126,63 +109,6 @@ def _fluent_tracking_uri(uri: str):
 
 # --- checking the store -----------------------------------------------------------------------------------
 
-# How long check_store and a reconnect attempt wait for a tracking server's answer.
-PROBE_TIMEOUT_S = 5
-# While the store does not answer, how often a run tries to send what it kept in its journal.
-RECONNECT_EVERY_S = 10.0
-_MOVE_ASIDE = "move it aside and run again (the runs in it are lost, unless a copy of the file is restored)"
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
-
-
-def _check_sqlite(db: Path) -> None:
-    """PipelineError when `db` exists but is not a usable MLflow database. Opened read-only: nothing is
-    created or migrated (a missing or empty file is what the first stage to open the store starts from)."""
-    if not db.exists():
-        return
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=20)) as con:
-            problems = [row[0] for row in con.execute("PRAGMA quick_check(3)")]
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error as exc:
-        raise PipelineError(
-            f"{db}: not a readable MLflow database ({first_line(exc)}); {_MOVE_ASIDE}"
-        ) from None
-    if problems != ["ok"]:
-        raise PipelineError(f"{db}: corrupt MLflow database ({'; '.join(problems)}); {_MOVE_ASIDE}")
-    if tables and not {"experiments", "runs"} <= tables:
-        raise PipelineError(f"{db}: not an MLflow database (no experiments and runs tables); {_MOVE_ASIDE}")
-
-
-def _ask_server(uri: str, experiment_name: str) -> None:
-    """One request to the tracking server's API with a short timeout; OSError when it does not answer. A
-    missing experiment (404) or refused credentials (401, 403) are answers."""
-    query = urllib.parse.urlencode({"experiment_name": experiment_name})
-    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}"
-    try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
-            response.read()
-    except urllib.error.HTTPError as exc:
-        if exc.code not in (401, 403, 404):
-            raise
-
-
-def check_store(cfg: TrackingConfig, root: Path | None = None) -> None:
-    """PipelineError (one line) when the tracking store of the repository at `root` (default: the working
-    directory's) does not answer or its file is corrupt. Cheap, and changes nothing: a SQLite store is
-    opened read-only and checked without migrating; a server gets one request with a short timeout (asking
-    for the experiment `cfg.experiment_name`); other stores are not checked."""
-    uri = tracking_uri(repo_root(root))
-    if (db := _sqlite_path(uri)) is not None:
-        _check_sqlite(db)
-    elif uri.startswith(("http://", "https://")):
-        try:
-            _ask_server(uri, cfg.experiment_name)
-        except (OSError, ValueError) as exc:
-            raise PipelineError(f"MLflow store {uri}: not reachable ({first_line(exc)})") from None
-
 
 class _Store:
     """A connection to the tracking store and the project's MLflow experiment; PipelineError if the store
@@ -197,8 +123,8 @@ class _Store:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.retries))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(cfg.retry_backoff_s))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        if (db := _sqlite_path(self.uri)) is not None:
-            _check_sqlite(db)
+        if (db := sqlite_path(self.uri)) is not None:
+            check_sqlite(db)
         with self.answering():
             with _first_use_lock(self.uri):
                 self.client = MlflowClient(self.uri)
@@ -219,7 +145,7 @@ class _Store:
         if not self.uri.startswith(("http://", "https://")):
             return True
         try:
-            _ask_server(self.uri, self.experiment_name)
+            ask_server(self.uri, self.experiment_name)
         except (OSError, ValueError):
             return False
         return True
@@ -285,6 +211,8 @@ def _warn(message: str) -> None:
 
 # Errors with which a store that answers refuses a record (a deleted run, a param logged with another
 # value): sending it again cannot succeed, so the journal drops it, saying so.
+# While the store does not answer, how often a run tries to send what it kept in its journal.
+RECONNECT_EVERY_S = 10.0
 _REFUSALS = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "INVALID_STATE", "BAD_REQUEST")
 
 
