@@ -79,6 +79,7 @@ def test_a_stage_that_fails_mid_run_leaves_the_previous_outputs_and_lock(repo, p
     proc = run(["dvc", "exp", "run", "-S", overflow, "train@mlp_gan"], repo, check=False)
     assert proc.returncode != 0
     assert "error: training diverged at step 1: loss_d is nan" in proc.stderr, proc.stderr
+    assert "[train@mlp_gan: the previous outputs stay; `dvc checkout train@mlp_gan` restores" in proc.stderr
     assert "train@mlp_gan" in ran_stages(proc.stdout)
     assert _lock(repo)["stages"]["train@mlp_gan"] == lock_before
     after = output_md5s(repo)

@@ -4,6 +4,7 @@ writing such messages."""
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -30,15 +31,26 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def under_dvc_hint(exc: PipelineError) -> str:
+    """What a failed stage run by `dvc repro` leaves, for a failure the check stage could not see first: its
+    outputs are persisted (DVC does not remove them before the run), so they are the previous run's, and
+    `dvc checkout <stage>` restores any that this run replaced. Empty outside DVC and for params errors."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage or isinstance(exc, ParamsError):
+        return ""
+    return f" [{stage}: the previous outputs stay; `dvc checkout {stage}` restores any this run replaced]"
+
+
 def exit_on_error(main: F) -> F:
-    """Run a stage's main(); a PipelineError becomes `error: <message>` on stderr and exit status 1."""
+    """Run a stage's main(); a PipelineError becomes `error: <message>` on stderr and exit status 1 (under
+    `dvc repro`, with the way back to the previous outputs)."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except PipelineError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc}{under_dvc_hint(exc)}", file=sys.stderr)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
