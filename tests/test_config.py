@@ -569,3 +569,20 @@ def test_check_fits_test_split_needs_more_test_images_than_prdc_nearest_k():
         "p.yaml: evaluate.prdc_nearest_k: expected fewer than the 5 real test images it is scored against "
         "(each k-NN ball needs k other images), got 5"
     )
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("crop_size", 5000, "datasets.celeba64.crop_size: expected an int in 1..4096, got 5000"),
+        ("image_size", 0, "datasets.celeba64.image_size: expected an int in 1..4096, got 0"),
+        ("decode_workers", 10**6, "datasets.celeba64.decode_workers: expected an int in 1..256, got 1000000"),
+        ("max_images", 10**12, "datasets.celeba64.max_images: expected an int in 1..10000000 or null"),
+    ],
+)
+def test_face_dataset_sizes_have_upper_bounds(key, value, message, enable_faces):
+    raw = yaml.safe_load(enable_faces((REPO / "params.yaml").read_text()))
+    raw["datasets"]["celeba64"][key] = value
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert str(err.value).startswith(f"params.yaml: {message}"), str(err.value)

@@ -72,14 +72,17 @@ class FaceDataConfig:
     test_fraction: float = _check("a float in (0, 1)", lambda v: 0 < v < 1)
     split_seed: int = _seed()
     # The centre crop_size x crop_size square of each 178x218 face, resized to image_size x image_size
-    # (128 and 128: the tutorial's crop; 128 and 64: DCGAN's faces).
-    crop_size: int = _positive("an int")
-    image_size: int = _positive("an int")
+    # (128 and 128: the tutorial's crop; 128 and 64: DCGAN's faces). Both at most 4096, the largest image
+    # the data checks decode (data.safety); the models make at most 128x128.
+    crop_size: int = _between(1, 4096)
+    image_size: int = _between(1, 4096)
     # A member whose name escapes the archive, a non-image member, an undecodable or too small image:
     # error stops the stage naming it; skip leaves it out and counts it in the stats.
     on_bad_image: Literal["error", "skip"]
-    decode_workers: int = _positive("an int")
-    max_images: int | None = _positive("an int or null")
+    # Threads decoding JPEGs: at most 256 (more threads than any CPU here has cores only add memory).
+    decode_workers: int = _between(1, 256)
+    # At most 10 million faces (CelebA has 202,599; FFHQ 70,000): a cap on what one prepare stage reads.
+    max_images: int | None = _check("an int in 1..10000000 or null", lambda v: 1 <= v <= 10_000_000)
 
 
 @dataclass(frozen=True)
