@@ -369,7 +369,7 @@ def test_faces_are_more_entries_of_the_same_stages_reading_their_own_data(tmp_pa
     for name in ("train@convgan128", "evaluate@convgan128"):
         cmd, deps = on[name]
         assert "--data 'data/prepared/celeba128.h5'" in cmd and "data/prepared/celeba128.h5" in deps
-    assert "--dataset celeba64" in on["prepare@celeba64"][0] and "data/raw" in on["prepare@celeba64"][1]
+    assert "--dataset 'celeba64'" in on["prepare@celeba64"][0] and "data/raw" in on["prepare@celeba64"][1]
 
 
 def test_every_stage_that_computes_runs_at_the_threads_that_params_yaml_names(tmp_path):

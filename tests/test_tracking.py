@@ -297,12 +297,20 @@ def test_check_store_accepts_a_store_not_made_yet_and_changes_nothing(tmp_path, 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_run_a_signal_interrupts_ends_killed_whatever_the_code_made_of_it(tmp_path, monkeypatch, signum):
     client = _local_store(tmp_path, monkeypatch)
-    with pytest.raises(RuntimeError), tracking.run(UNIT, "cgan", {}, {}, root=tmp_path) as run:
-        try:  # a library that turns the interrupt into its own error
-            os.kill(os.getpid(), signum)
-            time.sleep(5)
-        except BaseException as exc:
-            raise RuntimeError("interrupted") from exc
+    # A job started in the background of a shell (`make test &`) inherits SIGINT ignored, and a run keeps an
+    # ignored signal ignored: give this process the handler that a foreground one has.
+    inherited = signal.getsignal(signum)
+    if inherited is signal.SIG_IGN:
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    try:
+        with pytest.raises(RuntimeError), tracking.run(UNIT, "cgan", {}, {}, root=tmp_path) as run:
+            try:  # a library that turns the interrupt into its own error
+                os.kill(os.getpid(), signum)
+                time.sleep(5)
+            except BaseException as exc:
+                raise RuntimeError("interrupted") from exc
+    finally:
+        signal.signal(signum, inherited)
     assert client.get_run(run.id).info.status == "KILLED"
 
 
