@@ -1,7 +1,8 @@
 """check: the checks that need no stage to run, made before any stage runs. Every other stage depends on this
 one's output, so `dvc repro` and `dvc exp run` run it first and stop here, before DVC removes or replaces any
 stage's outputs: params.yaml's schema and cross-field checks (experiment and dataset names included: DVC
-builds the stage commands from them), each dataset's raw source, and the MLflow store answering.
+builds the stage commands from them), each dataset's raw source, the Inception weights file, and the MLflow
+store answering.
 
 Its output holds the names of the checks only, so it is the same file after every passing run and a param
 change re-runs only the stages that read that param."""
@@ -14,7 +15,7 @@ from pathlib import Path
 from gan_pipeline.cli import run_stage
 from gan_pipeline.errors import exit_on_error
 
-CHECKS = ["params", "sources", "tracking store"]
+CHECKS = ["params", "sources", "Inception weights file", "tracking store"]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -82,8 +82,8 @@ def _train_and_log(params, plan, paths) -> None:
         "experiment": plan.name,
     }
     journal = paths.out / tracking.JOURNAL_NAME  # what the store does not take waits here
-    with tracking.run(params.tracking, plan.name, plan.run_params, tags, plan.earlier_run_id,
-                      journal=journal) as run:  # fmt: skip
+    earlier = plan.earlier_run_id
+    with tracking.run(params.tracking, plan.name, plan.run_params, tags, earlier, journal=journal) as run:
         print(f"MLflow run {run.id} in {run.uri}{' (resumed)' if run.resumed else ''}")
         result = train_experiment(plan, paths, run.log_step, {"mlflow_run_id": run.id})
         record = {**_log_result(run, plan, paths, result), "environment": environment()}
