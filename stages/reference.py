@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(features):
         rate = info["inception_images_per_s"]
         print(f"reference: {len(features)} test images at {rate:.1f} images/s; {metrics}")
-    save_reference(args.features, features, test_indices)
+    save_reference(args.features, features, test_indices, info.get("inception_precision", "fp32"))
     write_json(args.metrics, metrics)
     write_json(args.info, {**without_timings(info), "environment": environment()})
 

@@ -77,9 +77,39 @@ def test_gray_images_are_repeated_to_three_channels(network, real_digits):
 def test_bf16_features_stay_close_to_fp32(network, real_digits):
     digits = torch.from_numpy(real_digits.images[:2])
     fp32 = inception_features(network, digits)
-    bf16 = inception_features(network, digits, bf16=True)
+    bf16 = inception_features(network, digits, precision="bf16")
+    assert bf16.dtype == torch.float64 and bf16.shape == fp32.shape
     relative = ((bf16 - fp32).norm(dim=1) / fp32.norm(dim=1)).max().item()
     assert 0 < relative < 0.1
+
+
+@pytest.mark.parametrize("size", [(28, 28), (64, 64), (40, 36), (299, 299), (400, 320)])
+def test_the_fast_paths_resize_is_torch_fidelitys_tf1_resize(size):
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    images = torch.randint(0, 256, (2, 3, *size), generator=torch.Generator().manual_seed(0)).float()
+    theirs = interpolate_bilinear_2d_like_tensorflow1x(images, size=(299, 299), align_corners=False)
+    rows, cols = (inception._tf1_resize_matrix(n, 299) for n in size)
+    ours = torch.einsum("oh,nchw,pw->ncop", rows, images, cols)
+    # of values 0..255, float32 rounding only (torch-fidelity computes the source coordinates in float32)
+    assert torch.allclose(ours, theirs, rtol=0, atol=0.01)
+
+
+def test_gray_and_rgb_take_the_same_fast_path(network, real_digits):
+    gray = torch.from_numpy(real_digits.images[:2])
+    rgb = gray.unsqueeze(-1).repeat(1, 1, 1, 3).contiguous()
+    assert torch.equal(network.fast(gray), network.fast(rgb))
+
+
+def test_auto_precision_is_bf16_where_the_cpu_has_native_bf16_and_fp32_elsewhere():
+    from gan_pipeline.runtime import fast_bf16_cpu
+
+    cpu = torch.device("cpu")
+    assert inception.resolve_precision("auto", cpu) == ("bf16" if fast_bf16_cpu() else "fp32")
+    assert inception.resolve_precision("fp32", cpu) == "fp32"
+    assert inception.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(PipelineError, match="evaluate.inception_precision: expected one of auto, fp32, bf16"):
+        inception.resolve_precision("fp16", cpu)
 
 
 def test_users_torch_fidelity_weights_file_gives_the_same_network(network, real_digits, tmp_path):
@@ -157,3 +187,39 @@ def test_inception_weights_that_are_text_a_pickle_or_no_state_dict_are_one_line(
         f"{path}: not a torch state dict of Inception weights (evaluate.inception_weights; {reason})"
     )
     assert not (tmp_path / "executed").exists()
+
+
+def _fast_scores(network, first, second, fixture) -> dict[str, float]:
+    from configs import evaluate_config
+
+    from gan_pipeline.metrics.suite import feature_metrics
+
+    n = fixture["n_per_side"]
+    cfg = evaluate_config(kid_subset_size=fixture["kid_subset_size"], inception_n=n, prdc_nearest_k=5)
+    features = inception_features(network, np.concatenate([first, second]), 50, precision="bf16")
+    return feature_metrics("inception", features[:n], features[n:], cfg)
+
+
+@pytest.mark.parametrize("name", ["mnist", "celeba64"])
+def test_the_fast_path_scores_as_the_exact_fp32_path(network, name):
+    """bf16 against fp32 scores that benchmarks/inception_fid.py measured on the same images (--n 100
+    --write-fixture): FID within 1% (at the protocol's sizes the benchmark measures it within 0.1: see
+    docs/benchmarks.md), KID within its subset std, the PRDC fractions within a binomial std."""
+    import json
+
+    from inception_sets import FP32_SCORES, SHARED_CELEBA, celeba_halves, mnist_halves
+
+    fixture = json.loads(FP32_SCORES.read_text())
+    n = fixture["n_per_side"]
+    if name == "celeba64" and not (SHARED_CELEBA / "img_align_celeba").is_dir():
+        pytest.skip(f"{SHARED_CELEBA}: the shared CelebA faces are not beside this checkout")
+    first, second = mnist_halves(n) if name == "mnist" else celeba_halves(n)
+    exact = fixture["sets"][name]
+    fast = _fast_scores(network, first, second, fixture)
+    assert fast["fid_inception"] != exact["fid_inception"]  # the fast path did run, in bf16
+    assert abs(fast["fid_inception"] - exact["fid_inception"]) <= 0.01 * exact["fid_inception"]
+    assert abs(fast["kid_inception"] - exact["kid_inception"]) <= exact["kid_inception_std"]
+    for key in ("precision", "recall", "coverage"):
+        p = exact[f"prdc_inception_{key}"]
+        assert abs(fast[f"prdc_inception_{key}"] - p) <= max((p * (1 - p) / n) ** 0.5, 2 / n), key
+    assert abs(fast["prdc_inception_density"] - exact["prdc_inception_density"]) <= 0.05

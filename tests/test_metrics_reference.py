@@ -69,3 +69,15 @@ def test_a_bad_reference_file_is_one_line_naming_it(tmp_path, make, message):
     with pytest.raises(DataError) as err:
         load_reference(path, CFG)
     assert str(err.value) == f"{path}: {message}"
+
+
+def test_reference_features_of_another_precision_than_the_samples_are_refused(tmp_path):
+    path = tmp_path / "reference.npz"
+    save_reference(path, _features(), np.arange(10), precision="bf16")
+    assert torch.equal(load_reference(path, CFG, "bf16"), torch.from_numpy(_features()).double())
+    with pytest.raises(DataError) as err:
+        load_reference(path, CFG, "fp32")
+    assert str(err.value) == (
+        f"{path}: reference features computed in bf16, but the samples' features are fp32 "
+        "(evaluate.inception_precision resolves differently on this machine; re-run the reference stage)"
+    )

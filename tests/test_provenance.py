@@ -71,9 +71,18 @@ def test_environment_names_torch_the_cpu_kernels_threads_and_device(monkeypatch)
 
     monkeypatch.setenv("GAN_PIPELINE_DEVICE", "cpu")
     torch.set_num_threads(1)  # as the autouse fixture leaves it; set here so that the test says it
-    assert provenance.environment() == {
+    env = provenance.environment()
+    assert env == {
         "torch": torch.__version__,
+        "cpu_vendor": env["cpu_vendor"],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": env["cpu_bf16"],
         "threads": 1,
         "device": "cpu",
     }
+    with open("/proc/cpuinfo") as f:  # the vendor as the kernel reports it (GenuineIntel, AuthenticAMD)
+        vendors = {line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")}
+    assert env["cpu_vendor"] in vendors
+    flags = open("/proc/cpuinfo").read().split()
+    expected = "amx" if "amx_tile" in flags else "avx512_bf16" if "avx512_bf16" in flags else "none"
+    assert env["cpu_bf16"] == expected

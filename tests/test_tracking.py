@@ -59,14 +59,14 @@ def test_info_tags_flatten_an_info_file_with_the_environment_under_env():
     info = {
         "sample_sizes": {"fid_classifier_n_fake": 200, "fid_classifier_n_real": 1000},
         "feature_backend": {"classifier": "DigitClassifier penultimate layer"},
-        "inception_bf16": False,
+        "inception_precision": "bf16",
         "environment": {"torch": "2.5.1+cpu", "cpu_capability": "AVX2", "threads": 1, "device": "cpu"},
     }
     assert tracking.info_tags(info) == {
         "sample_sizes.fid_classifier_n_fake": "200",
         "sample_sizes.fid_classifier_n_real": "1000",
         "feature_backend.classifier": "DigitClassifier penultimate layer",
-        "inception_bf16": "False",
+        "inception_precision": "bf16",
         "env.torch": "2.5.1+cpu",
         "env.cpu_capability": "AVX2",
         "env.threads": "1",

@@ -28,7 +28,7 @@ from gan_pipeline.io import load_module
 from gan_pipeline.metrics.coverage import digit_report, label_accuracy
 from gan_pipeline.metrics.faces import channel_report
 from gan_pipeline.metrics.fid import intra_class_fid
-from gan_pipeline.metrics.inception import InceptionFeatures, inception_features
+from gan_pipeline.metrics.inception import InceptionFeatures, inception_features, resolve_precision
 from gan_pipeline.metrics.prdc import features_of
 from gan_pipeline.metrics.reference import load_reference
 from gan_pipeline.metrics.suite import FEATURE_BACKENDS, feature_metrics, seeded_pick, split_sample_sizes
@@ -74,13 +74,18 @@ def evaluate_samples(
             "(pass --classifier, --classifier-metrics and --inception-reference)"
         )
     metrics, classes, fake_u8 = _digit_metrics(data, samples, cfg, classifier, classifier_floor)
+    info: dict[str, Any] = {}
     if cfg.inception_n > 0:
-        metrics.update(_inception_metrics(load_reference(reference, cfg), fake_u8, cfg))
+        precision = resolve_precision(cfg.inception_precision, device())
+        real = load_reference(reference, cfg, precision)  # before Inception loads
+        metrics.update(_inception_metrics(real, fake_u8, cfg, precision))
+        info["inception_precision"] = precision
     scores, sizes = split_sample_sizes(metrics)
     info = {
         "sample_sizes": sizes,
         "prdc_nearest_k": cfg.prdc_nearest_k,
         "feature_backend": {k: v for k, v in FEATURE_BACKENDS.items() if f"fid_{k}" in scores},
+        **info,
     }
     return Evaluation(scores, info, classes)
 
@@ -114,10 +119,14 @@ def _digit_metrics(
     return metrics, classes, fake_u8
 
 
-def _inception_metrics(real: torch.Tensor, fake_u8: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:
+def _inception_metrics(
+    real: torch.Tensor, fake_u8: np.ndarray, cfg: EvaluateConfig, precision: str
+) -> dict[str, Any]:
     """fid_inception, kid_inception and prdc_inception_* of the first inception_n samples vs `real`."""
     model = InceptionFeatures(cfg.inception_weights).to(device())
-    fake = inception_features(model, fake_u8[: cfg.inception_n], cfg.inception_batch_size, cfg.inception_bf16)
+    fake = inception_features(
+        model, fake_u8[: cfg.inception_n], cfg.inception_batch_size, precision, "inception: samples"
+    )
     return feature_metrics("inception", real, fake, cfg)
 
 
@@ -134,17 +143,19 @@ def _face_metrics(data: Path, samples: Path, cfg: EvaluateConfig, seed: int) -> 
     if cfg.inception_n > 0:
         pick = seeded_pick(n_test, cfg.inception_n, seed + 1).numpy()
         model = InceptionFeatures(cfg.inception_weights).to(device())
+        precision = resolve_precision(cfg.inception_precision, device())
         start = time.perf_counter()
         real_f = inception_features(model, read_faces(data, "test", indices=pick),
-                                    cfg.inception_batch_size, cfg.inception_bf16)  # fmt: skip
+                                    cfg.inception_batch_size, precision, "inception: test faces")  # fmt: skip
         fake_f = inception_features(
-            model, fake[: cfg.inception_n], cfg.inception_batch_size, cfg.inception_bf16
+            model, fake[: cfg.inception_n], cfg.inception_batch_size, precision, "inception: samples"
         )
         rate = (len(real_f) + len(fake_f)) / (time.perf_counter() - start)
         metrics.update(feature_metrics("inception", real_f, fake_f, cfg))
         info.update(
             prdc_nearest_k=cfg.prdc_nearest_k,
             feature_backend={"inception": FEATURE_BACKENDS["inception"]},
+            inception_precision=precision,
             inception_images_per_s=rate,
         )
     metrics.update(channel_report(real, fake))

@@ -61,8 +61,9 @@ def run_tags(root: Path, data_paths: list[str], data_content_hash: str) -> dict[
 
 
 def environment() -> dict[str, str | int]:
-    """What a stage's numbers depend on beyond params, data and code: the torch build, the instruction set
-    its CPU kernels use (conv results differ in the last bits between AVX2 and AVX-512, throughput more),
+    """What a stage's numbers depend on beyond params, data and code: the torch build, the CPU (its vendor,
+    the instruction set torch's kernels use and its bf16 matrix unit: oneDNN picks other kernels for each,
+    whose float sums differ in the last bits, as an Intel CPU with AMX and an AMD Zen 4 do at AVX-512 fp32),
     torch's thread count and the device that `runtime.device()` picks (cpu or cuda)."""
     import torch
 
@@ -70,10 +71,27 @@ def environment() -> dict[str, str | int]:
 
     return {
         "torch": torch.__version__,
+        "cpu_vendor": _cpu_vendor(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": "amx" if torch.cpu._is_amx_tile_supported()
+        else "avx512_bf16" if torch.cpu._is_avx512_bf16_supported() else "none",
         "threads": torch.get_num_threads(),
         "device": device().type,
-    }
+    }  # fmt: skip
+
+
+def _cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD), or platform.machine() where there is none."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 def without_timings(info: dict[str, Any]) -> dict[str, Any]:

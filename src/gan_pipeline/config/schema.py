@@ -212,8 +212,11 @@ class EvaluateConfig:
     inception_n: int = _between(0, MAX_SAMPLES)
     # At most 1000: a batch is 1000 x 3 x 299 x 299 float32 inputs (1 GB) before the network's activations.
     inception_batch_size: int = _between(1, 1000)
-    # bf16 autocast for the Inception network (faster on AMX CPUs and GPUs; see README for its effect).
-    inception_bf16: bool
+    # The Inception features' precision: fp32 (the reference implementation's path, exact), bf16 (a fused
+    # resize into a bf16 channels_last network with folded batch norms: several times faster on CPUs with
+    # native bf16, emulated and slower on others; FID moves well under 0.1, README "Speed"), auto (bf16
+    # where the CPU or GPU has native bf16, else fp32). The reference stage and every evaluate use the same.
+    inception_precision: Literal["auto", "fp32", "bf16"]
     # A torch-fidelity InceptionV3 state dict (pt_inception-2015-12-05-*.pth) instead of the bundled weights.
     inception_weights: str | None
 

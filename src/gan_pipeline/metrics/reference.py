@@ -16,7 +16,12 @@ from gan_pipeline.config import EvaluateConfig
 from gan_pipeline.data.loading import load_split
 from gan_pipeline.errors import DataError, first_line
 from gan_pipeline.io import atomic_path
-from gan_pipeline.metrics.inception import FID_INCEPTION_IMPLEMENTATION, InceptionFeatures, inception_features
+from gan_pipeline.metrics.inception import (
+    FID_INCEPTION_IMPLEMENTATION,
+    InceptionFeatures,
+    inception_features,
+    resolve_precision,
+)
 from gan_pipeline.metrics.suite import feature_metrics, real_floor, seeded_pick, split_sample_sizes
 from gan_pipeline.runtime import device
 
@@ -34,12 +39,17 @@ def inception_reference(
     if cfg.inception_n == 0:
         return np.zeros((0, 2048), np.float32), test_pick, {}, {"sample_sizes": {"inception_n": 0}}
     model = InceptionFeatures(cfg.inception_weights).to(device())
+    precision = resolve_precision(cfg.inception_precision, device())
     start = time.perf_counter()
-    real = inception_features(model, test_u8[test_pick], cfg.inception_batch_size, cfg.inception_bf16)
+    real = inception_features(
+        model, test_u8[test_pick], cfg.inception_batch_size, precision, "inception: test digits"
+    )
     rate = len(real) / (time.perf_counter() - start)
 
     def floor_metrics(test_features: torch.Tensor, train_images: np.ndarray) -> dict[str, Any]:
-        train = inception_features(model, train_images, cfg.inception_batch_size, cfg.inception_bf16)
+        train = inception_features(
+            model, train_images, cfg.inception_batch_size, precision, "inception: train digits (floor)"
+        )
         return feature_metrics("inception", test_features, train, cfg)
 
     floor, _ = real_floor(floor_metrics, real, train_u8, len(real), seed + 1)
@@ -50,25 +60,31 @@ def inception_reference(
         "sample_sizes": sizes,
         "inception_implementation": FID_INCEPTION_IMPLEMENTATION,
         "inception_weights": model.weights_file(),
-        "inception_bf16": cfg.inception_bf16,
+        "inception_precision": precision,
         "inception_images_per_s": rate,
     }
     return real.float().numpy(), test_pick, scores, info
 
 
-def save_reference(path: Path, features: np.ndarray, test_indices: np.ndarray) -> None:
-    """The reference features file (.npz: `features`, `test_indices`), written atomically."""
+def save_reference(
+    path: Path, features: np.ndarray, test_indices: np.ndarray, precision: str = "fp32"
+) -> None:
+    """The reference features file (.npz: `features`, `test_indices`, `precision`: fp32 or bf16, the path
+    that computed them), written atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, features=features, test_indices=test_indices)
+        np.savez(f, features=features, test_indices=test_indices, precision=np.array(precision))
 
 
-def load_reference(path: Path, cfg: EvaluateConfig) -> torch.Tensor:
+def load_reference(path: Path, cfg: EvaluateConfig, precision: str = "fp32") -> torch.Tensor:
     """The reference stage's test features as float64 (N, 2048); a one-line DataError when the file is
-    missing, truncated or corrupt, not such features, or holds more than evaluate.inception_n or too few
-    (at least 2, and more than evaluate.prdc_nearest_k) of them."""
+    missing, truncated or corrupt, not such features, holds more than evaluate.inception_n or too few
+    (at least 2, and more than evaluate.prdc_nearest_k) of them, or was computed in another precision than
+    `precision` (the fakes' features: real and fake sides must come from the same path, or FID measures
+    bf16's rounding as well as the samples)."""
     try:
         with np.load(path) as npz:
             features = npz["features"]
+            made_with = str(npz["precision"]) if "precision" in npz.files else "fp32"
     except FileNotFoundError:
         raise DataError(f"{path}: reference features not found (run the reference stage first)") from None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
@@ -86,5 +102,10 @@ def load_reference(path: Path, cfg: EvaluateConfig) -> torch.Tensor:
         raise DataError(
             f"{path}: {len(features)} reference features, expected evaluate.inception_n = {cfg.inception_n} "
             f"(at least {max(2, cfg.prdc_nearest_k + 1)}; re-run the reference stage with the same params)"
+        )
+    if made_with != precision:
+        raise DataError(
+            f"{path}: reference features computed in {made_with}, but the samples' features are {precision} "
+            "(evaluate.inception_precision resolves differently on this machine; re-run the reference stage)"
         )
     return torch.from_numpy(features).double()
