@@ -25,15 +25,20 @@ def test_balanced_labels_cycle_through_the_digits():
     assert balanced_labels(12).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
 
 
-def test_generate_is_fixed_by_the_seed_and_batches_do_not_matter():
+def test_generate_is_fixed_by_the_seed_and_batches_move_at_most_a_rounding():
     torch.manual_seed(0)
     generator, _ = build_gan("cgan", 16)
     spec = GAN_MODELS["cgan"]
     a, labels = generate(generator, spec, 16, 25, seed=7)
+    again, _ = generate(generator, spec, 16, 25, seed=7)
     b, _ = generate(generator, spec, 16, 25, seed=7, batch_size=4)
     c, _ = generate(generator, spec, 16, 25, seed=8)
     assert a.shape == (25, 28, 28) and a.dtype == np.uint8
-    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.array_equal(a, again) and not np.array_equal(a, c)
+    # Another batch size is another matrix shape: on some CPUs (an Intel Xeon with AMX: 1 pixel of 19,600)
+    # its kernel sums in another order, and a value on a rounding edge moves by one level. The sample stage
+    # always uses the same batch size, so its samples are bit-reproducible.
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     assert labels.tolist() == balanced_labels(25).tolist()
 
 
