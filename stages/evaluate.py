@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     with tracking.attach(params.tracking, run["run_id"], journal=journal, source=str(args.run)) as mlflow_run:
         from gan_pipeline.evaluation import summary  # the metrics' libraries: seconds, once they are needed
 
-        result, info = _evaluate_and_write(args, params)
+        result, info = _evaluate_and_write(args, params, run)
         mlflow_run.log_metrics(result.metrics, step=run["steps"])
         mlflow_run.set_tags(tracking.info_tags(info))
         if result.classes is not None:
@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
             print(line)
 
 
-def _evaluate_and_write(args, params):
-    """Score the samples and write the metrics, the info and the class histogram: (the Evaluation, info)."""
+def _evaluate_and_write(args, params, run):
+    """Score the samples and write the metrics (with the kept check's step and score from run.json), the
+    info and the class histogram: (the Evaluation, info)."""
     from gan_pipeline.evaluation import evaluate_samples
     from gan_pipeline.io import read_json, write_csv, write_json
     from gan_pipeline.provenance import environment, without_timings
@@ -78,6 +79,7 @@ def _evaluate_and_write(args, params):
         floor = read_json(args.classifier_metrics)["fid_classifier_real_floor"]
     result = evaluate_samples(args.data, args.samples, params.evaluate, params.sample.seed,
                               args.classifier, floor, args.inception_reference)  # fmt: skip
+    result.metrics.update(run.get("best_metrics") or {})  # train's kept check: best_step, its score
     info = {**result.info, "environment": environment()}
     write_json(args.metrics, result.metrics)
     write_json(args.info, without_timings(info))

@@ -2,9 +2,10 @@
 log params, per-step losses, D(x), D(G(z)) and the generator to MLflow, and write the weights, the loss
 log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log into). Checkpoints every
 train.checkpoint_every steps; run again after a crash, it resumes from the checkpoint (and its MLflow run).
-With monitor.eval_every set, the mode-collapse alarm classifies a fixed batch of samples every eval_every
-epochs and logs digit coverage and the class-histogram KL (MLflow and --eval-log), warning or stopping on
-collapse. Under `torchrun --nproc_per_node N` it trains data-parallel (README: "Distributed training"):
+With monitor.eval_every set, a fixed batch of samples is scored every eval_every epochs (digit coverage,
+the class-histogram KL, fid_classifier against training digits; MLflow and --eval-log): the best check's
+generator is the one written (monitor.keep_best), and the mode-collapse and divergence alarms warn or stop.
+Under `torchrun --nproc_per_node N` it trains data-parallel (README: "Distributed training"):
 each process takes its share of every train.batch_size batch; rank 0 alone writes outputs and logs to MLflow.
 """
 
@@ -31,11 +32,9 @@ def parser() -> argparse.ArgumentParser:
         help="training checkpoint to resume from and write (default: OUT/checkpoint.safetensors)",
     )
     p.add_argument(
-        "--classifier", type=Path, help="digit classifier weights, for the mode-collapse alarm (monitor)"
+        "--classifier", type=Path, help="digit classifier weights, for the in-training checks (monitor)"
     )
-    p.add_argument(
-        "--eval-log", type=Path, help="coverage log CSV (dvc plots) of the mode-collapse alarm to write"
-    )
+    p.add_argument("--eval-log", type=Path, help="log CSV (dvc plots) of the in-training checks to write")
     return p
 
 
@@ -97,11 +96,13 @@ def _train_and_log(params, plan, paths) -> None:
 def _log_result(run, plan, paths, result) -> dict:
     """Log the loss plot, the speed, the generator and its md5 to the run; return run.json's record."""
     from gan_pipeline.provenance import file_md5
-    from gan_pipeline.training.experiment import run_record
+    from gan_pipeline.training.experiment import kept_metrics, run_record
 
     run.log_artifact(paths.plot)
     speed = {"train_images_per_s": result.images_per_s, "train_seconds": result.seconds}
     run.log_metrics(speed, result.steps)
+    if result.kept is not None:  # the check whose generator is the stage's (monitor.keep_best)
+        run.log_metrics(kept_metrics(result.kept, plan.exp.monitor.score), result.steps)
     model_uri = run.log_generator(
         result.sampling_generator, plan.exp.model.latent_dim, plan.spec.conditional, paths.generator
     )

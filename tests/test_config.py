@@ -60,7 +60,11 @@ TRAIN = {
     "seed": 0, "log_every": 10, "loss": "bce", "gp_lambda": 10.0, "label_noise": 0.0, "grad_clip": None,
     "ema_decay": None, "checkpoint_every": 500, "d_wins_steps": 200, "precision": "fp32", "compile": False,
 }  # fmt: skip
-MONITOR = {"eval_every": 10, "n_samples": 500, "min_coverage": 10, "on_collapse": "warn", "seed": 0}
+MONITOR = {
+    "eval_every": 10, "n_samples": 500, "min_coverage": 10, "on_collapse": "warn", "seed": 0,
+    "score": "fid_classifier", "keep_best": True, "diverge_margin": 0.5, "diverge_checks": 3,
+    "on_diverge": "warn",
+}  # fmt: skip
 FACE_MONITOR = {**MONITOR, "eval_every": None}
 
 

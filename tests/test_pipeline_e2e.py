@@ -52,8 +52,15 @@ def test_repro_writes_every_output(repo):
         assert log[0] == "step,epoch,loss_d,loss_g,d_real,d_fake"
         assert len(log) > 2
         coverage_log = (repo / "plots" / exp / "eval_log.csv").read_text().splitlines()
-        assert coverage_log[0] == "step,epoch,coverage,kl_from_uniform,alarm"
+        assert coverage_log[0] == (
+            "step,epoch,coverage,kl_from_uniform,fid_classifier,best,worse_checks,alarm,diverged"
+        )
         assert len(coverage_log) == 2 and coverage_log[1].startswith(f"{4000 // 256},1,")
+        # the one check is the best so far, and its generator is the stage's
+        record = json.loads((repo / "models" / exp / "run.json").read_text())
+        assert record["best"]["step"] == 4000 // 256 and record["stopped_early"] is False
+        assert record["best_metrics"]["best_step"] == 4000 // 256
+        assert float(coverage_log[1].split(",")[4]) == record["best"]["fid_classifier"] > 0
 
 
 def test_metrics_have_every_key(repo):
@@ -70,6 +77,7 @@ def test_metrics_have_every_key(repo):
         assert 0 <= metrics["coverage"] <= 10
         assert 0 <= metrics["kl_from_uniform"] <= np.log(10) + 1e-9
         assert ("label_accuracy" in metrics) == (exp == "cgan")
+        assert metrics["best_step"] == 4000 // 256 and metrics["best_monitor_fid_classifier"] > 0
         assert ("fid_classifier_intra_class" in metrics) == (exp == "cgan")
         assert sizes["kid_classifier_subset_size"] == 200 and metrics["kid_classifier_std"] >= 0
         # Standard Inception metrics on 20 samples vs 20 test images, beside their real-vs-real floor.

@@ -27,6 +27,7 @@ PLOT_FILES = {
     "losses": "train_log.csv",
     "discriminator": "train_log.csv",
     "coverage": "eval_log.csv",
+    "monitor_fid": "eval_log.csv",
     "class_histogram": "class_histogram.csv",
 }
 # Drawn for the conditional experiments only: their class_histogram.csv has a fid_classifier column.

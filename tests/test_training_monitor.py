@@ -1,4 +1,5 @@
-"""The mode-collapse alarm: when it measures, what it logs, when it goes off; it leaves training alone."""
+"""The in-training checks: when they measure, what they log and keep, when the alarms go off; they leave
+training alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.models import GAN_MODELS, build_gan
 from gan_pipeline.training.loop import train_gan
-from gan_pipeline.training.monitor import CollapseMonitor, ModeCollapse
+from gan_pipeline.training.monitor import ModeCollapse, TrainingMonitor
 
 
 class ScriptedClassifier(nn.Module):
@@ -28,9 +29,11 @@ class ScriptedClassifier(nn.Module):
 
 
 def _monitor(on_collapse="warn", log=None, eval_every=2, rows=None, n_digits=10, **kwargs):
-    cfg = monitor_config(eval_every=eval_every, n_samples=50, min_coverage=10, on_collapse=on_collapse)
+    cfg = monitor_config(
+        eval_every=eval_every, n_samples=50, min_coverage=10, on_collapse=on_collapse, score="kl_from_uniform"
+    )
     classifier = ScriptedClassifier(n_digits)
-    monitor = CollapseMonitor(cfg, classifier, GAN_MODELS["mlp_gan"], 8, 0.9, 0.01, log, rows, **kwargs)
+    monitor = TrainingMonitor(cfg, classifier, GAN_MODELS["mlp_gan"], 8, 0.9, 0.01, log, rows, **kwargs)
     return monitor, classifier
 
 
@@ -45,7 +48,14 @@ def test_measures_every_eval_every_epochs_and_logs_coverage_and_kl():
     assert [r["coverage"] for r in monitor.rows] == [10, 10]
     assert all(r["kl_from_uniform"] == pytest.approx(0, abs=0.01) for r in monitor.rows)
     assert [s for s, _ in logged] == [20, 40]
-    assert set(logged[0][1]) == {"monitor_coverage", "monitor_kl_from_uniform", "monitor_alarm"}
+    assert set(logged[0][1]) == {
+        "monitor_coverage",
+        "monitor_kl_from_uniform",
+        "monitor_alarm",
+        "monitor_best",
+        "monitor_worse_checks",
+        "monitor_diverged",
+    }  # no monitor_fid_classifier: this monitor has no real digits to compare with
     assert generator.training  # put back in train mode
 
 
@@ -152,3 +162,151 @@ def test_a_resumed_run_keeps_the_checks_so_far_and_the_alarm_remembers_reaching_
     assert second.reached
     train_gan(exp(3), batches, on_epoch=second, checkpointing=Checkpointing(path, flatten(exp(3)), resume))
     assert second.rows == straight.rows
+
+
+class ScoredClassifier(ScriptedClassifier):
+    """ScriptedClassifier with 4 features: the same seeded N(0, 1) draw for every batch of a size, shifted
+    by `shift` for samples (the real digits are scored at shift 0, when the monitor is built). Both sides'
+    covariances are then equal, and fid_classifier is exactly the squared mean shift, 4 * shift**2."""
+
+    feature_dim = 4
+
+    def __init__(self):
+        super().__init__()
+        self.shift = 0.0
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        base = torch.randn(len(images), 4, generator=torch.Generator().manual_seed(0))
+        return base + self.shift
+
+
+def _scored_monitor(**cfg):
+    settings = dict(eval_every=1, n_samples=50, min_coverage=10, score="fid_classifier", keep_best=True)
+    settings.update(diverge_margin=0.5, diverge_checks=2, on_diverge="warn")
+    settings.update(cfg)
+    classifier = ScoredClassifier()
+    real = torch.zeros(50, 1, 28, 28)
+    monitor = TrainingMonitor(monitor_config(**settings), classifier, GAN_MODELS["mlp_gan"], 8, 0.9, 0.01,
+                              real=real)  # fmt: skip
+    return monitor, classifier
+
+
+def test_keeps_the_best_check_and_its_weights_and_warns_when_the_score_stays_worse_by_the_margin(capsys):
+    """Scores 36, 4 (best), 16 (worse than 4 x 1.5), 4.84 (not), 16, 16: two worse checks in a row at the
+    last one, the divergence alarm's diverge_checks."""
+    monitor, classifier = _scored_monitor()
+    generator, _ = build_gan("mlp_gan", 8)
+    weights = {}
+    for epoch, shift in enumerate([3.0, 1.0, 2.0, 1.1, 2.0, 2.0], start=1):
+        classifier.shift = shift
+        with torch.no_grad():
+            for p in generator.parameters():
+                p.fill_(epoch / 100)
+        weights[epoch] = {k: v.clone() for k, v in generator.state_dict().items()}
+        monitor(epoch, epoch * 10, generator)
+    rows = monitor.rows
+    assert [r["fid_classifier"] for r in rows] == pytest.approx([36, 4, 16, 4.84, 16, 16], abs=1e-6)
+    assert [r["best"] for r in rows] == [1, 1, 0, 0, 0, 0]
+    assert [r["worse_checks"] for r in rows] == [0, 0, 1, 0, 1, 2]
+    assert [r["diverged"] for r in rows] == [0, 0, 0, 0, 0, 1]
+    assert monitor.best["step"] == 20
+    for name, value in weights[2].items():
+        assert torch.equal(monitor.best_state[name], value), name
+    assert monitor.checkpoint_tensors() == {"best": monitor.best_state}
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: training is diverging at epoch 6 (step 60): fid_classifier 16 is more than "
+        "monitor.diverge_margin 0.5 worse than the best, 4 at step 20, for monitor.diverge_checks 2 checks "
+        "in a row; the best generator is kept"
+    ]
+
+
+def test_more_digits_covered_outrank_a_better_score():
+    monitor, classifier = _scored_monitor()
+    generator, _ = build_gan("mlp_gan", 8)
+    classifier.shift, classifier.diverse = 0.1, False  # fid 0.04, but every sample a 0: coverage 1
+    monitor(1, 10, generator)
+    classifier.shift, classifier.diverse = 2.0, True  # fid 16, all 10 digits
+    monitor(2, 20, generator)
+    classifier.shift = 0.5  # fid 1, all 10 digits
+    monitor(3, 30, generator)
+    assert [r["best"] for r in monitor.rows] == [1, 1, 1]
+    classifier.diverse = False
+    monitor(4, 40, generator)  # fid 1 again, coverage 1: not the best
+    assert [r["best"] for r in monitor.rows] == [1, 1, 1, 0] and monitor.best["step"] == 30
+
+
+def test_without_keep_best_the_checks_are_scored_but_no_weights_are_kept():
+    monitor, classifier = _scored_monitor(keep_best=False)
+    generator, _ = build_gan("mlp_gan", 8)
+    monitor(1, 10, generator)
+    assert monitor.rows[0]["best"] == 1 and monitor.best_state is None and monitor.checkpoint_tensors() == {}
+
+
+def _tiny_exp(epochs, **train):
+    return experiment_config("mlp_gan", latent_dim=8, epochs=epochs, lr=2e-4, precision="auto",
+                             batch_size=16, checkpoint_every=4, **train)  # fmt: skip
+
+
+def test_on_diverge_stop_ends_training_there_as_a_finished_run_that_a_rerun_does_not_train_further(tmp_path):
+    """The alarm goes off at epoch 3's check (scores 4, 16, 16): training ends after 3 of 6 epochs, the
+    last checkpoint is marked stopped and counts as finished, and a run resumed from it trains no step."""
+    from gan_pipeline.config import flatten
+    from gan_pipeline.training.checkpoint import load_checkpoint
+    from gan_pipeline.training.loop import Checkpointing
+
+    images = to_float(torch.zeros(64, 28, 28, dtype=torch.uint8), (-1.0, 1.0))
+    batches = TensorBatches(images, torch.zeros(64), 16)  # 4 steps an epoch
+    monitor, classifier = _scored_monitor(on_diverge="stop")
+
+    def scripted(epoch, step, generator):
+        classifier.shift = 1.0 if epoch == 1 else 2.0
+        monitor(epoch, step, generator)
+
+    path = tmp_path / "ckpt.safetensors"
+    exp = _tiny_exp(6)
+    result = train_gan(exp, batches, on_epoch=scripted, checkpointing=Checkpointing(path, flatten(exp)))
+    assert result.stopped and result.steps == 12
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.state.stopped and checkpoint.state.step == 12 and checkpoint.finished
+    again = train_gan(exp, batches, on_epoch=scripted,
+                      checkpointing=Checkpointing(path, flatten(exp), checkpoint))  # fmt: skip
+    assert again.steps == 12 and again.resumed_from == 12 and again.stopped
+
+
+def test_a_resumed_run_keeps_the_same_best_weights_and_rows_as_one_that_never_stopped(tmp_path):
+    """With a real (untrained) digit classifier and real fid_classifier: a run checkpointed after 2 epochs
+    and resumed to 4 ends with the rows and the kept weights of an uninterrupted 4-epoch run."""
+    from gan_pipeline.config import flatten
+    from gan_pipeline.models.classifier import DigitClassifier
+    from gan_pipeline.training.checkpoint import load_checkpoint
+    from gan_pipeline.training.loop import Checkpointing
+
+    g = torch.Generator().manual_seed(0)
+    images = to_float(torch.randint(0, 256, (64, 28, 28), generator=g, dtype=torch.uint8), (-1.0, 1.0))
+    batches = TensorBatches(images, torch.zeros(64), 16)
+    cfg = monitor_config(eval_every=1, n_samples=20, score="fid_classifier", keep_best=True)
+
+    def monitor(rows=None, best_state=None):
+        torch.manual_seed(0)
+        classifier = DigitClassifier(8)
+        spec = GAN_MODELS["mlp_gan"]
+        return TrainingMonitor(cfg, classifier, spec, 8, 0.9, 0.01, rows=rows, real=images[:20],
+                               best_state=best_state)  # fmt: skip
+
+    straight = monitor()
+    train_gan(_tiny_exp(4), batches, on_epoch=straight)
+    path = tmp_path / "ckpt.safetensors"
+    first = monitor()
+    checkpointing = Checkpointing(path, flatten(_tiny_exp(4)), extra={"monitor_rows": first.rows})
+    checkpointing.tensors = first.checkpoint_tensors
+    train_gan(_tiny_exp(2), batches, on_epoch=first, checkpointing=checkpointing)
+    resume = load_checkpoint(path)
+    second = monitor(resume.extra["monitor_rows"], resume.saved("best") or None)
+    checkpointing = Checkpointing(path, flatten(_tiny_exp(4)), resume, extra={"monitor_rows": second.rows})
+    checkpointing.tensors = second.checkpoint_tensors
+    train_gan(_tiny_exp(4), batches, on_epoch=second, checkpointing=checkpointing)
+    assert second.rows == straight.rows and len(second.rows) == 4
+    assert all(r["fid_classifier"] > 0 for r in second.rows)
+    assert second.best_state.keys() == straight.best_state.keys()
+    for name, value in straight.best_state.items():
+        assert torch.equal(second.best_state[name], value), name

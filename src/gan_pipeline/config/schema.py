@@ -153,7 +153,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The mode-collapse alarm: every `eval_every` epochs the train stage classifies a fixed batch of samples.
+    """The in-training checks: every `eval_every` epochs the train stage scores a fixed batch of samples.
 
     Coverage and the class-histogram KL use evaluate.coverage_confidence and coverage_min_fraction. The
     alarm goes off when coverage falls below `min_coverage` after having reached it (a collapse, not the
@@ -166,6 +166,20 @@ class MonitorConfig:
     min_coverage: int = _check("an int in 1..10", lambda v: 1 <= v <= 10)
     on_collapse: Literal["warn", "stop"]
     seed: int = _seed()
+    # The score that ranks the checks (lower is better): fid_classifier, the FID in the digit classifier's
+    # features of the n_samples samples against as many seeded training digits (training data: choosing a
+    # snapshot by the test digits would bias evaluate's scores), or kl_from_uniform of the class histogram.
+    # Checks with more digits covered (up to min_coverage) rank first, then the score.
+    score: Literal["fid_classifier", "kl_from_uniform"]
+    # Keep the best-ranked check's generator as the stage's generator.safetensors (the last one stays in
+    # the checkpoint); false: the generator at the last step.
+    keep_best: bool
+    # The divergence alarm: `diverge_checks` checks in a row whose score is worse than the best one by more
+    # than the fraction `diverge_margin` (0.5: 50% above the best FID). Then `on_diverge`: warn, or stop
+    # training there (the best generator is kept; the run counts as finished).
+    diverge_margin: float = _positive("a float")
+    diverge_checks: int = _positive("an int")
+    on_diverge: Literal["warn", "stop"]
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)  # logged rows so far
     window: list[dict[str, float]] = field(default_factory=list)  # step stats not yet logged
     collapse_streak: int = 0  # steps in a row that D has won totally
+    stopped: bool = False  # an on_epoch hook ended the run before its last step (it is finished)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class Checkpoint:
 
     @property
     def finished(self) -> bool:
-        return self.state.step >= self.total_steps
+        return self.state.step >= self.total_steps or self.state.stopped
 
     def restore(self, objects: CheckpointedObjects) -> tuple[TrainState, torch.Tensor]:
         """Load every saved state into the fresh objects; return the position and the epoch-start RNG."""
@@ -91,6 +92,10 @@ class Checkpoint:
         np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         return self.state, self.tensors["rng/epoch_start"]
 
+    def saved(self, name: str) -> dict[str, torch.Tensor]:
+        """The tensors saved under `name` (a module's state dict, or `extra_tensors` given that name)."""
+        return self._prefixed(name)
+
     def _prefixed(self, name: str) -> dict[str, torch.Tensor]:
         prefix = f"{name}/"
         return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
@@ -106,13 +111,17 @@ def save_checkpoint(
     epoch_rng: torch.Tensor,
     training_code: str,
     extra: dict[str, Any] | None = None,
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """Write the whole training state to `path` atomically (safetensors + JSON metadata).
 
     `epoch_rng` is the loop RNG's state when the current epoch began (its permutation is drawn from it);
-    `training_code` is the digest of the code that trained it (`resume.training_code`).
+    `training_code` is the digest of the code that trained it (`resume.training_code`); `extra_tensors`
+    the caller's named state dicts (e.g. the monitor's best generator), read back by `Checkpoint.saved`.
     """
     tensors: dict[str, torch.Tensor] = {}
+    for name, state_dict in (extra_tensors or {}).items():
+        tensors.update({f"{name}/{k}": v for k, v in state_dict.items()})
     for name, module in objects.modules().items():
         if module is not None:
             tensors.update({f"{name}/{k}": v for k, v in module.state_dict().items()})

@@ -8,22 +8,24 @@ the resumed checkpoint names, and each checkpoint then names the run it logs int
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gan_pipeline.config import Params, check_fits_data, experiment, flatten
 from gan_pipeline.config.schema import ExperimentConfig
-from gan_pipeline.data.loading import BatchSource, train_digits
+from gan_pipeline.data.loading import BatchSource, load_split, to_float
 from gan_pipeline.data.streaming import train_batches, train_size
 from gan_pipeline.errors import ParamsError
 from gan_pipeline.io import load_module, read_json, save_weights, write_csv
+from gan_pipeline.metrics.suite import seeded_pick
 from gan_pipeline.models import GAN_MODELS, GanSpec
 from gan_pipeline.models.classifier import DigitClassifier
 from gan_pipeline.runtime import device
 from gan_pipeline.training.checkpoint import Checkpoint
 from gan_pipeline.training.loop import Checkpointing, OnStep, TrainResult, train_gan
-from gan_pipeline.training.monitor import MONITOR_COLUMNS, CollapseMonitor
+from gan_pipeline.training.monitor import MONITOR_COLUMNS, TrainingMonitor
 from gan_pipeline.training.resume import resume_point
 
 
@@ -36,8 +38,8 @@ class ExperimentPaths:
     out: Path  # folder of generator/discriminator weights, run.json and training.png
     log: Path  # the loss log CSV
     checkpoint: Path  # the training checkpoint, resumed from and written
-    classifier: Path | None = None  # digit classifier weights, for the mode-collapse alarm
-    eval_log: Path | None = None  # the alarm's coverage log CSV
+    classifier: Path | None = None  # digit classifier weights, for the in-training checks (monitor)
+    eval_log: Path | None = None  # the checks' log CSV (coverage, fid_classifier, alarms)
 
     @property
     def generator(self) -> Path:
@@ -117,13 +119,20 @@ def train_experiment(
     """Train the planned experiment, checkpointing with `extra` (e.g. the MLflow run id) in each checkpoint,
     and, with `write_outputs` (the main process), write its weights, logs and loss plot.
 
-    With train.ema_decay the EMA of G's weights is the generator written (the one sample and evaluate use).
+    The generator written (the one sample and evaluate use) is the best check's with monitor.keep_best,
+    else G's EMA with train.ema_decay, else G at the last step.
     """
     checkpointing = Checkpointing(paths.checkpoint, plan.identity, plan.resume, dict(extra or {}))
-    monitor = _collapse_monitor(plan, paths, on_step)
+    monitor = _monitor(plan, paths, on_step)
     if monitor is not None:
         checkpointing.extra["monitor_rows"] = monitor.rows  # each checkpoint carries the checks so far
+        checkpointing.tensors = monitor.checkpoint_tensors  # and the kept generator's weights
     result = train_gan(plan.exp, plan.batches, on_step, monitor, checkpointing=checkpointing)
+    if monitor is not None and monitor.best_state is not None:
+        result.best = copy.deepcopy(result.ema if result.ema is not None else result.generator)
+        result.best.load_state_dict(monitor.best_state)
+        result.best.eval()
+        result.kept = monitor.best
     if write_outputs:
         _write_outputs(plan, paths, result, monitor)
     return result
@@ -131,7 +140,10 @@ def train_experiment(
 
 def run_record(plan: TrainingPlan, run_id: str, tracking_uri: str, model_uri: str | None, generator_md5: str,
                result: TrainResult) -> dict[str, Any]:  # fmt: skip
-    """run.json: the MLflow run that sample and evaluate log into, and what the training did."""
+    """run.json: the MLflow run that sample and evaluate log into, and what the training did: `best`, the
+    check whose generator was kept (its monitor row; null: the last step's generator) and its
+    `best_metrics` (which evaluate adds to the DVC metrics), `stopped_early` (the divergence alarm ended
+    training)."""
     return {
         "experiment": plan.name,
         "run_id": run_id,
@@ -142,11 +154,19 @@ def run_record(plan: TrainingPlan, run_id: str, tracking_uri: str, model_uri: st
         "train_seconds": round(result.seconds, 2),
         "train_images_per_s": round(result.images_per_s, 1),
         "precision": result.precision,
+        "best": result.kept,
+        "best_metrics": kept_metrics(result.kept, plan.exp.monitor.score) if result.kept else None,
+        "stopped_early": result.stopped,
     }
 
 
+def kept_metrics(kept: dict[str, Any], score: str) -> dict[str, float]:
+    """The kept check as metrics: best_step and best_monitor_<score> (the score it was chosen by)."""
+    return {"best_step": kept["step"], f"best_monitor_{score}": kept[score]}
+
+
 def _write_outputs(
-    plan: TrainingPlan, paths: ExperimentPaths, result: TrainResult, monitor: CollapseMonitor | None
+    plan: TrainingPlan, paths: ExperimentPaths, result: TrainResult, monitor: TrainingMonitor | None
 ) -> None:
     from gan_pipeline.plots import plot_training  # matplotlib, only once there is something to draw
 
@@ -159,22 +179,26 @@ def _write_outputs(
     plot_training(result.history, plan.name, paths.plot)
 
 
-def _collapse_monitor(
-    plan: TrainingPlan, paths: ExperimentPaths, log: OnStep | None
-) -> CollapseMonitor | None:
-    """The mode-collapse alarm when monitor.eval_every is set (every rank runs it, so all stop together),
-    going on from the checks that the resumed checkpoint carries."""
+def _monitor(plan: TrainingPlan, paths: ExperimentPaths, log: OnStep | None) -> TrainingMonitor | None:
+    """The in-training checks when monitor.eval_every is set (every rank runs them, so all stop together),
+    going on from the checks and the kept generator that the resumed checkpoint carries. fid_classifier
+    compares the samples with `monitor.n_samples` training digits picked with `monitor.seed`."""
     exp = plan.exp
     if exp.monitor.eval_every is None:
         return None
     classifier, _ = load_module(paths.classifier, lambda c: DigitClassifier(c["feature_dim"]))
-    return CollapseMonitor(
+    train_images, train_labels = load_split(paths.data, "train")
+    pick = seeded_pick(len(train_images), min(exp.monitor.n_samples, len(train_images)), exp.monitor.seed)
+    resume = plan.resume
+    return TrainingMonitor(
         exp.monitor,
         classifier.to(device()),
         plan.spec,
         exp.model.latent_dim,
         *plan.monitor_cfg,
         log,
-        rows=plan.resume.extra.get("monitor_rows") if plan.resume else None,
-        digits=train_digits(paths.data),
+        rows=resume.extra.get("monitor_rows") if resume else None,
+        digits=sorted(set(train_labels.tolist())),
+        real=to_float(train_images[pick.numpy()], (-1.0, 1.0)),
+        best_state=(resume.saved("best") or None) if resume else None,
     )

@@ -26,6 +26,11 @@ class TrainingDiverged(PipelineError):
     """A loss or a weight became NaN or infinite; the last good checkpoint is kept."""
 
 
+class StopTraining(Exception):  # noqa: N818 -- a signal to the loop, not an error
+    """Raised by an `on_epoch` hook to end training there as finished (e.g. the divergence alarm with
+    monitor.on_diverge stop): the loop writes its last checkpoint, marked stopped, and returns."""
+
+
 def last_good_checkpoint(checkpointing: Checkpointing | None) -> str:
     """What is left to go on from, for the divergence message."""
     if checkpointing is None or checkpointing.last_step is None:

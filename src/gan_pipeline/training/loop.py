@@ -20,6 +20,7 @@ from gan_pipeline.runtime import progress_enabled, to_device
 from gan_pipeline.training import resume as resume_policy
 from gan_pipeline.training.checkpoint import Checkpoint, CheckpointedObjects, TrainState, save_checkpoint
 from gan_pipeline.training.guards import (
+    StopTraining,
     TrainingDiverged,
     check_losses_finite,
     check_weights_finite,
@@ -28,10 +29,19 @@ from gan_pipeline.training.guards import (
 from gan_pipeline.training.setup import TrainingSetup, build_training
 from gan_pipeline.training.steps import StepBatch, ema_update, gan_step
 
-__all__ = ["Checkpointing", "OnEpoch", "OnStep", "TrainResult", "TrainingDiverged", "train_gan"]
+__all__ = [
+    "Checkpointing",
+    "OnEpoch",
+    "OnStep",
+    "StopTraining",
+    "TrainResult",
+    "TrainingDiverged",
+    "train_gan",
+]
 
 OnStep = Callable[[int, dict[str, float]], None]
-# (epoch, step, generator) after each epoch, G in train mode; may raise to stop training.
+# (epoch, step, generator) after each epoch, with the generator that samples (G's EMA when there is one) in
+# train mode; may raise an error to fail training, or StopTraining to end it there as finished.
 OnEpoch = Callable[[int, int, nn.Module], None]
 
 
@@ -44,6 +54,8 @@ class Checkpointing:
     resume: Checkpoint | None = None  # the checkpoint to go on from
     extra: dict[str, Any] = field(default_factory=dict)  # saved with each checkpoint (e.g. the MLflow run)
     last_step: int | None = None  # the step of the last checkpoint written or resumed from
+    # named state dicts saved with each checkpoint (e.g. the monitor's best generator), read at each write
+    tensors: Callable[[], dict[str, dict[str, torch.Tensor]]] | None = None
 
 
 @dataclass
@@ -55,13 +67,18 @@ class TrainResult:
     seconds: float = 0.0  # time inside the training loop (this process only, when resumed)
     images_per_s: float = 0.0  # real images through D per second
     ema: nn.Module | None = None  # the moving average of G's weights when train.ema_decay is set
+    best: nn.Module | None = None  # the best-scored snapshot, when the caller keeps one (monitor.keep_best)
+    kept: dict[str, Any] | None = None  # what the caller knows of `best` (e.g. the monitor's check row)
+    stopped: bool = False  # an on_epoch hook ended training before its last step
     resumed_from: int = 0  # the step the run went on from (0: from scratch)
     precision: str = "fp32"  # what train.precision resolved to on this device, e.g. "bf16, channels_last"
     warnings: list[str] = field(default_factory=list)
 
     @property
     def sampling_generator(self) -> nn.Module:
-        """The generator to sample and evaluate with: the EMA one when there is one."""
+        """The generator to sample and evaluate with: the kept best one, else the EMA one, else G."""
+        if self.best is not None:
+            return self.best
         return self.ema if self.ema is not None else self.generator
 
 
@@ -86,14 +103,13 @@ def train_gan(
     setup = build_training(exp)
     if batches.batch_size != cfg.batch_size:
         raise ValueError(f"batches of {batches.batch_size}, but train.batch_size is {cfg.batch_size}")
-    generator = setup.objects.generator
     state, epoch_rng = _start(setup.objects, checkpointing, on_epoch)
     run = _Run(exp, setup, len(batches), checkpointing, state, epoch_rng, *setup.step_modules(cfg.compile))
     result = run.result()
     start = time.perf_counter()
     bar = run.progress_bar()
     try:  # closed also when a diverging step or the caller's on_epoch raises
-        while state.epoch < cfg.epochs:
+        while state.epoch < cfg.epochs and not state.stopped:
             for real, real_labels in run.rest_of_epoch(batches):
                 stats = run.step(real, real_labels)
                 bar.update(1)
@@ -103,12 +119,23 @@ def train_gan(
                     if on_step is not None:
                         on_step(state.step, row)
                 run.end_batch()
-            if on_epoch is not None:
-                on_epoch(state.epoch, state.step, generator)
+            _end_of_epoch(on_epoch, state, setup.objects)
     finally:
         bar.close()
     run.finish()
+    result.stopped = state.stopped
     return _finished(result, state.step, time.perf_counter() - start, cfg.batch_size)
+
+
+def _end_of_epoch(on_epoch: OnEpoch | None, state: TrainState, objects: CheckpointedObjects) -> None:
+    """Run `on_epoch` with the generator that samples; a StopTraining from it marks the run stopped."""
+    if on_epoch is None:
+        return
+    sampler = objects.ema if objects.ema is not None else objects.generator
+    try:
+        on_epoch(state.epoch, state.step, sampler)
+    except StopTraining:
+        state.stopped = True
 
 
 def _start(
@@ -121,9 +148,9 @@ def _start(
         return TrainState(), objects.rng.get_state()
     state, epoch_rng = resume.restore(objects)
     checkpointing.last_step = state.step
-    if on_epoch is not None and state.batch == 0 and state.epoch > 0:
+    if state.batch == 0 and state.epoch > 0 and not state.stopped:
         # A checkpoint at an epoch's end is written before that epoch's on_epoch ran: run it now.
-        on_epoch(state.epoch, state.step, objects.generator)
+        _end_of_epoch(on_epoch, state, objects)
     return state, epoch_rng
 
 
@@ -257,14 +284,17 @@ class _Run:
                 epoch_rng=self.epoch_rng,
                 training_code=resume_policy.training_code(),
                 extra=checkpointing.extra,
+                extra_tensors=checkpointing.tensors() if checkpointing.tensors else None,
             )
         checkpointing.last_step = self.state.step
 
     def finish(self) -> None:
         """The last checkpoint and weight check; BatchNorm back to the plain kind for saving and sampling."""
         objects = self.setup.objects
-        if self.checkpointing is not None and self.checkpointing.last_step != self.state.step:
-            self.checkpoint()  # a finished checkpoint, also when train.epochs only grew by nothing
+        checkpointing = self.checkpointing
+        if checkpointing is not None and (checkpointing.last_step != self.state.step or self.state.stopped):
+            # a finished checkpoint, also when train.epochs only grew by nothing or a hook stopped the run
+            self.checkpoint()
         check_weights_finite(self.state.step, self.checkpointing, objects.generator, objects.discriminator)
         self.setup.replicas.plain_batchnorm(objects.generator, objects.discriminator, objects.ema)
 
@@ -274,7 +304,7 @@ def _finished(result: TrainResult, steps: int, seconds: float, batch_size: int) 
     result.steps = steps
     result.seconds = seconds
     result.images_per_s = (steps - result.resumed_from) * batch_size / max(seconds, 1e-9)
-    for module in (result.generator, result.discriminator, result.ema):
+    for module in (result.generator, result.discriminator, result.ema, result.best):
         if module is not None:
             module.eval()
     return result
