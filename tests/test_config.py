@@ -58,6 +58,7 @@ MODEL = {"latent_dim": 100, "label_embedding": "one_hot", "minibatch_kernels": 0
 TRAIN = {
     "batch_size": 64, "betas": [0.5, 0.999], "d_steps": 1, "real_label": 1.0, "g_loss": "non_saturating",
     "seed": 0, "log_every": 10, "loss": "bce", "gp_lambda": 10.0, "label_noise": 0.0, "grad_clip": None,
+    "r1_gamma": 0.0, "r1_every": 16,
     "ema_decay": None, "checkpoint_every": 500, "d_wins_steps": 200, "precision": "fp32", "compile": False,
 }  # fmt: skip
 MONITOR = {
@@ -255,6 +256,83 @@ def test_the_defaults_sections_may_be_left_out():
 )
 def test_bad_values_name_the_key_and_what_was_expected(edit, message):
     assert _parse_error(edit).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        (
+            {"loss": "hinge", "label_noise": 0.1},
+            "experiments.cgan.train.loss: hinge cannot be combined with experiments.cgan.train.label_noise "
+            "0.1 (label_noise flips bce's targets; hinge has no targets)",
+        ),
+        (
+            {"loss": "rpgan", "real_label": 0.9},
+            "experiments.cgan.train.loss: rpgan cannot be combined with experiments.cgan.train.real_label "
+            "0.9 (real_label is bce's target for real images; rpgan has no targets)",
+        ),
+        (
+            {"loss": "wgan_gp", "g_loss": "saturating"},
+            "experiments.cgan.train.loss: wgan_gp cannot be combined with experiments.cgan.train.g_loss "
+            "saturating (g_loss picks bce's generator loss; wgan_gp has its own)",
+        ),
+        (
+            {"loss": "hinge", "g_loss": "saturating"},
+            "experiments.cgan.train.loss: hinge cannot be combined with experiments.cgan.train.g_loss "
+            "saturating (g_loss picks bce's generator loss; hinge has its own)",
+        ),
+        (
+            {"loss": "wgan_gp", "r1_gamma": 10.0},
+            "experiments.cgan.train.loss: wgan_gp cannot be combined with experiments.cgan.train.r1_gamma "
+            "10.0 (wgan_gp has its own gradient penalty, gp_lambda)",
+        ),
+    ],
+)
+def test_a_train_key_the_loss_does_not_read_is_refused_naming_both_keys(train, message):
+    assert (
+        _parse_error(lambda p: p["experiments"]["cgan"]["train"].update(train)) == f"params.yaml: {message}"
+    )
+
+
+def test_a_loss_key_set_in_train_defaults_names_the_first_experiment_it_reaches():
+    message = _parse_error(lambda p: p["train_defaults"].update(loss="hinge", label_noise=0.2))
+    assert message.startswith(
+        "params.yaml: experiments.mlp_gan.train.loss: hinge cannot be combined with "
+        "experiments.mlp_gan.train.label_noise 0.2 ("
+    )
+
+
+@pytest.mark.parametrize(
+    "train",
+    [
+        {"loss": "bce", "r1_gamma": 10.0, "r1_every": 16, "label_noise": 0.1, "real_label": 0.9},
+        {"loss": "hinge", "r1_gamma": 0.5, "r1_every": 1},
+        {"loss": "rpgan", "r1_gamma": 0.05, "r1_every": 4},
+        {"loss": "wgan_gp", "gp_lambda": 5.0, "r1_every": 4},  # r1_every alone changes nothing
+    ],
+)
+def test_the_losses_parse_with_the_keys_they_read(train):
+    raw = repo_params()
+    raw["experiments"]["cgan"]["train"].update(train)
+    cgan = parse_params(raw).experiments["cgan"].train
+    assert {k: getattr(cgan, k) for k in train} == train
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"r1_gamma": -1.0}, "experiments.cgan.train.r1_gamma: expected a float >= 0, got -1.0"),
+        ({"r1_every": 0}, "experiments.cgan.train.r1_every: expected an int > 0, got 0"),
+        (
+            {"loss": "lsgan"},
+            "experiments.cgan.train.loss: expected one of 'bce', 'wgan_gp', 'hinge', 'rpgan', ",
+        ),
+    ],
+)
+def test_bad_r1_values_and_unknown_losses_name_the_key(train, message):
+    assert _parse_error(lambda p: p["experiments"]["cgan"]["train"].update(train)).startswith(
+        f"params.yaml: {message}"
+    )
 
 
 def test_load_params_names_the_file(tmp_path):

@@ -208,6 +208,24 @@ def test_an_fp16_run_resumes_with_its_loss_scale_as_if_it_had_never_stopped(tmp_
         assert torch.equal(a, b)
 
 
+def test_a_lazy_r1_run_resumes_on_the_same_penalty_schedule(tmp_path):
+    # R1 every 3rd D step: due at steps 0, 3 and 6, so the resumed half (steps 4-7) takes it at 6 only if
+    # the schedule counts the run's steps, not the process's.
+    exp = lambda epochs: _tiny(epochs=epochs, name="mlp_gan", loss="hinge", r1_gamma=1.0, r1_every=3)  # noqa: E731
+    _train(tmp_path, exp(1))
+    extended = _train(tmp_path, exp(2))
+    assert extended.resumed_from == 4
+    whole = train_gan(exp(2), _batches())
+    for module in ("generator", "discriminator"):
+        for a, b in zip(
+            getattr(whole, module).state_dict().values(),
+            getattr(extended, module).state_dict().values(),
+            strict=True,
+        ):
+            assert torch.equal(a, b), module
+    assert extended.history == whole.history
+
+
 def test_a_finished_run_made_by_other_training_code_is_retrained_an_unfinished_one_resumed(
     tmp_path, monkeypatch
 ):

@@ -41,6 +41,8 @@ RUNS = {  # name: (model, extra train params, default dtype)
     "mlp_gan": ("mlp_gan", {}, torch.float64),
     "cgan": ("cgan", {"d_steps": 2, "ema_decay": 0.9, "grad_clip": 1.0}, torch.float64),
     "dcgan28_float32": ("dcgan28", {}, torch.float32),
+    # R1 and R2 (double backward through the wrapped D) at steps 0 and 2, and G's loss scoring the reals again
+    "rpgan": ("dcgan28", {"loss": "rpgan", "r1_gamma": 1.0, "r1_every": 2}, torch.float64),
 }
 # Runs whose in-step noise each process draws for its own slice: they keep the replicas identical, but
 # match a single process in distribution only (see training/distributed.py).

@@ -92,6 +92,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
             )
         for name, exp in params.experiments.items():
             _check_experiment(f"experiments.{name}", exp, params.datasets, MODEL_CARDS)
+            _check_loss_keys(f"experiments.{name}.train", exp.train)
         _check_sample_sizes(params)
     except ParamsError as exc:
         raise ParamsError(f"{source}: {exc}") from None
@@ -156,6 +157,27 @@ def _check_experiment(key: str, exp: ExperimentConfig, datasets: dict, models: d
             f"{key}.monitor.eval_every: expected null on faces (the mode-collapse alarm classifies digits), "
             f"got {exp.monitor.eval_every}"
         )
+
+
+# train keys that only some losses read: (key, its value that changes nothing, the losses that read it,
+# why another loss cannot take it). Another value with another loss is an error, not silently ignored.
+LOSS_KEYS: tuple[tuple[str, Any, tuple[str, ...], str], ...] = (
+    ("g_loss", "non_saturating", ("bce",), "g_loss picks bce's generator loss; {loss} has its own"),
+    ("real_label", 1.0, ("bce",), "real_label is bce's target for real images; {loss} has no targets"),
+    ("label_noise", 0.0, ("bce",), "label_noise flips bce's targets; {loss} has no targets"),
+    ("r1_gamma", 0.0, ("bce", "hinge", "rpgan"), "{loss} has its own gradient penalty, gp_lambda"),
+)
+
+
+def _check_loss_keys(key: str, train: TrainConfig) -> None:
+    """A key that the experiment's train.loss does not read must keep the value that changes nothing."""
+    for name, neutral, losses, why in LOSS_KEYS:
+        value = getattr(train, name)
+        if train.loss not in losses and value != neutral:
+            raise ParamsError(
+                f"{key}.loss: {train.loss} cannot be combined with {key}.{name} {value} "
+                f"({why.format(loss=train.loss)})"
+            )
 
 
 def _check_sample_sizes(params: Params) -> None:

@@ -130,9 +130,22 @@ class TrainConfig:
     seed: int = _seed()
     log_every: int = _positive("an int")
     # bce: the tutorials' GAN loss on D's logits; wgan_gp: Wasserstein critic loss with a gradient penalty
-    # of weight gp_lambda (Gulrajani et al. 2017; their setting is d_steps 5, betas [0, 0.9], lr 1e-4).
-    loss: Literal["bce", "wgan_gp"]
+    # of weight gp_lambda (Gulrajani et al. 2017; their setting is d_steps 5, betas [0, 0.9], lr 1e-4);
+    # hinge: D's E[relu(1 - D(x))] + E[relu(1 + D(G(z)))], G's -E[D(G(z))] (Lim & Ye 2017; SN-GAN, Miyato
+    # et al. 2018); rpgan: R3GAN's relativistic pairing loss, D's E[softplus(D(G(z)) - D(x))] on paired
+    # fakes and reals and G's the reverse, with R1 and R2 of weight r1_gamma / 2 each (Huang et al. 2024).
+    # real_label, label_noise and g_loss are bce's alone; config.load refuses them changed with another loss.
+    loss: Literal["bce", "wgan_gp", "hinge", "rpgan"]
     gp_lambda: float = _check("a float >= 0", lambda v: v >= 0)
+    # The zero-centred gradient penalty (r1_gamma / 2) * E[||grad_x D(x)||^2] on the real images, R1
+    # (Mescheder et al. 2018), for bce and hinge; for rpgan R3GAN's gamma, weighing R1 and R2 (the same on
+    # the fakes, detached from G) alike. 0: off (refused > 0 with wgan_gp, which has its own penalty). When
+    # on, D is built without BatchNorm, as for wgan_gp: the penalty is per sample. StyleGAN2 uses 10 at
+    # 1024x1024 (StyleGAN2-ADA's rule of thumb: 0.0002 * resolution^2 / batch_size).
+    r1_gamma: float = _check("a float >= 0", lambda v: v >= 0)
+    # Lazy regularisation: the penalty is taken on every r1_every-th D step (the first included), times
+    # r1_every, so its mean weight stays r1_gamma / 2 (StyleGAN2: 16; 1: every step).
+    r1_every: int = _positive("an int")
     # Noisy labels: the fraction of D's targets flipped (real <-> fake) at random each step.
     label_noise: float = _check("a float in [0, 0.5)", lambda v: 0 <= v < 0.5)
     # Clip the L2 norm of D's and of G's gradient to this before each update; null: no clipping.

@@ -244,6 +244,7 @@ class _Run:
             replicas.shard(z),
             update_g=(self.state.step + 1) % cfg.d_steps == 0,
             rng=rng,
+            step=self.state.step,
         )
 
     def record(self, stats: dict[str, float]) -> dict[str, float] | None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gan_pipeline.runtime import Precision
-from gan_pipeline.training.losses import GanLoss
+from gan_pipeline.training.losses import Critic, GanLoss, Side
 
 FP32 = Precision("fp32", "cpu", channels_last=False)  # plain float32: autocast off, no scaling
 
@@ -21,7 +21,8 @@ class StepBatch:
 
     `cond` is () for unconditional models or (labels,) for the real batch; `fake_cond` likewise for G's
     labels. G is updated only when `update_g`. The step's random draws (noisy labels, the penalty's
-    interpolation) come from `rng`.
+    interpolation) come from `rng`. `step` counts the D steps before this one: the lazy penalties are due
+    by it.
     """
 
     real: torch.Tensor
@@ -30,11 +31,17 @@ class StepBatch:
     z: torch.Tensor
     update_g: bool = True
     rng: torch.Generator | None = None
+    step: int = 0
 
 
 def _full(logits: torch.Tensor) -> torch.Tensor:
     """Autocast's bf16/fp16 logits as float32 for the losses; float32 and float64 ones as they are."""
     return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
+
+
+def _critic(discriminator: nn.Module, cond: tuple[torch.Tensor, ...]) -> Critic:
+    """D as a function of its images alone, a conditional D with the labels `cond`."""
+    return lambda x: _full(discriminator(x, *cond))
 
 
 @contextlib.contextmanager
@@ -66,7 +73,8 @@ def gan_step(
     grad_clip: float | None = None,
     precision: Precision | None = None,
 ) -> dict[str, float]:
-    """Update D once and, when `batch.update_g`, G once; return loss_d, loss_g, d_real and d_fake.
+    """Update D once (its loss plus the penalties due at `batch.step`) and, when `batch.update_g`, G once;
+    return loss_d, loss_g, d_real and d_fake.
 
     d_real and d_fake are D's mean probabilities on the reals and the fakes; loss_g is NaN on steps that do
     not update G. `grad_clip` bounds each gradient's L2 norm. `precision` (default fp32) runs the forward
@@ -79,12 +87,14 @@ def gan_step(
     with precision.autocast():
         real_logits = _full(discriminator(batch.real, *batch.cond))
         fake_logits = _full(discriminator(fake.detach(), *batch.fake_cond))
-        if loss.penalty is not None:  # drawn after both forward passes, inside autocast like them
-            critic = lambda x: _full(discriminator(x, *batch.cond))  # noqa: E731 -- D on the real labels
-            penalty = loss.penalty(critic, batch.real, fake, batch.rng)
+        # the penalties due: after both forward passes (WGAN-GP's draws there), in autocast like them
+        real_side = Side(batch.real, _critic(discriminator, batch.cond))
+        fake_side = Side(fake.detach(), _critic(discriminator, batch.fake_cond))
+        due = [p for p in loss.penalties if p.due(batch.step)]
+        penalties = [(p.weight, p(real_side, fake_side, batch.rng)) for p in due]
     loss_d = loss.d_loss(real_logits, fake_logits, batch.rng)
-    if loss.penalty is not None:
-        loss_d = loss_d + loss.penalty.weight * penalty
+    for weight, penalty in penalties:
+        loss_d = loss_d + weight * penalty
     precision.backward(loss_d)
     _clip_and_step(discriminator, opt_d, grad_clip, precision)
 
@@ -94,7 +104,10 @@ def gan_step(
         with frozen(discriminator):
             with precision.autocast():
                 fake_scores = _full(discriminator(fake, *batch.fake_cond))
-            loss_g = loss.g_loss(fake_scores)
+                # The reals scored again, by D as it is now: a relativistic G loss pairs each fake with a real
+                # under the D that scores the fake (the D step's real_logits are D's before its update).
+                real_scores = _full(discriminator(batch.real, *batch.cond)) if loss.g_needs_real else None
+            loss_g = loss.g_loss(fake_scores, real_scores)
             precision.backward(loss_g)
         _clip_and_step(generator, opt_g, grad_clip, precision)
     precision.update()
