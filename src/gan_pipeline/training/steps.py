@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +21,9 @@ class StepBatch:
 
     `cond` is () for unconditional models or (labels,) for the real batch; `fake_cond` likewise for G's
     labels. G is updated only when `update_g`. The step's random draws (noisy labels, the penalty's
-    interpolation) come from `rng`.
+    interpolation, the augmentation) come from `rng`. `augment(images, rng)`, when set (DiffAugment), is
+    applied to every image batch D sees, real or fake, in D's update and in G's: D is then D∘augment,
+    for its stats and a penalty's critic too.
     """
 
     real: torch.Tensor
@@ -30,6 +32,11 @@ class StepBatch:
     z: torch.Tensor
     update_g: bool = True
     rng: torch.Generator | None = None
+    augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
+
+    def seen_by_d(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` as D sees them: augmented with fresh draws from `rng` when `augment` is set."""
+        return images if self.augment is None else self.augment(images, self.rng)
 
 
 def _full(logits: torch.Tensor) -> torch.Tensor:
@@ -77,10 +84,10 @@ def gan_step(
         fake = generator(batch.z, *batch.fake_cond)
     opt_d.zero_grad(set_to_none=True)
     with precision.autocast():
-        real_logits = _full(discriminator(batch.real, *batch.cond))
-        fake_logits = _full(discriminator(fake.detach(), *batch.fake_cond))
+        real_logits = _full(discriminator(batch.seen_by_d(batch.real), *batch.cond))
+        fake_logits = _full(discriminator(batch.seen_by_d(fake.detach()), *batch.fake_cond))
         if loss.penalty is not None:  # drawn after both forward passes, inside autocast like them
-            critic = lambda x: _full(discriminator(x, *batch.cond))  # noqa: E731 -- D on the real labels
+            critic = lambda x: _full(discriminator(batch.seen_by_d(x), *batch.cond))  # noqa: E731 -- real labels
             penalty = loss.penalty(critic, batch.real, fake, batch.rng)
     loss_d = loss.d_loss(real_logits, fake_logits, batch.rng)
     if loss.penalty is not None:
@@ -93,7 +100,7 @@ def gan_step(
         opt_g.zero_grad(set_to_none=True)
         with frozen(discriminator):
             with precision.autocast():
-                fake_scores = _full(discriminator(fake, *batch.fake_cond))
+                fake_scores = _full(discriminator(batch.seen_by_d(fake), *batch.fake_cond))
             loss_g = loss.g_loss(fake_scores)
             precision.backward(loss_g)
         _clip_and_step(generator, opt_g, grad_clip, precision)
@@ -124,3 +131,13 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p, 1 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
+
+
+def ema_decay_at(step: int, decay: float, warmup_steps: int) -> float:
+    """The EMA's decay at training step `step` (counted from 0): `decay`, ramped up over the first
+    `warmup_steps` steps as in StyleGAN2-ADA (Karras et al. 2020, ema_rampup), whose EMA half-life grows in
+    proportion to the steps done until it reaches the one of `decay`: decay ** (warmup_steps / step), 0 at
+    step 0 (the EMA becomes G). A function of the step alone, so a resumed run ramps as an unbroken one."""
+    if step >= warmup_steps:
+        return decay
+    return 0.0 if step == 0 else decay ** (warmup_steps / step)
