@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
                    help="finished runs, written after each one")  # fmt: skip
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--data", type=Path, default=Path("data/prepared/mnist.h5"))
-    p.add_argument("--stats", type=Path, default=Path("data/prepared/stats.json"))
+    p.add_argument("--stats", type=Path, default=Path("data/prepared/mnist.stats.json"))
     p.add_argument("--classifier", type=Path, default=Path("models/classifier.safetensors"))
     p.add_argument("--classifier-metrics", type=Path, default=Path("metrics/classifier.json"))
     p.add_argument("--inception-reference", type=Path, default=Path("data/reference/inception_test.npz"))

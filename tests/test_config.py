@@ -61,6 +61,9 @@ TRAIN = {
     "r1_gamma": 0.0, "r1_every": 16,
     "ema_decay": None, "checkpoint_every": 500, "d_wins_steps": 200, "precision": "fp32", "compile": False,
 }  # fmt: skip
+# The stabilisers added since, each off by default (training as it was before them).
+MODEL |= {"spectral_norm": False}
+TRAIN |= {"lr_d": None, "ema_warmup_steps": 0, "diffaugment": None}
 MONITOR = {
     "eval_every": 10, "n_samples": 500, "min_coverage": 10, "on_collapse": "warn", "seed": 0,
     "score": "fid_classifier", "keep_best": True, "diverge_margin": 0.5, "diverge_checks": 3,
@@ -668,3 +671,54 @@ def test_face_dataset_sizes_have_upper_bounds(key, value, message, enable_faces)
     with pytest.raises(ParamsError) as err:
         parse_params(raw)
     assert str(err.value).startswith(f"params.yaml: {message}"), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda p: p["train_defaults"].update(lr_d=0),
+            "params.yaml: train_defaults.lr_d: expected a float > 0 or null, got 0",
+        ),
+        (
+            lambda p: p["train_defaults"].update(ema_warmup_steps=-1),
+            "params.yaml: train_defaults.ema_warmup_steps: expected an int >= 0, got -1",
+        ),
+        (
+            lambda p: p["model_defaults"].update(spectral_norm="yes"),
+            "params.yaml: model_defaults.spectral_norm: expected true or false, got 'yes'",
+        ),
+        *(
+            (
+                lambda p, policy=policy: p["experiments"]["dcgan28"]["train"].update(diffaugment=policy),
+                "params.yaml: experiments.dcgan28.train.diffaugment: expected a comma list of color, "
+                f"translation, cutout (each at most once) or null, got {policy!r}",
+            )
+            for policy in ("flip", "color,flip", "color,color", "color,", "translation cutout")
+        ),
+        (
+            lambda p: p["experiments"]["dcgan28"]["train"].update(diffaugment=""),
+            "params.yaml: experiments.dcgan28.train.diffaugment: expected a string or null, got ''",
+        ),
+        (
+            lambda p: p["experiments"]["dcgan28"]["train"].update(ema_warmup_steps=10),
+            "params.yaml: experiments.dcgan28.train.ema_warmup_steps: expected 0 with train.ema_decay null "
+            "(there is no EMA to warm up), got 10",
+        ),
+    ],
+)
+def test_bad_stabiliser_params_name_their_key_and_the_valid_values(edit, message):
+    assert _parse_error(edit) == message
+
+
+def test_the_stabilisers_parse_in_their_documented_forms():
+    raw = repo_params()
+    raw["model_defaults"]["spectral_norm"] = True
+    raw["experiments"]["dcgan28"]["train"].update(
+        lr=1e-4, lr_d=4e-4, betas=[0.0, 0.99], ema_decay=0.999, ema_warmup_steps=1000
+    )
+    raw["experiments"]["dcgan28"]["train"]["diffaugment"] = "color, translation,cutout"
+    dcgan28 = parse_params(raw).experiments["dcgan28"]
+    assert (dcgan28.model.spectral_norm, dcgan28.train.lr, dcgan28.train.lr_d) == (True, 1e-4, 4e-4)
+    assert (dcgan28.train.betas, dcgan28.train.ema_warmup_steps) == ((0.0, 0.99), 1000)
+    assert dcgan28.train.diffaugment == "color, translation,cutout"

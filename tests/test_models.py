@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from gan_pipeline.models import GAN_MODELS, build_gan, init_weights
 
@@ -117,3 +118,62 @@ def test_reading_params_loads_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"
+
+
+def _normed_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+@pytest.mark.parametrize("name", sorted(GAN_MODELS))
+def test_spectral_norm_makes_the_largest_singular_value_of_each_d_weight_one(name):
+    """With weights ~ N(0, 0.5) every plain weight's spectral norm is well above 1; normalized, it is 1 once
+    the power iteration (one step per use of the weight in training mode) has converged."""
+    torch.manual_seed(0)
+    plain = build_gan(name, 8, init_std=0.5)[1]
+    torch.manual_seed(0)
+    generator, normed = build_gan(name, 8, init_std=0.5, spectral_norm=True)
+    assert not any(parametrize.is_parametrized(m) for m in generator.modules())
+    layers = _normed_layers(normed)
+    assert layers and all(parametrize.is_parametrized(m, "weight") for m in layers)
+    normed.train()
+    for _ in range(150):
+        for layer in layers:
+            layer.weight  # noqa: B018 -- each access in training mode is one power iteration
+    normed.eval()
+    for layer, before in zip(layers, _normed_layers(plain), strict=True):
+        assert torch.linalg.matrix_norm(before.weight.flatten(1), ord=2).item() > 2
+        assert torch.linalg.matrix_norm(layer.weight.flatten(1), ord=2).item() == pytest.approx(1.0, abs=1e-2)
+
+
+def test_spectral_norm_comes_after_the_init_and_keeps_ds_batchnorm():
+    torch.manual_seed(0)
+    _, plain = build_gan("dcgan28", 8, init_std=0.02)
+    torch.manual_seed(0)
+    _, normed = build_gan("dcgan28", 8, init_std=0.02, spectral_norm=True)
+    originals = [m.parametrizations.weight.original for m in _normed_layers(normed)]
+    assert all(torch.equal(a, m.weight) for a, m in zip(originals, _normed_layers(plain), strict=True))
+    batchnorms = [type(m) for m in normed.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert batchnorms == [nn.BatchNorm2d, nn.BatchNorm2d]
+
+
+def test_a_spectral_normed_d_saves_its_power_iteration_vectors_and_loads_them_back(tmp_path):
+    from gan_pipeline.io import load_weights, save_weights
+
+    torch.manual_seed(0)
+    _, normed = build_gan("dcgan28", 8, init_std=0.02, spectral_norm=True)
+    normed.train()
+    images = torch.rand(4, 1, 28, 28) * 2 - 1
+    normed(images)  # one power iteration per layer: u and v move on from their start
+    save_weights(tmp_path / "d.safetensors", normed, {"name": "dcgan28"})
+    state, _ = load_weights(tmp_path / "d.safetensors")
+    assert {k.rsplit(".", 1)[-1] for k in state if ".parametrizations.weight." in k} == {
+        "original",
+        "_u",
+        "_v",
+    }
+    assert sum(k.endswith("._u") for k in state) == len(_normed_layers(normed))
+    torch.manual_seed(1)  # other start vectors, replaced by the loaded ones
+    _, fresh = build_gan("dcgan28", 8, init_std=0.02, spectral_norm=True)
+    fresh.load_state_dict(state)
+    normed.eval(), fresh.eval()
+    assert torch.equal(normed(images), fresh(images))

@@ -192,6 +192,31 @@ def test_more_epochs_extend_a_finished_run_as_if_it_had_never_stopped(tmp_path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(
+    "stabiliser",
+    [
+        {"spectral_norm": True},  # D's power-iteration vectors u, v are buffers in the checkpoint
+        {"diffaugment": "color,translation,cutout"},  # its draws come from the checkpointed loop RNG
+        {"ema_decay": 0.9, "ema_warmup_steps": 10},  # still warming up at the resume (step 8)
+        {"lr": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.99)},
+    ],
+    ids=["spectral_norm", "diffaugment", "ema_warmup", "ttur"],
+)
+def test_a_run_with_a_stabiliser_resumes_bit_identical(tmp_path, stabiliser):
+    _train(tmp_path, _tiny(epochs=2, **stabiliser))
+    extended = _train(tmp_path, _tiny(epochs=3, **stabiliser))
+    assert extended.resumed_from == 8
+    whole = train_gan(_tiny(epochs=3, **stabiliser), _batches())
+    for name in ("generator", "discriminator", "ema"):
+        if getattr(whole, name) is None:
+            continue
+        a, b = getattr(whole, name).state_dict(), getattr(extended, name).state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}.{key}"
+    assert extended.history == whole.history
+
+
 def test_an_fp16_run_resumes_with_its_loss_scale_as_if_it_had_never_stopped(tmp_path):
     # The MLP (fp16 convolutions are slow on a CPU) with weights large enough that fp16 gradients overflow
     # at the initial loss scale: 4 steps, then 4 more.

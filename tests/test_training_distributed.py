@@ -43,12 +43,19 @@ RUNS = {  # name: (model, extra train params, default dtype)
     "dcgan28_float32": ("dcgan28", {}, torch.float32),
     # R1 and R2 (double backward through the wrapped D) at steps 0 and 2, and G's loss scoring the reals again
     "rpgan": ("dcgan28", {"loss": "rpgan", "r1_gamma": 1.0, "r1_every": 2}, torch.float64),
+    # D's power-iteration vectors are computed alike on every rank (from the same weights)
+    "stabilisers": (
+        "dcgan28",
+        {"spectral_norm": True, "lr_d": 4e-4, "ema_decay": 0.9, "ema_warmup_steps": 2},
+        torch.float64,
+    ),
 }
 # Runs whose in-step noise each process draws for its own slice: they keep the replicas identical, but
 # match a single process in distribution only (see training/distributed.py).
 NOISY_RUNS = {
     "wgan_gp": ("dcgan28", {"loss": "wgan_gp"}, torch.float32),
     "label_noise": ("mlp_gan", {"label_noise": 0.2, "d_steps": 2}, torch.float32),
+    "diffaugment": ("dcgan28", {"diffaugment": "color,translation,cutout"}, torch.float32),
 }
 
 

@@ -1,8 +1,11 @@
-"""The tutorials' training tricks, each tested for its effect: gradient clipping, EMA of G, WGAN-GP,
-noisy labels, minibatch discrimination (label smoothing, d_steps, N(0, 0.02) init and the G losses are
-in test_training.py and test_models.py)."""
+"""The tutorials' training tricks, each tested for its effect: gradient clipping, EMA of G (and its
+warm-up), WGAN-GP, noisy labels, minibatch discrimination, TTUR and Adam's beta1 = 0 (label smoothing,
+d_steps, N(0, 0.02) init and the G losses are in test_training.py and test_models.py, spectral norm in
+test_models.py, DiffAugment in test_training_augment.py)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -18,7 +21,8 @@ from gan_pipeline.models.layers import MinibatchDiscrimination
 from gan_pipeline.runtime import seed_everything
 from gan_pipeline.training.loop import train_gan
 from gan_pipeline.training.losses import Bce, WassersteinGp, gradient_penalty, noisy_targets
-from gan_pipeline.training.steps import StepBatch, ema_update, gan_step
+from gan_pipeline.training.setup import build_training
+from gan_pipeline.training.steps import StepBatch, ema_decay_at, ema_update, gan_step
 
 
 def _grad_norm(module: nn.Module) -> float:
@@ -215,3 +219,87 @@ def test_minibatch_kernels_is_refused_for_a_model_without_it():
             "train": {"epochs": 1, "lr": 2e-4},
         }
         parse_params({**repo_params(), "experiments": {"x": x}})
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 0.0),  # the first update copies G into the EMA
+        (1, 0.904792147113709),  # 0.999 ** (100 / 1)
+        (10, 0.9900448802097482),  # 0.999 ** (100 / 10)
+        (50, 0.998001),  # 0.999 ** 2
+        (100, 0.999),
+        (1000, 0.999),
+    ],
+)
+def test_the_ema_decay_during_the_warm_up_is_stylegan2_adas_ramp(step, expected):
+    assert ema_decay_at(step, 0.999, 100) == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_ema_half_life_grows_in_proportion_to_the_steps_during_the_warm_up():
+    half_life = lambda decay: math.log(0.5) / math.log(decay)  # noqa: E731 -- in steps
+    for step in (1, 10, 37, 99):
+        assert half_life(ema_decay_at(step, 0.999, 100)) == pytest.approx(half_life(0.999) * step / 100)
+
+
+def test_without_a_warm_up_the_ema_decay_is_ema_decay_from_the_first_step():
+    assert [ema_decay_at(step, 0.9, 0) for step in (0, 1, 1000)] == [0.9, 0.9, 0.9]
+
+
+def test_the_loops_ema_with_a_warm_up_follows_the_ramped_decays():
+    decays = [0.0, 0.49, 0.7]  # ema_decay 0.7, warm-up 2: steps 0, 1 (0.7 ** 2) and 2
+
+    def exp(epochs, **ema):
+        return experiment_config(
+            "mlp_gan", latent_dim=8, epochs=epochs, lr=2e-4, batch_size=16, init_std=None, **ema
+        )
+
+    seed_everything(0)
+    weights = [build_gan("mlp_gan", 8)[0].state_dict()]
+    weights += [train_gan(exp(k), _one_batch_per_epoch()).generator.state_dict() for k in (1, 2, 3)]
+    result = train_gan(exp(3, ema_decay=0.7, ema_warmup_steps=2), _one_batch_per_epoch())
+    for key, value in result.ema.state_dict().items():
+        expected = weights[0][key]
+        for k, decay in enumerate(decays, start=1):
+            expected = decay * expected + (1 - decay) * weights[k][key]
+        assert torch.allclose(value, expected, atol=1e-6), key
+
+
+def test_an_ema_warm_up_without_an_ema_is_refused_naming_both_keys():
+    x = {
+        "data": "mnist",
+        "model": {"name": "dcgan28"},
+        "train": {"epochs": 1, "lr": 2e-4, "ema_warmup_steps": 100},
+    }
+    message = (
+        r"experiments\.x\.train\.ema_warmup_steps: expected 0 with train\.ema_decay null \(there is no EMA "
+        r"to warm up\), got 100"
+    )
+    with pytest.raises(ParamsError, match=message):
+        parse_params({**repo_params(), "experiments": {"x": x}})
+
+
+@pytest.mark.parametrize(("lr_d", "d_lr"), [(4e-4, 4e-4), (None, 1e-4)])
+def test_ttur_gives_d_its_own_learning_rate_and_adam_with_beta1_0_trains_a_step(lr_d, d_lr):
+    """Adam's first step with beta1 = 0 moves each weight by lr * g / (|g| + 1e-8): by the lr itself where
+    the gradient is well above 1e-8, so the largest change of G's and of D's weights is their lr."""
+    exp = experiment_config(
+        "dcgan28", latent_dim=8, epochs=1, lr=1e-4, lr_d=lr_d, betas=(0.0, 0.99), batch_size=8
+    )
+    setup = build_training(exp)
+    objects = setup.objects
+    modules = {"g": objects.generator, "d": objects.discriminator}
+    before = {name: [p.detach().clone() for p in m.parameters()] for name, m in modules.items()}
+    batch = StepBatch(torch.rand(8, 1, 28, 28) * 2 - 1, (), (), torch.randn(8, 8), rng=objects.rng)
+    stats = gan_step(
+        objects.generator, objects.discriminator, objects.opt_g, objects.opt_d, batch, setup.loss
+    )
+    assert all(math.isfinite(v) for v in stats.values())
+    assert [group["lr"] for group in objects.opt_g.param_groups] == [1e-4]
+    assert [group["lr"] for group in objects.opt_d.param_groups] == [d_lr]
+    assert objects.opt_d.param_groups[0]["betas"] == (0.0, 0.99)
+    for name, lr in (("g", 1e-4), ("d", d_lr)):
+        moved = [
+            (p - b).abs().max().item() for p, b in zip(modules[name].parameters(), before[name], strict=True)
+        ]
+        assert max(moved) == pytest.approx(lr, rel=1e-3), name

@@ -124,7 +124,8 @@ def _check_dataset(key: str, cfg: DataConfig | FaceDataConfig) -> None:
 
 def _check_experiment(key: str, exp: ExperimentConfig, datasets: dict, models: dict) -> None:
     """An experiment's model must exist, fit the images of the dataset it names and, on faces, need no
-    labels and no digit classifier; digit experiments train on the digits dataset that scores them."""
+    labels and no digit classifier; digit experiments train on the digits dataset that scores them; an EMA
+    warm-up needs an EMA."""
     if exp.model.name not in models:
         raise ParamsError(
             f"{key}.model.name: expected one of {', '.join(sorted(models))}, got {exp.model.name!r}"
@@ -134,6 +135,11 @@ def _check_experiment(key: str, exp: ExperimentConfig, datasets: dict, models: d
         raise ParamsError(
             f"{key}.model.minibatch_kernels: expected 0 for {exp.model.name!r} (its discriminator has no "
             f"minibatch discrimination), got {exp.model.minibatch_kernels}"
+        )
+    if exp.train.ema_warmup_steps and exp.train.ema_decay is None:
+        raise ParamsError(
+            f"{key}.train.ema_warmup_steps: expected 0 with train.ema_decay null (there is no EMA to warm "
+            f"up), got {exp.train.ema_warmup_steps}"
         )
     data = datasets.get(exp.data)
     if data is None:

@@ -33,10 +33,19 @@ SEED_LIMIT = 2**63
 # the largest N in standard use (FID-50k); all of them are in memory together (2.5 GB of 128x128 RGB faces)
 # and PRDC's k-NN balls compare every pair.
 MAX_SAMPLES = 50_000
+# DiffAugment's policies (training/augment.py has the transforms; kept here too so that reading params
+# does not load torch).
+DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")
 
 
 def _seed() -> Any:
     return _check("an int in 0..2**63 - 1", lambda v: 0 <= v < SEED_LIMIT)
+
+
+def _diffaugment_policy(value: str) -> bool:
+    """A comma list of DIFFAUGMENT_POLICIES, each at most once (spaces around the commas allowed)."""
+    names = [p.strip() for p in value.split(",")]
+    return all(p in DIFFAUGMENT_POLICIES for p in names) and len(set(names)) == len(names)
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,12 @@ class ModelConfig:
     # so that D sees how alike the samples of a batch are; 0 turns it off (the tutorials' D).
     # At most 1000 (the paper uses 100): D holds a batch x batch x kernels x 5 difference tensor each step.
     minibatch_kernels: int = _between(0, 1000)
+    # Spectral normalization (Miyato et al. 2018) of every conv and linear weight of D: each weight is divided
+    # by its largest singular value (of the weight as an out x in matrix), estimated by one power iteration
+    # per D call in training mode, so that each layer is about 1-Lipschitz. SNGAN's D has no BatchNorm;
+    # ours keep theirs (a WGAN-GP critic has layer norms instead), and label embeddings stay unnormalized.
+    # false: the tutorials' D.
+    spectral_norm: bool
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,12 @@ class TrainConfig:
     epochs: int = _positive("an int")
     batch_size: int = _positive("an int")
     lr: float = _positive("a float")
+    # D's learning rate when it differs from G's, the two time-scale update rule (TTUR, Heusel et al. 2017);
+    # null: D uses lr too. The usual setting is SAGAN's (Zhang et al. 2019): lr 1e-4 for G, lr_d 4e-4,
+    # betas [0, 0.9].
+    lr_d: float | None = _check("a float > 0 or null", lambda v: v > 0)
+    # Adam's (beta1, beta2); beta1 0 (no momentum), e.g. [0.0, 0.99] or [0.0, 0.9], is the stabiliser of
+    # WGAN-GP, SAGAN and StyleGAN2.
     betas: tuple[float, float] = _check("two floats in [0, 1)", lambda v: all(0 <= b < 1 for b in v))
     d_steps: int = _positive("an int")
     # One-sided label smoothing: the target for real images in D's loss (the tutorials' trick is 0.9).
@@ -152,6 +173,18 @@ class TrainConfig:
     grad_clip: float | None = _check("a float > 0 or null", lambda v: v > 0)
     # Exponential moving average of G's weights (e.g. 0.999), used for sampling and evaluation; null: off.
     ema_decay: float | None = _check("a float in (0, 1) or null", lambda v: 0 < v < 1)
+    # Warm-up of the EMA (needs ema_decay): over the first W = ema_warmup_steps steps the EMA's half-life
+    # grows linearly from 0 to that of ema_decay, StyleGAN2-ADA's ramp (Karras et al. 2020, ema_rampup):
+    # the decay at step t (from 0; the EMA is updated on G's steps) is ema_decay ** (W / t), 0 at t = 0
+    # (the EMA starts as a copy of G), and ema_decay from t = W on. Without it the EMA starts from G's
+    # random init, which takes ~1 / (1 - ema_decay) steps to forget. 0: no warm-up.
+    ema_warmup_steps: int = _check("an int >= 0", lambda v: v >= 0)
+    # DiffAugment (Zhao et al. 2020): a comma list of color, translation, cutout (the paper's StyleGAN2 runs
+    # use all three, its BigGAN runs on CIFAR translation,cutout), applied in that order to the real and
+    # the fake images before every D call, in D's step and in G's; null: off.
+    diffaugment: str | None = _check(
+        f"a comma list of {', '.join(DIFFAUGMENT_POLICIES)} (each at most once) or null", _diffaugment_policy
+    )
     # Save G, D, optimizers, RNG states and the loss log every this many steps (and at the end).
     checkpoint_every: int = _positive("an int")
     # Warn when D wins totally (D(x) > 0.99 and D(G(z)) < 0.01) for this many steps in a row.

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
+from torch.nn.utils import parametrizations
 
 from gan_pipeline.model_cards import MODEL_CARDS, ModelCard
 from gan_pipeline.models.layers import without_batchnorm
@@ -52,6 +53,22 @@ def init_weights(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
+def spectral_normed(module: nn.Module) -> nn.Module:
+    """`module` with the weight of each of its Conv2d and Linear layers spectrally normalized in place
+    (Miyato et al. 2018): divided by its largest singular value, estimated by one power iteration per forward
+    pass in training mode (torch.nn.utils.parametrizations.spectral_norm, 15 iterations at registration).
+
+    The weight then lives on as `<layer>.parametrizations.weight.original`, and the power iteration's
+    vectors `_u` and `_v` are buffers: the state dict (and so a checkpoint) holds them. BatchNorm, layer
+    norms and embeddings are left as they are. Call it after any weight init: an init of `layer.weight`
+    afterwards would write to a computed tensor, not to the parameter.
+    """
+    for layer in list(module.modules()):
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            parametrizations.spectral_norm(layer)
+    return module
+
+
 def build_gan(
     name: str,
     latent_dim: int,
@@ -59,12 +76,15 @@ def build_gan(
     init_std: float | None = None,
     minibatch_kernels: int = 0,
     critic: bool = False,
+    spectral_norm: bool = False,
 ):
     """A fresh (generator, discriminator) for the registered `name`, optionally N(0, init_std)-initialised.
 
     `minibatch_kernels` > 0 adds minibatch discrimination to D (only for specs with `minibatch=True`;
     builders without it keep the plain (latent_dim, n_classes, label_embedding) signature). `critic` makes D
-    a WGAN-GP critic: its BatchNorm layers become per-sample layer norms.
+    a WGAN-GP critic: its BatchNorm layers become per-sample layer norms. `spectral_norm` spectrally
+    normalizes D's conv and linear weights (`spectral_normed`; its random start vectors come from torch's
+    global RNG, after the init).
     """
     spec = GAN_MODELS[name]
     if minibatch_kernels:
@@ -80,4 +100,6 @@ def build_gan(
     if init_std is not None:
         init_weights(generator, init_std)
         init_weights(discriminator, init_std)
+    if spectral_norm:
+        spectral_normed(discriminator)
     return generator, discriminator

@@ -13,9 +13,10 @@ the single-process batch, which is what DistributedSampler guarantees (disjoint 
 seeded permutation); slicing also keeps every rank's RNG in lockstep (all draw the same amounts), so no
 rank ever needs a different permutation, and a checkpoint (one RNG state) resumes at any world size. Only
 random draws made inside the step at the local batch size (label_noise's flips, the gradient penalty's
-interpolation weights) are not those of a single process: each rank draws them for its own slice from the
-shared stream, so every slice gets the same values; they stay independent of the data (the rows of each
-slice are a random draw) but such runs match a single-process run only in distribution, not value.
+interpolation weights, DiffAugment's transforms) are not those of a single process: each rank draws them
+for its own slice from the shared stream, so every slice gets the same values; they stay independent of
+the data (the rows of each slice are a random draw) but such runs match a single-process run only in
+distribution, not value.
 
 The step under DDP. gan_step calls D on real and on fake.detach() before one backward: one backward after
 several forwards is what DDP's reducer supports (each parameter's gradient is accumulated once over the

@@ -27,7 +27,7 @@ from gan_pipeline.training.guards import (
     watch_collapse,
 )
 from gan_pipeline.training.setup import TrainingSetup, build_training
-from gan_pipeline.training.steps import StepBatch, ema_update, gan_step
+from gan_pipeline.training.steps import StepBatch, ema_decay_at, ema_update, gan_step
 
 __all__ = [
     "Checkpointing",
@@ -224,7 +224,8 @@ class _Run:
         self.state.batch += 1
         check_losses_finite(self.state.step, stats, batch.update_g, self.checkpointing)
         if objects.ema is not None and batch.update_g:
-            ema_update(objects.ema, objects.generator, cfg.ema_decay)
+            decay = ema_decay_at(self.state.step - 1, cfg.ema_decay, cfg.ema_warmup_steps)
+            ema_update(objects.ema, objects.generator, decay)
         self.state.window.append(stats)
         return stats
 
@@ -245,6 +246,7 @@ class _Run:
             update_g=(self.state.step + 1) % cfg.d_steps == 0,
             rng=rng,
             step=self.state.step,
+            augment=self.setup.augment,
         )
 
     def record(self, stats: dict[str, float]) -> dict[str, float] | None:

@@ -1,5 +1,6 @@
 """What a training run is built from, by the experiment's config: G and D on the device (BatchNorm
-synchronized across processes), the precision, G's EMA, both optimizers, the loss and the loop's RNG."""
+synchronized across processes), the precision, G's EMA, both optimizers, the loss, the loop's RNG and
+DiffAugment's transforms."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from gan_pipeline.config import ExperimentConfig
 from gan_pipeline.models import GAN_MODELS, build_gan
 from gan_pipeline.runtime import Precision, choose_precision, device, seed_everything
 from gan_pipeline.training import distributed
+from gan_pipeline.training.augment import DiffAugment
 from gan_pipeline.training.checkpoint import CheckpointedObjects
 from gan_pipeline.training.distributed import Replicas
 from gan_pipeline.training.losses import GanLoss, loss_from_config
@@ -27,6 +29,7 @@ class TrainingSetup:
     replicas: Replicas  # this process's place among the training processes (one: no-ops)
     loss: GanLoss
     device: torch.device
+    augment: DiffAugment | None = None  # train.diffaugment's transforms of D's inputs; None: off
 
     def step_modules(self, compile: bool) -> tuple[nn.Module, nn.Module]:
         """G and D as the step calls them: wrapped for DDP in a process group, compiled when `compile`."""
@@ -49,6 +52,7 @@ def build_training(exp: ExperimentConfig) -> TrainingSetup:
         cfg.init_std,
         exp.model.minibatch_kernels,
         critic=loss.critic,
+        spectral_norm=exp.model.spectral_norm,
     )
     dev = device()
     generator.to(dev).train()
@@ -61,6 +65,8 @@ def build_training(exp: ExperimentConfig) -> TrainingSetup:
     ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema_decay is not None else None
     # fused: one kernel per parameter group instead of a chain of foreach ops (docs/benchmarks.md: its gain).
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
+    lr_d = cfg.lr_d if cfg.lr_d is not None else cfg.lr  # TTUR: D's own learning rate
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=cfg.betas, fused=True)
     objects = CheckpointedObjects(generator, discriminator, ema, opt_g, opt_d, rng, precision.scaler)
-    return TrainingSetup(objects, precision, replicas, loss, dev)
+    augment = DiffAugment(cfg.diffaugment, spec.value_range) if cfg.diffaugment is not None else None
+    return TrainingSetup(objects, precision, replicas, loss, dev, augment)

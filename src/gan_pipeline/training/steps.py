@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +21,10 @@ class StepBatch:
 
     `cond` is () for unconditional models or (labels,) for the real batch; `fake_cond` likewise for G's
     labels. G is updated only when `update_g`. The step's random draws (noisy labels, the penalty's
-    interpolation) come from `rng`. `step` counts the D steps before this one: the lazy penalties are due
-    by it.
+    interpolation, the augmentation) come from `rng`. `step` counts the D steps before this one: the lazy
+    penalties are due by it. `augment(images, rng)`, when set (DiffAugment), is applied to every image
+    batch D sees, real or fake, in D's update and in G's: D is then D∘augment, for its stats and the
+    penalties' critics too (their gradients are taken through the augmentation).
     """
 
     real: torch.Tensor
@@ -32,6 +34,11 @@ class StepBatch:
     update_g: bool = True
     rng: torch.Generator | None = None
     step: int = 0
+    augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
+
+    def seen_by_d(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` as D sees them: augmented with fresh draws from `rng` when `augment` is set."""
+        return images if self.augment is None else self.augment(images, self.rng)
 
 
 def _full(logits: torch.Tensor) -> torch.Tensor:
@@ -39,9 +46,14 @@ def _full(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.bfloat16, torch.float16) else logits
 
 
-def _critic(discriminator: nn.Module, cond: tuple[torch.Tensor, ...]) -> Critic:
-    """D as a function of its images alone, a conditional D with the labels `cond`."""
-    return lambda x: _full(discriminator(x, *cond))
+def _critic(
+    discriminator: nn.Module,
+    cond: tuple[torch.Tensor, ...],
+    seen_by_d: Callable[[torch.Tensor], torch.Tensor],
+) -> Critic:
+    """D as a function of its images alone (as D sees them: `seen_by_d`), a conditional D with the labels
+    `cond`."""
+    return lambda x: _full(discriminator(seen_by_d(x), *cond))
 
 
 @contextlib.contextmanager
@@ -85,11 +97,11 @@ def gan_step(
         fake = generator(batch.z, *batch.fake_cond)
     opt_d.zero_grad(set_to_none=True)
     with precision.autocast():
-        real_logits = _full(discriminator(batch.real, *batch.cond))
-        fake_logits = _full(discriminator(fake.detach(), *batch.fake_cond))
+        real_logits = _full(discriminator(batch.seen_by_d(batch.real), *batch.cond))
+        fake_logits = _full(discriminator(batch.seen_by_d(fake.detach()), *batch.fake_cond))
         # the penalties due: after both forward passes (WGAN-GP's draws there), in autocast like them
-        real_side = Side(batch.real, _critic(discriminator, batch.cond))
-        fake_side = Side(fake.detach(), _critic(discriminator, batch.fake_cond))
+        real_side = Side(batch.real, _critic(discriminator, batch.cond, batch.seen_by_d))
+        fake_side = Side(fake.detach(), _critic(discriminator, batch.fake_cond, batch.seen_by_d))
         due = [p for p in loss.penalties if p.due(batch.step)]
         penalties = [(p.weight, p(real_side, fake_side, batch.rng)) for p in due]
     loss_d = loss.d_loss(real_logits, fake_logits, batch.rng)
@@ -103,10 +115,12 @@ def gan_step(
         opt_g.zero_grad(set_to_none=True)
         with frozen(discriminator):
             with precision.autocast():
-                fake_scores = _full(discriminator(fake, *batch.fake_cond))
+                fake_scores = _full(discriminator(batch.seen_by_d(fake), *batch.fake_cond))
                 # The reals scored again, by D as it is now: a relativistic G loss pairs each fake with a real
                 # under the D that scores the fake (the D step's real_logits are D's before its update).
-                real_scores = _full(discriminator(batch.real, *batch.cond)) if loss.g_needs_real else None
+                real_scores = None
+                if loss.g_needs_real:
+                    real_scores = _full(discriminator(batch.seen_by_d(batch.real), *batch.cond))
             loss_g = loss.g_loss(fake_scores, real_scores)
             precision.backward(loss_g)
         _clip_and_step(generator, opt_g, grad_clip, precision)
@@ -137,3 +151,13 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p, 1 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
+
+
+def ema_decay_at(step: int, decay: float, warmup_steps: int) -> float:
+    """The EMA's decay at training step `step` (counted from 0): `decay`, ramped up over the first
+    `warmup_steps` steps as in StyleGAN2-ADA (Karras et al. 2020, ema_rampup), whose EMA half-life grows in
+    proportion to the steps done until it reaches the one of `decay`: decay ** (warmup_steps / step), 0 at
+    step 0 (the EMA becomes G). A function of the step alone, so a resumed run ramps as an unbroken one."""
+    if step >= warmup_steps:
+        return decay
+    return 0.0 if step == 0 else decay ** (warmup_steps / step)
