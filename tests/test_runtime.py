@@ -128,3 +128,14 @@ def test_reduced_precision_steps_keep_logits_losses_and_stats_fp32(precision, mo
     assert seen == [torch.float32, torch.float32]
     assert all(isinstance(v, float) and v == v for v in stats.values())
     assert not torch.equal(before, discriminator.net[0].weight)  # the (scaled, for fp16) step was taken
+
+
+def test_a_progress_line_goes_to_stderr_unless_progress_is_off(capsys, monkeypatch):
+    from gan_pipeline.runtime import progress_line
+
+    monkeypatch.delenv("GAN_PIPELINE_PROGRESS", raising=False)
+    progress_line("classifier: 10,000 samples")
+    assert capsys.readouterr() == ("", "classifier: 10,000 samples\n")
+    monkeypatch.setenv("GAN_PIPELINE_PROGRESS", "0")
+    progress_line("classifier: 10,000 samples")
+    assert capsys.readouterr() == ("", "")

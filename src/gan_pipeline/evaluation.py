@@ -33,7 +33,7 @@ from gan_pipeline.metrics.prdc import features_of
 from gan_pipeline.metrics.reference import load_reference
 from gan_pipeline.metrics.suite import FEATURE_BACKENDS, feature_metrics, seeded_pick, split_sample_sizes
 from gan_pipeline.models.classifier import ClassifierFeatures, DigitClassifier
-from gan_pipeline.runtime import device
+from gan_pipeline.runtime import device, progress_line
 from gan_pipeline.sampling import load_samples
 from gan_pipeline.training.classifier import predict_proba
 
@@ -101,6 +101,7 @@ def _digit_metrics(
     real_u8, real_labels = load_split(data, "test")
     real = to_float(real_u8, (-1.0, 1.0))
     features = ClassifierFeatures(classifier)
+    progress_line(f"classifier: {len(fake):,} samples and {len(real):,} test digits")
     probs = predict_proba(classifier, fake)
     report = digit_report(probs, cfg.coverage_confidence, cfg.coverage_min_fraction)
     histogram = report.pop("class_histogram")
@@ -112,6 +113,7 @@ def _digit_metrics(
     classes = [{"digit": int(digit), "count": count} for digit, count in histogram.items()]
     if requested is not None:
         metrics["label_accuracy"] = label_accuracy(probs, requested)
+        progress_line("classifier features: intra-class FID of each digit")
         per_class = intra_class_fid(features, real, torch.from_numpy(real_labels).long(), fake, requested)
         metrics["fid_classifier_intra_class"] = per_class.pop("mean")
         for row in classes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -45,6 +46,13 @@ def module_device(module: torch.nn.Module) -> torch.device:
 def progress_enabled() -> bool:
     """Progress bars everywhere except where GAN_PIPELINE_PROGRESS=0 turns them off (tests, CI logs)."""
     return os.environ.get("GAN_PIPELINE_PROGRESS", "1") != "0"
+
+
+def progress_line(text: str) -> None:
+    """One line on stderr saying what a long computation without a progress bar is doing, so that no stage
+    is silent for long (off where progress bars are: GAN_PIPELINE_PROGRESS=0)."""
+    if progress_enabled():
+        print(text, file=sys.stderr, flush=True)
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

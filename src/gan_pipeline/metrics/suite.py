@@ -19,6 +19,7 @@ from gan_pipeline.errors import ParamsError
 from gan_pipeline.metrics.fid import PrecomputedFeatures, fid_from_features
 from gan_pipeline.metrics.kid import kid
 from gan_pipeline.metrics.prdc import prdc
+from gan_pipeline.runtime import progress_line
 
 _Test = TypeVar("_Test")
 _Score = TypeVar("_Score")
@@ -47,6 +48,7 @@ def feature_metrics(
                 f"evaluate.prdc_nearest_k: expected fewer than the {len(features)} {side} images scored in "
                 f"{backend} features (each k-NN ball needs k other images), got {k}"
             )
+    progress_line(f"{backend} features: FID, KID and PRDC of {len(fake):,} vs {len(real):,}")
     kid_mean, kid_std = kid(
         PrecomputedFeatures(real.shape[1]), real, fake, cfg.kid_subset_size, cfg.kid_subsets
     )
