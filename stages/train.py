@@ -84,7 +84,9 @@ def _train_and_log(params, plan, paths) -> None:
     earlier = plan.earlier_run_id
     with tracking.run(params.tracking, plan.name, plan.run_params, tags, earlier, journal=journal) as run:
         print(f"MLflow run {run.id} in {run.uri}{' (resumed)' if run.resumed else ''}")
-        result = train_experiment(plan, paths, run.log_step, {"mlflow_run_id": run.id})
+        # each in-training check is a LoggedModel of the run, its scores linked to it
+        on_check = lambda step, scores: run.log_snapshot(f"{plan.name}-step{step}", step, scores)  # noqa: E731
+        result = train_experiment(plan, paths, run.log_step, {"mlflow_run_id": run.id}, on_check=on_check)
         record = {**_log_result(run, plan, paths, result), "environment": environment()}
         write_json(paths.out / "run.json", record)
         print(

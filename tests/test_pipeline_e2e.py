@@ -60,7 +60,10 @@ def test_repro_writes_every_output(repo):
         record = json.loads((repo / "models" / exp / "run.json").read_text())
         assert record["best"]["step"] == 4000 // 256 and record["stopped_early"] is False
         assert record["best_metrics"]["best_step"] == 4000 // 256
-        assert float(coverage_log[1].split(",")[4]) == record["best"]["fid_classifier"] > 0
+        # the CSV keeps 6 significant digits
+        assert float(coverage_log[1].split(",")[4]) == pytest.approx(
+            record["best"]["fid_classifier"], rel=1e-5
+        )
 
 
 def test_metrics_have_every_key(repo):
@@ -165,6 +168,7 @@ def test_mlflow_run_per_experiment_with_params_metrics_and_model(repo):
     experiment = client.get_experiment_by_name("gan-pipeline")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(EXPERIMENTS)
+    logged_models = client.search_logged_models([experiment.experiment_id])
     stats = json.loads((repo / "data/prepared/mnist.stats.json").read_text())
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for r in runs:
@@ -180,6 +184,10 @@ def test_mlflow_run_per_experiment_with_params_metrics_and_model(repo):
         assert r.data.metrics["fid_classifier"] == pytest.approx(metrics["fid_classifier"])
         assert len(client.get_metric_history(r.info.run_id, "loss_d")) >= 2
         assert len(client.get_metric_history(r.info.run_id, "monitor_coverage")) == 1
+        # the one in-training check is a LoggedModel of the run, its scores linked to it
+        (snapshot,) = [m for m in logged_models if m.source_run_id == r.info.run_id and m.tags.get("step")]
+        assert snapshot.name == f"{exp}-step{4000 // 256}"
+        assert {x.key for x in snapshot.metrics} >= {"monitor_fid_classifier", "monitor_coverage"}
         assert r.data.metrics["fid_inception"] == pytest.approx(metrics["fid_inception"])
         assert set(r.data.metrics) >= set(metrics) and "fid_classifier_n_fake" not in r.data.metrics
         assert r.data.tags["sample_sizes.fid_classifier_n_fake"] == "200"

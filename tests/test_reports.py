@@ -87,14 +87,17 @@ def test_report_renders_a_table_per_experiment_and_names_a_missing_file(tmp_path
 
 @pytest.fixture(scope="module")
 def project(reproduced_project, tmp_path_factory) -> Path:
-    """The reproduced project with a coverage log per experiment in the mode-collapse monitor's schema."""
+    """The reproduced project with a log of five in-training checks per experiment (the monitor's columns
+    that the plots draw)."""
     repo = clone_reproduced(reproduced_project[0], tmp_path_factory.mktemp("reports"))
     for i, exp in enumerate(EXPERIMENTS):
         with open(repo / "plots" / exp / "eval_log.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["step", "epoch", "coverage", "kl_from_uniform"])
+            writer.writerow(["step", "epoch", "coverage", "kl_from_uniform", "fid_classifier"])
             for epoch in range(1, 6):
-                writer.writerow([epoch * 16, epoch, min(10, 2 * epoch + i), 2.3 / (epoch + i)])
+                writer.writerow(
+                    [epoch * 16, epoch, min(10, 2 * epoch + i), 2.3 / (epoch + i), 90 / epoch + i]
+                )
     return repo
 
 
@@ -139,6 +142,7 @@ def test_dvc_plots_render_in_chromium(plots_html, browser):
     n = len(EXPERIMENTS)
     expected = {"losses": (2 * n, "Losses: D and G"), "discriminator": (2 * n, "D(x) and D(G(z))")}
     expected["coverage"] = (n, "Coverage over training")
+    expected["monitor_fid"] = (n, "fid_classifier over training")
     for plot_id, (lines, title) in expected.items():
         assert by_id[plot_id]["lines"] >= lines and title in by_id[plot_id]["text"], by_id[plot_id]
     # one bar per digit and experiment; per-class FID for the conditional cgan only

@@ -339,6 +339,35 @@ def test_the_journal_skips_a_line_cut_by_a_crash_and_drops_what_the_store_refuse
     ) and line.endswith(": dropped")
 
 
+def test_each_in_training_check_is_a_logged_model_ranked_by_its_score_directly_or_from_the_journal(
+    tmp_path, monkeypatch
+):
+    """Two checks logged through the run, a third kept in the journal (as when the store was down) and
+    replayed: three LoggedModels of the run, each with its scores as metrics linked to it, that
+    search_logged_models orders by monitor_fid_classifier; the run's metric history has each point once."""
+    client = _local_store(tmp_path, monkeypatch)
+    with tracking.run(UNIT, "dcgan28", {}, {}, root=tmp_path) as run:
+        run.log_snapshot("dcgan28-step100", 100, {"monitor_fid_classifier": 40.0, "monitor_coverage": 10})
+        run.log_snapshot("dcgan28-step200", 200, {"monitor_fid_classifier": 20.0, "monitor_coverage": 10})
+    journal = tracking.Journal(tmp_path / "mlflow_journal.jsonl")
+    scores = {"monitor_fid_classifier": 30.0, "monitor_coverage": 9.0}
+    record = {"op": "snapshot", "name": "dcgan28-step300", "step": 300, "metrics": scores, "time": 1000}
+    journal.append({"run_id": run.id, **record})
+    assert journal.replay(client) == 1
+    experiment = client.get_run(run.id).info.experiment_id
+    ranked = client.search_logged_models(
+        [experiment], order_by=[{"field_name": "metrics.monitor_fid_classifier", "ascending": True}]
+    )
+    assert [m.name for m in ranked] == ["dcgan28-step200", "dcgan28-step300", "dcgan28-step100"]
+    assert all(m.source_run_id == run.id and str(m.status) == "READY" for m in ranked)
+    assert {m.name: {x.key: x.value for x in m.metrics} for m in ranked}["dcgan28-step300"] == {
+        "monitor_fid_classifier": 30.0,
+        "monitor_coverage": 9.0,
+    }
+    history = client.get_metric_history(run.id, "monitor_fid_classifier")
+    assert sorted((m.step, m.value) for m in history) == [(100, 40.0), (200, 20.0), (300, 30.0)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -311,6 +311,23 @@ def test_an_unfinished_run_with_other_params_is_refused_naming_the_param(tmp_pat
     assert checkpoint.state.step == 4 and note.startswith("resuming")
 
 
+def test_a_checkpoint_older_than_a_param_resumes_while_the_param_trains_as_before_it_existed(tmp_path):
+    """A checkpoint whose identity lacks the keys added since (as one written before them): it goes on while
+    each holds the value that trains as before (spectral_norm false, r1_gamma 0, ...; the checks' keys and
+    r1_every any value), and is refused, naming the key, when one does not."""
+    path = tmp_path / "ckpt.safetensors"
+    with pytest.raises(TrainingDiverged):  # stops at step 6, leaving the checkpoint of step 4 unfinished
+        train_gan(_tiny(), _batches(poison_batch=6), checkpointing=Checkpointing(path, flatten(_tiny())))
+    checkpoint = load_checkpoint(path)
+    added = ("spectral_norm", "lr_d", "ema_warmup_steps", "diffaugment", "r1_gamma", "r1_every", "keep_best")
+    checkpoint.identity = {k: v for k, v in checkpoint.identity.items() if not k.endswith(added)}
+    assert resume.differences(checkpoint, flatten(_tiny(r1_every=4, monitor={"keep_best": False}))) == []
+    assert resume.differences(checkpoint, flatten(_tiny(r1_gamma=1.0))) == [("train.r1_gamma", None, 1.0)]
+    assert resume.differences(checkpoint, flatten(_tiny(spectral_norm=True))) == [
+        ("model.spectral_norm", None, True)
+    ]
+
+
 def test_a_finished_run_with_other_params_is_replaced_and_one_past_the_end_is_refused(tmp_path):
     path = tmp_path / "ckpt.safetensors"
     _train(tmp_path, _tiny(epochs=2))

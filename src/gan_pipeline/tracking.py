@@ -295,10 +295,26 @@ def _send_group(client: MlflowClient, group: list[dict[str, Any]]) -> None:
             client.set_terminated(run_id, first["status"], first["end_time"])
         elif op == "model":
             _send_kept_model(client, run_id, first)
+        elif op == "snapshot":
+            _send_snapshot(client, run_id, first)
     except MlflowException as exc:
         if exc.error_code not in _REFUSALS:
             raise
         _warn(f"MLflow run {run_id}: the store refused the kept {op} ({first_line(exc)}): dropped")
+
+
+def _send_snapshot(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
+    """One in-training check as an MLflow 3 LoggedModel of the run (named `<experiment>-step<step>`), its
+    scores logged as the run's metrics at that step and linked to the model (`model_id`), so that the UI
+    and search_logged_models rank a run's snapshots by score. Its weights are not uploaded: the kept one is
+    the run's generator model, which names its step (`best_step`)."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    tags = {"step": str(record["step"]), "kind": "in-training check"}
+    model = client.create_logged_model(experiment_id, record["name"], source_run_id=run_id, tags=tags)
+    metrics = [Metric(k, float(v), record["time"], record["step"], model_id=model.model_id)
+               for k, v in record["metrics"].items()]  # fmt: skip
+    client.log_batch(run_id, metrics=metrics)
+    client.finalize_logged_model(model.model_id, "READY")
 
 
 def _send_kept_model(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
@@ -440,6 +456,23 @@ class Run:
             if isinstance(v, int | float) and not isinstance(v, bool)
         ]
         self._record(f"metrics at step {step}", {"op": "metrics", "metrics": batch})
+
+    def log_snapshot(self, name: str, step: int, scores: Mapping[str, float]) -> None:
+        """An in-training check's `scores` (e.g. monitor_fid_classifier) as a LoggedModel `name` of this
+        run at `step` (see _send_snapshot); skipped up to `logged_until`, like log_step."""
+        if step <= self.logged_until:
+            return
+        numbers = {
+            k: float(v) for k, v in scores.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        record = {
+            "op": "snapshot",
+            "name": name,
+            "step": step,
+            "metrics": numbers,
+            "time": int(time.time() * 1000),
+        }
+        self._record(f"snapshot {name}", record)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         record = {"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path}

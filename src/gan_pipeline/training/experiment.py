@@ -115,15 +115,18 @@ def train_experiment(
     on_step: OnStep | None = None,
     extra: dict[str, Any] | None = None,
     write_outputs: bool = True,
+    on_check: OnStep | None = None,
 ) -> TrainResult:
     """Train the planned experiment, checkpointing with `extra` (e.g. the MLflow run id) in each checkpoint,
-    and, with `write_outputs` (the main process), write its weights, logs and loss plot.
+    and, with `write_outputs` (the main process), write its weights, logs and loss plot. The loop's stats go
+    to `on_step(step, stats)`, each in-training check's `monitor_*` scores to `on_check(step, scores)`
+    (default: on_step).
 
     The generator written (the one sample and evaluate use) is the best check's with monitor.keep_best,
     else G's EMA with train.ema_decay, else G at the last step.
     """
     checkpointing = Checkpointing(paths.checkpoint, plan.identity, plan.resume, dict(extra or {}))
-    monitor = _monitor(plan, paths, on_step)
+    monitor = _monitor(plan, paths, on_check or on_step)
     if monitor is not None:
         checkpointing.extra["monitor_rows"] = monitor.rows  # each checkpoint carries the checks so far
         checkpointing.tensors = monitor.checkpoint_tensors  # and the kept generator's weights

@@ -49,14 +49,46 @@ RESUMABLE = (
 )
 
 
+# Params added after checkpoints were first written, with the value that trains as the code did before
+# them: a checkpoint made without the key goes on when the params hold that value (ANY: whatever they hold,
+# as for r1_every, which does nothing while r1_gamma is 0, and the in-training checks' keys, which change no
+# weight; a resumed run ranks the checks from then on).
+ANY = object()
+_NOT_ADDED = object()
+ADDED_KEYS: dict[str, Any] = {
+    "model.spectral_norm": False,
+    "train.lr_d": None,
+    "train.ema_warmup_steps": 0,
+    "train.diffaugment": None,
+    "train.r1_gamma": 0.0,
+    "train.r1_every": ANY,
+    "monitor.score": ANY,
+    "monitor.keep_best": ANY,
+    "monitor.diverge_margin": ANY,
+    "monitor.diverge_checks": ANY,
+    "monitor.on_diverge": ANY,
+}
+
+
+def _added_as_before(key: str, checkpoint: Checkpoint, value: Any) -> bool:
+    """Whether `key` is one the checkpoint predates, and `value` trains as the code did before it."""
+    if key in checkpoint.identity:
+        return False
+    before = next((v for k, v in ADDED_KEYS.items() if key == k or key.endswith(f".{k}")), _NOT_ADDED)
+    return before is ANY or (before is not _NOT_ADDED and before == value)
+
+
 def differences(checkpoint: Checkpoint, identity: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, checkpoint's value, current value) for each identity key that differs, resumable ones aside."""
+    """(key, checkpoint's value, current value) for each identity key that differs, resumable ones and
+    those the checkpoint predates (ADDED_KEYS, at their former behaviour) aside."""
     # Model (shape) params first: they are the likeliest reason and the one to name.
     keys = sorted(set(checkpoint.identity) | set(identity), key=lambda k: (".model." not in f".{k}", k))
     return [
         (key, checkpoint.identity.get(key), identity.get(key))
         for key in keys
-        if not key.endswith(RESUMABLE) and checkpoint.identity.get(key) != identity.get(key)
+        if not key.endswith(RESUMABLE)
+        and checkpoint.identity.get(key) != identity.get(key)
+        and not _added_as_before(key, checkpoint, identity.get(key))
     ]
 
 
