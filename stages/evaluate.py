@@ -1,15 +1,18 @@
-"""evaluate: score one experiment's samples against the prepared test split, each metric named after its
+"""evaluate: score one experiment's samples against the test split of a prepared file (its reference set:
+params.yaml's references.<experiment>, which dvc.yaml passes as --data), each metric named after its
 feature backend. Digits (with --classifier, --classifier-metrics and --inception-reference): the digit
 classifier's features (fid_classifier beside the real-vs-real floor, KID,
 precision/recall/density/coverage, for conditional models intra-class FID), the standard TF Inception's
 (fid_inception, kid_inception, prdc_inception_*, on evaluate.inception_n samples against the reference
 stage's test features), digit coverage, the class histogram and its KL from uniform, and for conditional
 models label accuracy. Faces: the Inception metrics on evaluate.inception_n samples vs as many seeded test
-faces, and the per-channel mean/std of samples vs real. Writes the scores as DVC metrics, what describes
-them (sample sizes, feature backends, the environment; no timings, since info files are kept in git) as an
-info file and, for digits, the class histogram (with each digit's intra-class FID for conditional models)
-as a DVC plot; logs the scores to the MLflow run as metrics, the info (throughput included) as tags and
-the histogram as an artifact."""
+faces of the reference set, and the per-channel mean/std of samples vs real; the info names the reference
+set and how many of its images were scored and, beside an FID of 2,048 images a side or fewer, says that
+it is rank-deficient. Writes the scores as DVC metrics, what describes them (sample sizes, feature
+backends, the environment; no timings, since info files are kept in git) as an info file and, for digits,
+the class histogram (with each digit's intra-class FID for conditional models) as a DVC plot; logs the
+scores to the MLflow run as metrics, the info (throughput included) as tags and the histogram as an
+artifact."""
 
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ from gan_pipeline.errors import exit_on_error
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--params", default="params.yaml", help="params file (evaluate, sample.seed, tracking)")
-    p.add_argument("--data", type=Path, required=True, help="prepared HDF5 file (its test split)")
+    p.add_argument(
+        "--data", type=Path, required=True, help="prepared HDF5 file whose test split scores the samples"
+    )
     p.add_argument("--samples", type=Path, required=True, help="samples .npz from the sample stage")
     p.add_argument("--run", type=Path, required=True, help="run.json from the train stage")
     p.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write (scores only)")

@@ -33,8 +33,8 @@ PARAMS = REPO / "params.yaml"
 
 
 def enable_faces(params_text: str) -> str:
-    """params.yaml after the documented change that enables faces: the two commented blocks that begin
-    with `# celeba64:` (in datasets) and `# dcgan64:` (in experiments) uncommented."""
+    """params.yaml after the documented change that enables faces: the commented blocks that begin with
+    `# celeba64:` (in datasets) and `# dcgan64:` (in experiments and in references) uncommented."""
     out, in_block = [], False
     for line in params_text.splitlines():
         starts = line.startswith(("  # celeba64:", "  # dcgan64:"))

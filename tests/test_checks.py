@@ -75,3 +75,28 @@ def test_the_checks_load_neither_torch_nor_mlflow(repo):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_with_faces_on_a_reference_of_another_size_and_a_missing_identity_file_stop_the_check(
+    repo, enable_faces, face_arrays, write_face_jpegs
+):
+    """The documented face blocks, their raw faces here: a reference that cannot score its experiment is a
+    params error naming both keys; then the identity file is read before any image is decoded."""
+    write_face_jpegs(repo / "raw", face_arrays[:4])
+    (repo / "params.yaml").write_text(enable_faces((repo / "params.yaml").read_text()))
+
+    def faces_here(p):
+        for name in ("celeba64", "celeba128"):
+            p["datasets"][name].update(path=str(repo / "raw"), split="seeded", identity_file="id.txt")
+        p["references"]["dcgan64"] = "celeba128"
+
+    _edit(repo, faces_here)
+    assert _error(repo) == (
+        f"{repo / 'params.yaml'}: references.dcgan64: expected a face dataset of image_size 64 like "
+        "experiments.dcgan64.data ('celeba64': its samples are scored against the reference's test faces), "
+        "got 'celeba128' (image_size 128)"
+    )
+    _edit(repo, lambda p: p["references"].update(dcgan64="celeba64"))
+    assert _error(repo) == "id.txt: cannot read the identity file (No such file or directory)"
+    (repo / "id.txt").write_text("".join(f"{i + 1:06d}.jpg {i % 2}\n" for i in range(4)))
+    check_all(repo / "params.yaml")

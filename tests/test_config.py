@@ -458,6 +458,20 @@ def _edit(raw: dict, edits: dict) -> dict:
             "datasets.celeba64.on_bad_image: expected one of 'error', 'skip'",
         ),
         (
+            {"datasets__celeba64__identity_file": ""},
+            "datasets.celeba64.identity_file: expected a string or null, got ''",
+        ),
+        (
+            {
+                "datasets__celeba64__source": "celeba_h5",
+                "datasets__celeba64__split": "seeded",
+                "datasets__celeba64__identity_file": "data/raw/identity_CelebA.txt",
+            },
+            "datasets.celeba64.identity_file: expected null for source 'celeba_h5' (its N.jpg names are a "
+            "counter, not the CelebA file names that the identity file lists), got "
+            "'data/raw/identity_CelebA.txt'",
+        ),
+        (
             {"experiments__dcgan64__data": "celeba32"},
             "experiments.dcgan64.data: expected a key of datasets (mnist, celeba64, celeba128)",
         ),
@@ -484,6 +498,61 @@ def _edit(raw: dict, edits: dict) -> dict:
 def test_bad_face_params_name_their_key(faces_params, edits, message):
     with pytest.raises(ParamsError, match=re.escape(message)):
         parse_params(faces_params(**edits))
+
+
+REFERENCE_FITS = (
+    "references.dcgan64: expected a face dataset of image_size 64 like experiments.dcgan64.data ('celeba64': "
+    "its samples are scored against the reference's test faces), got "
+)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda r: r.update(dcgan64="celeba32"),
+            REFERENCE_FITS + "'celeba32' (no such dataset; have: mnist, celeba64, celeba128)",
+        ),
+        (lambda r: r.update(dcgan64="mnist"), REFERENCE_FITS + "'mnist' (a digits dataset)"),
+        (lambda r: r.update(dcgan64="celeba128"), REFERENCE_FITS + "'celeba128' (image_size 128)"),
+        (
+            lambda r: r.update(cgan="celeba64"),
+            "references.cgan: expected 'mnist' like experiments.cgan.data (digit experiments are scored by "
+            "the classifier and the Inception reference made from it), got 'celeba64'",
+        ),
+        (
+            lambda r: r.pop("dcgan64"),
+            "references: expected an entry for every experiment (dvc.yaml's evaluate@<experiment> stages "
+            "come from it), missing: dcgan64",
+        ),
+        (
+            lambda r: r.update(gan9="mnist"),
+            "references.gan9: no such experiment (have: mlp_gan, cgan, dcgan28, dcgan64, convgan128)",
+        ),
+        (lambda r: r.update(dcgan64=None), "references.dcgan64: expected a string, got None"),
+    ],
+)
+def test_a_reference_that_cannot_score_its_experiment_names_both_keys(faces_params, edit, message):
+    raw = faces_params()
+    edit(raw["references"])
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert str(err.value) == f"params.yaml: {message}"
+
+
+def test_a_face_experiment_may_be_scored_against_another_face_dataset_of_its_size(faces_params):
+    """E.g. the official test partition, prepared as a dataset of its own, beside a seeded split by identity
+    to train on; the reference is evaluate's alone, no key of the experiment."""
+    raw = faces_params()
+    raw["datasets"]["celeba64_test"] = {**raw["datasets"]["celeba64"], "crop_size": 140}
+    raw["datasets"]["celeba64"].update(split="seeded", identity_file="data/raw/celeba/identity_CelebA.txt")
+    raw["references"]["dcgan64"] = "celeba64_test"
+    params = parse_params(raw)
+    assert (
+        params.references["dcgan64"] == "celeba64_test" and params.experiments["dcgan64"].data == "celeba64"
+    )
+    assert params.datasets["celeba64"].identity_file == "data/raw/celeba/identity_CelebA.txt"
+    assert params.experiments == parse_params(faces_params()).experiments
 
 
 def test_digit_experiments_train_on_the_dataset_that_scores_them(faces_params):
@@ -555,6 +624,7 @@ def test_a_name_with_a_hyphen_or_of_the_longest_length_is_accepted():
     raw = repo_params()
     raw["experiments"]["dcgan-28"] = raw["experiments"]["dcgan28"]
     raw["experiments"]["x" * NAME_MAX] = raw["experiments"]["cgan"]
+    raw["references"].update({"dcgan-28": "mnist", "x" * NAME_MAX: "mnist"})
     assert {"dcgan-28", "x" * NAME_MAX} < set(parse_params(raw).experiments)
 
 

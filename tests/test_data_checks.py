@@ -68,3 +68,37 @@ def test_check_source_imports_no_torch():
     code = "import sys; from gan_pipeline.data.checks import check_source; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_check_source_reads_the_identity_file_and_matches_it_to_the_images_without_decoding(
+    tmp_path, face_arrays, write_face_jpegs
+):
+    """A missing or malformed identity file, or one without an image of the listing, is the error prepare
+    would give; the images are listed, not decoded (one of them is no JPEG at all)."""
+    names = write_face_jpegs(tmp_path / "f", face_arrays[:3])
+    (tmp_path / "f" / names[2]).write_bytes(b"not a jpeg: only prepare decodes images")
+
+    def check(identity_file, **split):
+        split = split or {"split": "seeded", "partition_file": None}
+        folder = str(tmp_path / "f")
+        check_source(
+            face_data_config(source="jpeg_folder", path=folder, identity_file=str(identity_file), **split)
+        )
+
+    (tmp_path / "id.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    check(tmp_path / "id.txt")
+    (tmp_path / "id.csv").write_text("filename,identity\n" + "".join(f"{n},7\n" for n in names))
+    check(tmp_path / "id.csv")
+    (tmp_path / "part.txt").write_text("".join(f"{n} {i % 2}\n" for i, n in enumerate(names)))
+    check(tmp_path / "id.csv", split="official", partition_file=str(tmp_path / "part.txt"))
+    (tmp_path / "short.txt").write_text(f"{names[0]} 1\n{names[1]} 2\n")
+    (tmp_path / "bad.txt").write_text(f"{names[0]} 1\n{names[1]}\n")
+    for path, message in [
+        (tmp_path / "none.txt", "none.txt: cannot read the identity file (No such file or directory)"),
+        (tmp_path / "bad.txt", "bad.txt: line 2: expected a file name and an identity, found ['000002.jpg']"),
+        (tmp_path / "short.txt", f"short.txt: no identity for 1 of 3 images (first: {names[2]})"),
+    ]:
+        with raises_one_line(re.escape(message)):
+            check(path)
+    with raises_one_line(re.escape("short.txt: no identity for 1 of 3 images")):
+        check(tmp_path / "short.txt", split="official", partition_file=str(tmp_path / "part.txt"))

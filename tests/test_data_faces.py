@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import zipfile
+from collections import Counter
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -12,12 +15,12 @@ from configs import face_data_config
 from hostile_files import OUTSIDE, add_huge, add_outside, png_header, zip_with_member
 from PIL import Image
 
-from gan_pipeline.data.faces import chunk_rows, crop_resize, prepare_faces, read_partition
+from gan_pipeline.data.faces import chunk_rows, crop_resize, prepare_faces, read_identities, read_partition
 from gan_pipeline.errors import DataError
 
 
 def _prepare(tmp_path, **cfg):
-    cfg = {"split": "seeded", "partition_file": None, "on_bad_image": "error", **cfg}
+    cfg = {"split": "seeded", "partition_file": None, "identity_file": None, "on_bad_image": "error", **cfg}
     stats = prepare_faces(face_data_config(**cfg), tmp_path / "out.h5", tmp_path / "out.json")
     with h5py.File(tmp_path / "out.h5") as f:
         images, names = f["images"][()], [n.decode() for n in f["names"][()]]
@@ -322,3 +325,189 @@ def test_faces_all_smaller_than_the_crop_say_which_crop_size_would_keep_them(tmp
     stats = _prepare(tmp_path, source="jpeg_folder", path=str(folder), crop_size=100, test_fraction=0.5,
                      on_bad_image="skip")[0]  # fmt: skip
     assert stats["n_total"] == 2 and stats["skipped"] == {"too_small": 2}
+
+
+# --- identities -------------------------------------------------------------------------------------------
+
+SHARED_CELEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba"
+
+
+def _identity_file(path: Path, identity: dict[str, str], form: str) -> Path:
+    """identity_CelebA.txt ("000001.jpg 2880" per line) or a CSV with filename and identity columns."""
+    if form == "txt":
+        path.write_text("".join(f"{n} {p}\n" for n, p in identity.items()))
+    else:
+        path.write_text("filename,identity,male\n" + "".join(f"{n},{p},1\n" for n, p in identity.items()))
+    return path
+
+
+def _faces_of_people(tmp_path, face_arrays, write_face_jpegs, sizes: list[int]) -> dict[str, str]:
+    """sum(sizes) generated faces in tmp_path/f, the images of person i being the next sizes[i] files
+    (000001.jpg, ...); returns each file's identity (CelebA-like numbers, person i is 100 + 7 * i)."""
+    arrays = np.concatenate([face_arrays] * -(-sum(sizes) // len(face_arrays)))[: sum(sizes)]
+    names = write_face_jpegs(tmp_path / "f", arrays)
+    people = [str(100 + 7 * i) for i, size in enumerate(sizes) for _ in range(size)]
+    return dict(zip(names, people, strict=True))
+
+
+def _split_by_identity(tmp_path, identity_file: Path, **cfg):
+    stats, _, kept, attrs, _ = _prepare(
+        tmp_path, source="jpeg_folder", path=str(tmp_path / "f"), identity_file=str(identity_file),
+        image_size=16, crop_size=128, **cfg,
+    )  # fmt: skip
+    return stats, kept[: attrs["n_train"]], kept[attrs["n_train"] :]
+
+
+def test_a_seeded_split_with_an_identity_file_sends_whole_people_to_test(
+    tmp_path, face_arrays, write_face_jpegs
+):
+    """8 people of 3 faces each and test_fraction 0.25: exactly 2 people (6 faces) go to test."""
+    identity = _faces_of_people(tmp_path, face_arrays, write_face_jpegs, [3] * 8)
+    path = _identity_file(tmp_path / "identity_CelebA.txt", identity, "txt")
+    stats, train, test = _split_by_identity(tmp_path, path, test_fraction=0.25)
+    assert len(test) == 6 and len({identity[n] for n in test}) == 2
+    assert not {identity[n] for n in train} & {identity[n] for n in test}
+    assert (stats["n_identities_train"], stats["n_identities_test"], stats["identities_shared"]) == (6, 2, 0)
+    assert stats["identity_file"] == str(path)
+    written = json.loads((tmp_path / "out.json").read_text())
+    assert {k: written[k] for k in ("n_identities_train", "n_identities_test", "identities_shared")} == {
+        "n_identities_train": 6, "n_identities_test": 2, "identities_shared": 0,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_identity_split_takes_the_fewest_people_that_reach_test_fraction(
+    tmp_path, face_arrays, write_face_jpegs, seed
+):
+    """People of 1 to 6 faces (30 in all), test_fraction 0.3: the test side holds at least 9 faces, and the
+    person taken last was needed to reach them (without the largest test person it would hold fewer)."""
+    identity = _faces_of_people(tmp_path, face_arrays, write_face_jpegs, [6, 1, 4, 2, 5, 3, 1, 6, 2])
+    path = _identity_file(tmp_path / "id.txt", identity, "txt")
+    _, train, test = _split_by_identity(tmp_path, path, test_fraction=0.3, split_seed=seed)
+    people = Counter(identity[n] for n in test)
+    assert not set(people) & {identity[n] for n in train}
+    assert len(test) >= 9 and len(test) - max(people.values()) < 9
+    assert len(train) + len(test) == 30
+
+
+def test_the_identity_split_is_fixed_by_its_seed_and_the_same_from_txt_and_csv(
+    tmp_path, face_arrays, write_face_jpegs
+):
+    identity = _faces_of_people(tmp_path, face_arrays, write_face_jpegs, [2, 3, 1, 4, 2, 3, 1, 2, 2])
+    txt = _identity_file(tmp_path / "id.txt", identity, "txt")
+    csv_file = _identity_file(
+        tmp_path / "id.csv", dict(reversed(identity.items())), "csv"
+    )  # order: no matter
+    a, b = _split_by_identity(tmp_path, txt)[2], _split_by_identity(tmp_path, txt)[2]
+    assert a == b and _split_by_identity(tmp_path, csv_file)[2] == a
+    others = [_split_by_identity(tmp_path, txt, split_seed=s)[2] for s in (1, 2, 3)]
+    assert any(set(o) != set(a) for o in others)
+    assert read_identities(txt) == read_identities(csv_file) == identity
+
+
+def test_an_image_without_an_identity_is_a_one_line_error(tmp_path, face_arrays, write_face_jpegs):
+    identity = _faces_of_people(tmp_path, face_arrays, write_face_jpegs, [3, 3, 3, 3])
+    path = _identity_file(
+        tmp_path / "id.txt", {n: p for n, p in identity.items() if n != "000011.jpg"}, "txt"
+    )
+    (tmp_path / "out.h5").write_bytes(b"earlier")
+    with pytest.raises(DataError) as err:
+        _split_by_identity(tmp_path, path)
+    assert str(err.value) == f"{path}: no identity for 1 of 12 images (first: 000011.jpg)"
+    assert (tmp_path / "out.h5").read_bytes() == b"earlier" and not (tmp_path / "out.json").exists()
+
+
+def test_with_the_official_split_the_identity_file_is_only_counted(
+    tmp_path, face_arrays, write_face_jpegs, capsys
+):
+    """The partition decides; the stats count the identities of each side. A person on both sides is a
+    warning naming how many (CelebA's own official split has none)."""
+    identity = _faces_of_people(tmp_path, face_arrays, write_face_jpegs, [4, 4, 4])
+    path = _identity_file(tmp_path / "id.txt", identity, "txt")
+    disjoint = {n: "0" if p != "114" else "2" for n, p in identity.items()}  # the third person held out
+    (tmp_path / "part.txt").write_text("".join(f"{n} {p}\n" for n, p in disjoint.items()))
+    official = {"split": "official", "partition_file": str(tmp_path / "part.txt")}
+    stats, train, test = _split_by_identity(tmp_path, path, **official)
+    assert test == [n for n, p in identity.items() if p == "114"]
+    assert (stats["n_identities_train"], stats["n_identities_test"], stats["identities_shared"]) == (2, 1, 0)
+    out = capsys.readouterr()
+    assert (
+        "2 identities in train, 1 in test, none in both: the official split is identity-disjoint" in out.out
+    )
+    mixed = {n: str(i % 2) for i, n in enumerate(identity)}  # every person's faces on both sides
+    (tmp_path / "part.txt").write_text("".join(f"{n} {p}\n" for n, p in mixed.items()))
+    stats = _split_by_identity(tmp_path, path, **official)[0]
+    assert (stats["n_identities_train"], stats["n_identities_test"], stats["identities_shared"]) == (3, 3, 3)
+    (warning,) = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith(
+        f"warning: {tmp_path / 'part.txt'}: 3 of the identities in {path} have faces in both train "
+        "(3 identities) and test (3): the official split is not identity-disjoint"
+    )
+
+
+def test_without_an_identity_file_the_stats_have_no_identity_counts(tmp_path, face_arrays, write_face_jpegs):
+    write_face_jpegs(tmp_path / "f", face_arrays[:4])
+    stats = _prepare(tmp_path, source="jpeg_folder", path=str(tmp_path / "f"), test_fraction=0.25)[0]
+    assert {k: stats[k] for k in ("identity_file", "n_identities_train", "identities_shared")} == {
+        "identity_file": None, "n_identities_train": None, "identities_shared": None,
+    }  # fmt: skip
+
+
+def test_a_split_by_identity_that_empties_a_side_says_how_many_people_it_had(
+    tmp_path, face_arrays, write_face_jpegs
+):
+    identity = _faces_of_people(tmp_path, face_arrays, write_face_jpegs, [5])
+    path = _identity_file(tmp_path / "id.txt", identity, "txt")
+    with pytest.raises(DataError, match=rf"gives 0 train and 5 test images \(each needs at least 1\); it "
+                       rf"moves whole identities, and {path} gives these images 1$"):  # fmt: skip
+        _split_by_identity(tmp_path, path)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "000001.jpg 7\n000002.jpg\n",
+            r"id: line 2: expected a file name and an identity, found \['000002.jpg'\]",
+        ),
+        (
+            "000001.jpg 7 8\n",
+            r"id: line 1: expected a file name and an identity, found \['000001.jpg', '7', '8'\]",
+        ),
+        (
+            "filename,person\n000001.jpg,7\n",
+            r"id: expected CSV columns filename and identity, found \['filename'",
+        ),
+        ("filename,identity\n000001.jpg,\n", r"id: line 2: expected a file name and an identity, found"),
+    ],
+)
+def test_a_malformed_identity_file_is_named_with_its_line(tmp_path, text, problem):
+    (tmp_path / "id").write_text(text)
+    with pytest.raises(DataError, match=problem):
+        read_identities(tmp_path / "id")
+    with pytest.raises(DataError, match="missing: cannot read the identity file"):
+        read_identities(tmp_path / "missing")
+
+
+def test_real_celeba_faces_split_by_identity_share_no_person(tmp_path):
+    """48 of the shared real CelebA faces, 6 each of 8 people (6 from the official train partition, 2 from
+    val), with celeba_labels.csv as identity and partition file: the seeded split by identity sends exactly
+    2 whole people to test (12 faces: test_fraction 0.25), and CelebA's official split shares no person."""
+    labels = SHARED_CELEBA / "celeba_labels.csv"
+    if not labels.is_file():
+        pytest.skip(f"{SHARED_CELEBA}: the shared CelebA faces are not beside this checkout")
+    by_person: dict[tuple[str, str], list[str]] = {}
+    for row in sorted(csv.DictReader(labels.open()), key=lambda r: r["filename"]):
+        by_person.setdefault((row["eval_partition"], row["identity"]), []).append(row["filename"])
+    people = sorted(k for k in by_person if k[0] == "0")[:6] + sorted(k for k in by_person if k[0] == "1")[:2]
+    identity = {name: person for partition, person in people for name in by_person[partition, person][:6]}
+    assert len(identity) == 48
+    (tmp_path / "f").mkdir()
+    for name in identity:
+        (tmp_path / "f" / name).write_bytes((SHARED_CELEBA / "img_align_celeba" / name).read_bytes())
+    stats, train, test = _split_by_identity(tmp_path, labels, test_fraction=0.25)
+    assert len(test) == 12 and not {identity[n] for n in train} & {identity[n] for n in test}
+    assert (stats["n_identities_train"], stats["n_identities_test"], stats["identities_shared"]) == (6, 2, 0)
+    stats, _, test = _split_by_identity(tmp_path, labels, split="official", partition_file=str(labels))
+    assert {identity[n] for n in test} == {person for partition, person in people if partition == "1"}
+    assert (stats["n_identities_train"], stats["n_identities_test"], stats["identities_shared"]) == (6, 2, 0)

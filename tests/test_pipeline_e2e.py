@@ -227,6 +227,7 @@ def test_adding_an_experiment_adds_its_stages(repo):
             "model": {"name": "cgan", "label_embedding": "embedding"},
             "train": {**TINY["train"], "lr": 0.0002},
         }
+        p["references"]["cgan_embed"] = "mnist"  # what its evaluate stage scores it against
 
     set_params(repo, add)
     stages = run(["dvc", "stage", "list", "--names-only"], repo).stdout.split()
@@ -241,7 +242,9 @@ def _exp_runs(repo: Path, name: str) -> list:
 
 
 def test_exp_run_setting_one_experiments_param_reruns_only_that_experiment(repo):
-    set_params(repo, lambda p: p["experiments"].pop("cgan_embed", None))
+    set_params(
+        repo, lambda p: [p[section].pop("cgan_embed", None) for section in ("experiments", "references")]
+    )
     proc = run(["dvc", "exp", "run", "-n", "cgan-lr", "-S", "experiments.cgan.train.lr=0.0003"], repo)
     assert ran_stages(proc.stdout) == experiment_stages("cgan") | {"check", "report"}
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)

@@ -280,10 +280,21 @@ def test_a_pickle_as_checkpoint_is_refused_unexecuted_leaving_earlier_outputs(
 def test_the_face_stages_prepare_train_sample_and_evaluate(
     tmp_path, face_arrays, write_face_jpegs, enable_faces
 ):
-    """The stage commands that dvc.yaml runs for a face experiment, on 12 generated faces at 64x64."""
-    write_face_jpegs(tmp_path / "raw", face_arrays)
+    """The stage commands that dvc.yaml runs for a face experiment, on 12 generated faces at 64x64 of 6
+    people, split by identity, scored against the test split of another face dataset (its reference)."""
+    names = write_face_jpegs(tmp_path / "raw", face_arrays)
+    (tmp_path / "identity.txt").write_text("".join(f"{n} {i // 2}\n" for i, n in enumerate(names)))
+    write_face_jpegs(tmp_path / "other", 255 - face_arrays[:8])
     raw = yaml.safe_load(enable_faces((REPO / "params.yaml").read_text()))
-    raw["datasets"]["celeba64"].update(path=str(tmp_path / "raw"), split="seeded", test_fraction=0.25)
+    raw["datasets"]["celeba64"].update(
+        path=str(tmp_path / "raw"),
+        split="seeded",
+        test_fraction=0.25,
+        identity_file=str(tmp_path / "identity.txt"),
+    )
+    raw["datasets"]["other64"] = {**raw["datasets"]["celeba64"], "path": str(tmp_path / "other"),
+                                  "test_fraction": 0.5, "identity_file": None}  # fmt: skip
+    raw["references"]["dcgan64"] = "other64"
     raw["experiments"]["dcgan64"]["train"].update(epochs=1, batch_size=4)
     raw["sample"]["n_samples"] = 70
     raw["evaluate"].update(inception_n=5, prdc_nearest_k=2)
@@ -291,15 +302,21 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
     params.write_text(yaml.safe_dump(raw))
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     data, stats, model = tmp_path / "celeba64.h5", tmp_path / "celeba64.stats.json", tmp_path / "m"
+    reference = tmp_path / "other64.h5"
 
-    def ok(name: str, *args: str) -> None:
+    def ok(name: str, *args: str) -> str:
         proc = stage(name, "--params", str(params), *args, env=env)
         assert proc.returncode == 0, proc.stderr
+        return proc.stdout
 
-    ok("prepare", "--dataset", "celeba64", "--out", str(data), "--stats", str(stats))
+    out = ok("prepare", "--dataset", "celeba64", "--out", str(data), "--stats", str(stats))
+    assert "split by identity" in out and "4 identities in train, 2 in test, none in both" in out
+    split = json.loads(stats.read_text())
+    assert (split["n_train"], split["n_test"], split["identities_shared"]) == (8, 4, 0)  # 2 whole people
+    ok("prepare", "--dataset", "other64", "--out", str(reference), "--stats", str(tmp_path / "other.json"))
     ok("train", "--experiment", "dcgan64", "--data", str(data), "--stats", str(stats), "--out", str(model),
        "--log", str(tmp_path / "log.csv"))  # fmt: skip
-    assert json.loads((model / "run.json").read_text())["steps"] == 2  # 9 train faces // 4
+    assert json.loads((model / "run.json").read_text())["steps"] == 2  # 8 train faces // 4
     ok(
         "sample",
         "--model",
@@ -312,17 +329,24 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
     with np.load(tmp_path / "s.npz") as npz:
         assert npz["images"].shape == (70, 64, 64, 3) and npz["images"].dtype == np.uint8
     assert Image.open(tmp_path / "grid.png").size == ((8 * 66 + 2) * 2,) * 2  # 8x8 faces
-    ok("evaluate", "--data", str(data), "--samples", str(tmp_path / "s.npz"),
-       "--run", str(model / "run.json"), "--metrics", str(tmp_path / "metrics.json"),
-       "--info", str(tmp_path / "info.json"))  # fmt: skip
+    out = ok("evaluate", "--data", str(reference), "--samples", str(tmp_path / "s.npz"),
+             "--run", str(model / "run.json"), "--metrics", str(tmp_path / "metrics.json"),
+             "--info", str(tmp_path / "info.json"))  # fmt: skip
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["fid_inception"] > 0 and 0 <= metrics["prdc_inception_recall"] <= 1
+    assert {"kid_inception", "kid_inception_std"} <= set(metrics)  # KID against the reference, beside FID
     assert all(type(v) in (int, float) for v in metrics.values()), metrics
     info = json.loads((tmp_path / "info.json").read_text())
     assert info["sample_sizes"] == {
-        "channel_n_real": 3, "channel_n_fake": 70, "fid_inception_n_real": 3, "fid_inception_n_fake": 5,
-        "kid_inception_subset_size": 3,
+        "channel_n_real": 4, "channel_n_fake": 70, "fid_inception_n_real": 4, "fid_inception_n_fake": 5,
+        "kid_inception_subset_size": 4,
     }  # fmt: skip
+    assert info["reference"] == {
+        "data": str(reference), "split": "test", "n_test": 4, "n_scored_inception": 4, "n_scored_channel": 4,
+    }  # fmt: skip
+    note = "FID on fewer than 2,049 images is rank-deficient (the 2048x2048 covariance of n images has rank"
+    assert info["fid_inception_note"].startswith(note)
+    assert f"dcgan64: {note}" in out and f"(5 samples vs 4 test faces of {reference}, " in out
     assert "inception_images_per_s" not in info and list(info["feature_backend"]) == ["inception"]
     assert info["environment"]["device"] in ("cpu", "cuda")
 
@@ -370,6 +394,29 @@ def test_faces_are_more_entries_of_the_same_stages_reading_their_own_data(tmp_pa
         cmd, deps = on[name]
         assert "--data 'data/prepared/celeba128.h5'" in cmd and "data/prepared/celeba128.h5" in deps
     assert "--dataset 'celeba64'" in on["prepare@celeba64"][0] and "data/raw" in on["prepare@celeba64"][1]
+
+
+def test_a_face_experiment_is_evaluated_against_the_prepared_file_of_its_reference(tmp_path, enable_faces):
+    """references.dcgan64 naming another face dataset: its evaluate stage reads and depends on that prepared
+    file instead of its own data's; train, sample and every other stage are as before."""
+    for folder in ("own", "other"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(REPO / "dvc.yaml", tmp_path / folder / "dvc.yaml")
+    text = enable_faces((REPO / "params.yaml").read_text())
+    (tmp_path / "own" / "params.yaml").write_text(text)
+    raw = yaml.safe_load(text)
+    raw["datasets"]["celeba64_test"] = dict(raw["datasets"]["celeba64"])
+    raw["references"]["dcgan64"] = "celeba64_test"
+    (tmp_path / "other" / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    own, other = _dvc_stages(tmp_path / "own"), _dvc_stages(tmp_path / "other")
+    cmd, deps = other["evaluate@dcgan64"]
+    assert "--data 'data/prepared/celeba64_test.h5'" in cmd and "data/prepared/celeba64_test.h5" in deps
+    assert (
+        "data/prepared/celeba64.h5" not in deps and "data/prepared/celeba64.h5" in own["evaluate@dcgan64"][1]
+    )
+    assert set(other) - set(own) == {"prepare@celeba64_test"}
+    unchanged = [name for name in own if name != "evaluate@dcgan64"]
+    assert {n: other[n] for n in unchanged} == {n: own[n] for n in unchanged}
 
 
 def test_every_stage_that_computes_runs_at_the_threads_that_params_yaml_names(tmp_path):

@@ -3,10 +3,11 @@
 The kind of the prepared file chooses what is scored: digits get the classifier's features (FID beside
 its real-vs-real floor, KID, PRDC, coverage, and for conditional models label accuracy and intra-class FID)
 and the standard Inception metrics against the reference stage's test features; faces get the Inception
-metrics against seeded test faces and the per-channel sanity line. The digits' real Inception features
-are the reference stage's (`metrics.reference`), computed once for every evaluate. The scores, what
-describes them and the per-digit rows come apart (`Evaluation`), as the evaluate stage writes them: the
-DVC metrics, an info file and a DVC plot.
+metrics against seeded test faces of the prepared file given (params.yaml's `references` names it: the
+experiment's own data or another face dataset) and the per-channel sanity line. The digits' real
+Inception features are the reference stage's (`metrics.reference`), computed once for every evaluate. The
+scores, what describes them and the per-digit rows come apart (`Evaluation`), as the evaluate stage writes
+them: the DVC metrics, an info file and a DVC plot.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ from gan_pipeline.runtime import device, progress_line
 from gan_pipeline.sampling import load_samples
 from gan_pipeline.training.classifier import predict_proba
 
-__all__ = ["Evaluation", "evaluate_samples", "summary"]
+__all__ = ["Evaluation", "evaluate_samples", "rank_note", "summary"]
+
+# Inception's pool3 features have 2048 dimensions and the covariance of n images has rank at most n - 1, so
+# on 2,048 images or fewer a side's covariance is singular: FID is then mostly small-sample bias, comparable
+# only at equal n.
+INCEPTION_DIM = 2048
+RANK_NOTE = (
+    "FID on fewer than 2,049 images is rank-deficient (the 2048x2048 covariance of n images has rank at "
+    "most n - 1 < 2048)"
+)
 
 
 @dataclass
@@ -133,8 +143,10 @@ def _inception_metrics(
 
 
 def _face_metrics(data: Path, samples: Path, cfg: EvaluateConfig, seed: int) -> Evaluation:
-    """Inception metrics of the first inception_n samples vs as many seeded test faces, and the per-channel
-    mean/std of every sample vs as many other seeded test faces."""
+    """Inception metrics of the first inception_n samples vs as many seeded test faces of `data` (the
+    reference set), and the per-channel mean/std of every sample vs as many other seeded test faces; the
+    info names the reference set, how many of its images were scored and, beside an FID of fewer than
+    INCEPTION_DIM + 1 images on a side, RANK_NOTE."""
     fake, _ = load_samples(samples)
     _, n_test, _ = face_counts(data)
     real = read_faces(data, "test", indices=seeded_pick(n_test, len(fake), seed).numpy())
@@ -154,6 +166,8 @@ def _face_metrics(data: Path, samples: Path, cfg: EvaluateConfig, seed: int) -> 
         )
         rate = (len(real_f) + len(fake_f)) / (time.perf_counter() - start)
         metrics.update(feature_metrics("inception", real_f, fake_f, cfg))
+        if note := rank_note(len(real_f), len(fake_f)):
+            info["fid_inception_note"] = note
         info.update(
             prdc_nearest_k=cfg.prdc_nearest_k,
             feature_backend={"inception": FEATURE_BACKENDS["inception"]},
@@ -162,7 +176,20 @@ def _face_metrics(data: Path, samples: Path, cfg: EvaluateConfig, seed: int) -> 
         )
     metrics.update(channel_report(real, fake))
     scores, sizes = split_sample_sizes(metrics)
-    return Evaluation(scores, {"sample_sizes": sizes, **info})
+    reference = {
+        "data": str(data),
+        "split": "test",
+        "n_test": n_test,
+        "n_scored_inception": sizes.get("fid_inception_n_real", 0),
+        "n_scored_channel": sizes["channel_n_real"],
+    }
+    return Evaluation(scores, {"sample_sizes": sizes, "reference": reference, **info})
+
+
+def rank_note(n_real: int, n_fake: int) -> str | None:
+    """RANK_NOTE when a side of an Inception FID has INCEPTION_DIM images or fewer (its covariance is then
+    singular), else None."""
+    return RANK_NOTE if min(n_real, n_fake) <= INCEPTION_DIM else None
 
 
 def summary(name: str, result: Evaluation, inception_n: int) -> list[str]:
@@ -173,13 +200,17 @@ def summary(name: str, result: Evaluation, inception_n: int) -> list[str]:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
         counts = [row["count"] for row in result.classes]
         return [f"{name}: {shown}", f"{name}: confident samples per digit 0..9: {counts}"]
+    where = info["reference"]["data"]
     if inception_n > 0:
         lines = [
             f"{name}: fid_inception {m['fid_inception']:.2f}, kid_inception {m['kid_inception']:.4f} ± "
             f"{m['kid_inception_std']:.4f}, precision/recall {m['prdc_inception_precision']:.3f}/"
             f"{m['prdc_inception_recall']:.3f} ({n['fid_inception_n_fake']} samples vs "
-            f"{n['fid_inception_n_real']} test faces, {info['inception_images_per_s']:.1f} images/s)"
+            f"{n['fid_inception_n_real']} test faces of {where}, "
+            f"{info['inception_images_per_s']:.1f} images/s)"
         ]
+        if "fid_inception_note" in info:
+            lines.append(f"{name}: {info['fid_inception_note']}")
     else:
         lines = [f"{name}: evaluate.inception_n is 0: no Inception metrics"]
 
@@ -189,6 +220,7 @@ def summary(name: str, result: Evaluation, inception_n: int) -> list[str]:
     lines.append(
         f"{name}: per-channel mean (r, g, b) samples {rgb('channel_mean_fake')} vs real "
         f"{rgb('channel_mean_real')}; std samples {rgb('channel_std_fake')} vs real "
-        f"{rgb('channel_std_real')} ({n['channel_n_fake']} samples, {n['channel_n_real']} real test faces)"
+        f"{rgb('channel_std_real')} ({n['channel_n_fake']} samples, {n['channel_n_real']} test faces of "
+        f"{where})"
     )
     return lines

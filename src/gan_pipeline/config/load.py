@@ -93,6 +93,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         for name, exp in params.experiments.items():
             _check_experiment(f"experiments.{name}", exp, params.datasets, MODEL_CARDS)
             _check_loss_keys(f"experiments.{name}.train", exp.train)
+        _check_references(params)
         _check_sample_sizes(params)
     except ParamsError as exc:
         raise ParamsError(f"{source}: {exc}") from None
@@ -119,6 +120,11 @@ def _check_dataset(key: str, cfg: DataConfig | FaceDataConfig) -> None:
         raise ParamsError(
             f"{key}.split: expected 'seeded' for source 'celeba_h5' (its N.jpg names are a counter, not "
             "CelebA file names)"
+        )
+    if cfg.identity_file is not None and cfg.source == "celeba_h5":
+        raise ParamsError(
+            f"{key}.identity_file: expected null for source 'celeba_h5' (its N.jpg names are a counter, not "
+            f"the CelebA file names that the identity file lists), got {cfg.identity_file!r}"
         )
 
 
@@ -163,6 +169,49 @@ def _check_experiment(key: str, exp: ExperimentConfig, datasets: dict, models: d
             f"{key}.monitor.eval_every: expected null on faces (the mode-collapse alarm classifies digits), "
             f"got {exp.monitor.eval_every}"
         )
+
+
+def _check_references(params: Params) -> None:
+    """references names every experiment and no other, and each one's reference fits it: digit experiments
+    are scored on the digits dataset, face experiments on a face dataset of their data's image_size."""
+    missing = [name for name in params.experiments if name not in params.references]
+    if missing:
+        raise ParamsError(
+            f"references: expected an entry for every experiment (dvc.yaml's evaluate@<experiment> stages "
+            f"come from it), missing: {', '.join(missing)}"
+        )
+    for name, ref in params.references.items():
+        if name not in params.experiments:
+            raise ParamsError(
+                f"references.{name}: no such experiment (have: {', '.join(params.experiments)})"
+            )
+        _check_reference(name, ref, params.experiments[name].data, params.datasets)
+
+
+def _check_reference(name: str, ref: str, data_name: str, datasets: dict) -> None:
+    """The one-line error naming references.<name> and experiments.<name>.data when `ref` cannot score the
+    samples of an experiment trained on `data_name`."""
+    data, found = datasets[data_name], datasets.get(ref)
+    if data.kind == "digits":
+        if ref != DIGITS:
+            raise ParamsError(
+                f"references.{name}: expected {DIGITS!r} like experiments.{name}.data (digit experiments are "
+                f"scored by the classifier and the Inception reference made from it), got {ref!r}"
+            )
+        return
+    if found is None:
+        why = f"no such dataset; have: {', '.join(datasets)}"
+    elif not isinstance(found, FaceDataConfig):
+        why = f"a {found.kind} dataset"
+    elif found.image_size != data.image_size:
+        why = f"image_size {found.image_size}"
+    else:
+        return
+    raise ParamsError(
+        f"references.{name}: expected a face dataset of image_size {data.image_size} like "
+        f"experiments.{name}.data ({data_name!r}: its samples are scored against the reference's test "
+        f"faces), got {ref!r} ({why})"
+    )
 
 
 # train keys that only some losses read: (key, its value that changes nothing, the losses that read it,

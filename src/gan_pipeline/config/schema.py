@@ -74,10 +74,16 @@ class FaceDataConfig:
     source: Literal["celeba_h5", "jpeg_folder", "zip"]
     path: str
     # official: CelebA's eval_partition (0 = train; 1 = val and 2 = test are held out) from
-    # partition_file; seeded: a split_seed permutation sends test_fraction of the images to test.
+    # partition_file; seeded: a split_seed permutation sends test_fraction of the images to test (with an
+    # identity_file, of the identities: whole people go to test until at least test_fraction of the images
+    # are there, so no test face shows a person seen in training).
     split: Literal["seeded", "official"]
     # list_eval_partition.txt ("000001.jpg 0" per line) or a CSV with filename and eval_partition columns
     partition_file: str | None
+    # identity_CelebA.txt ("000001.jpg 2880" per line) or a CSV with filename and identity columns; every
+    # image needs one. seeded: the split by identity above; official: only checked (the stats count the
+    # identities on both sides; CelebA's official split has none). null: images are split one by one.
+    identity_file: str | None
     test_fraction: float = _check("a float in (0, 1)", lambda v: 0 < v < 1)
     split_seed: int = _seed()
     # The centre crop_size x crop_size square of each 178x218 face, resized to image_size x image_size
@@ -309,6 +315,11 @@ class Params:
     datasets: dict[str, DataConfig | FaceDataConfig]
     classifier: ClassifierConfig
     experiments: dict[str, ExperimentConfig]
+    # experiment -> the dataset whose prepared test split evaluate scores it against (one entry per
+    # experiment: dvc.yaml's evaluate@<experiment> stages come from these). Not a key of the experiment, so
+    # that changing it re-runs evaluate alone, never train. Digits: mnist; faces: a face dataset of the
+    # same image_size as the experiment's data (that dataset itself, or e.g. an official test partition).
+    references: dict[str, str]
     sample: SampleConfig
     evaluate: EvaluateConfig
     tracking: TrackingConfig

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import math
+import sys
 import time
 import warnings
 import zipfile
@@ -211,44 +213,74 @@ def _scaled_crop(image: Image.Image, full: tuple[int, int], crop: int, size: int
     return image.resize((size, size), Image.Resampling.BICUBIC, box=box)
 
 
-def read_partition(path: Path) -> dict[str, int]:
-    """CelebA's eval partition per file name: list_eval_partition.txt, or a CSV (filename, eval_partition)."""
+def _read_annotation(
+    path: Path, column: str, what: str, expect: str, ok: Callable[[str], bool]
+) -> dict[str, str]:
+    """File name -> its `column` value, from a CelebA annotation file: the .txt form ("000001.jpg <value>" per
+    line, as list_eval_partition.txt and identity_CelebA.txt are) or a CSV with `filename` and `column`
+    columns (a comma in the first line tells them apart). `what` names the file in messages; a value that
+    fails `ok` is an error saying `expect`."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise DataError(f"{path}: cannot read the partition file ({exc.strerror or exc})") from None
+        raise DataError(f"{path}: cannot read the {what} file ({exc.strerror or exc})") from None
     first = text.split("\n", 1)[0]
-    out: dict[str, int] = {}
+    out: dict[str, str] = {}
     if "," in first:
         rows = csv.DictReader(io.StringIO(text))
-        if not {"filename", "eval_partition"} <= set(rows.fieldnames or ()):
-            raise DataError(
-                f"{path}: expected CSV columns filename and eval_partition, found {rows.fieldnames}"
-            )
-        pairs = ((i, r["filename"], r["eval_partition"]) for i, r in enumerate(rows, 2))
+        if not {"filename", column} <= set(rows.fieldnames or ()):
+            raise DataError(f"{path}: expected CSV columns filename and {column}, found {rows.fieldnames}")
+        pairs = ((i, r["filename"], r[column]) for i, r in enumerate(rows, 2))
     else:
         pairs = ((i, *line.split()) for i, line in enumerate(text.splitlines(), 1) if line.strip())
     for line_no, *cells in pairs:
-        if len(cells) != 2 or cells[1] not in ("0", "1", "2"):
-            raise DataError(
-                f"{path}: line {line_no}: expected a file name and a partition 0, 1 or 2, found {cells}"
-            )
-        out[cells[0]] = int(cells[1])
+        if len(cells) != 2 or not ok(cells[1]):
+            raise DataError(f"{path}: line {line_no}: expected a file name and {expect}, found {cells}")
+        out[cells[0]] = cells[1]
     return out
 
 
-def split_names(cfg: FaceDataConfig, names: list[str]) -> tuple[list[str], list[str]]:
-    """(train names, test names), each in source order: official partitions or a seeded permutation."""
+def read_partition(path: Path) -> dict[str, int]:
+    """CelebA's eval partition per file name: list_eval_partition.txt, or a CSV (filename, eval_partition)."""
+    table = _read_annotation(
+        path, "eval_partition", "partition", "a partition 0, 1 or 2", lambda v: v in ("0", "1", "2")
+    )
+    return {name: int(value) for name, value in table.items()}
+
+
+def read_identities(path: Path) -> dict[str, str]:
+    """CelebA's identity (the person) per file name: identity_CelebA.txt, or a CSV (filename, identity)."""
+    return _read_annotation(path, "identity", "identity", "an identity", bool)
+
+
+def _per_image(table: dict[str, Any], names: list[str], file: str, what: str) -> list[Any]:
+    """table's value for each of `names` (looked up by file name, without a zip's folder), or the one-line
+    error naming `file`, how many images it lacks and the first of them."""
+    missing = [n for n in names if PurePosixPath(n).name not in table]
+    if missing:
+        raise DataError(f"{file}: no {what} for {len(missing)} of {len(names)} images (first: {missing[0]})")
+    return [table[PurePosixPath(n).name] for n in names]
+
+
+def identities_of(cfg: FaceDataConfig, names: list[str]) -> list[str] | None:
+    """The identity of each of `names` from cfg.identity_file (None without one)."""
+    if cfg.identity_file is None:
+        return None
+    return _per_image(read_identities(Path(cfg.identity_file)), names, cfg.identity_file, "identity")
+
+
+def split_names(
+    cfg: FaceDataConfig, names: list[str], identities: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """(train names, test names), each in source order: official partitions or a seeded permutation, of the
+    images or, given each image's identity (`identities_of`), of the identities, so that every person is on
+    one side only."""
     if cfg.split == "official":
         assert cfg.partition_file is not None  # checked with the params
         partition = read_partition(Path(cfg.partition_file))
-        missing = [n for n in names if PurePosixPath(n).name not in partition]
-        if missing:
-            raise DataError(
-                f"{cfg.partition_file}: no partition for {len(missing)} of {len(names)} images "
-                f"(first: {missing[0]})"
-            )
-        is_test = np.array([partition[PurePosixPath(n).name] != 0 for n in names], dtype=bool)
+        is_test = np.array(_per_image(partition, names, cfg.partition_file, "partition")) != 0
+    elif identities is not None:
+        is_test = _identity_test_mask(identities, cfg.test_fraction, cfg.split_seed)
     else:
         is_test = np.zeros(len(names), dtype=bool)
         order = np.random.default_rng(cfg.split_seed).permutation(len(names))
@@ -256,6 +288,18 @@ def split_names(cfg: FaceDataConfig, names: list[str]) -> tuple[list[str], list[
     return [n for n, t in zip(names, is_test, strict=True) if not t], [
         n for n, t in zip(names, is_test, strict=True) if t
     ]
+
+
+def _identity_test_mask(identities: list[str], test_fraction: float, seed: int) -> np.ndarray:
+    """Which images go to test when whole identities do: a `seed` permutation of the identities (sorted
+    first, so that neither the file's nor the images' order matters), taken in turn until at least
+    test_fraction of the images are in test; bool (N,)."""
+    people, person, counts = np.unique(np.array(identities), return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(people))
+    # An image count, rounded first so that float noise (0.1 * 30 = 3.0000000000000004) asks for no more.
+    need = math.ceil(round(test_fraction * len(identities), 6))
+    taken = int(np.searchsorted(np.cumsum(counts[order]), need)) + 1  # the shortest prefix holding `need`
+    return np.isin(person, order[:taken])
 
 
 def chunk_rows(image_size: int) -> int:
@@ -350,22 +394,24 @@ def _open_checked(cfg: FaceDataConfig, skipped: Skipped) -> tuple[RawFaces, list
 
 def check_faces(cfg: FaceDataConfig) -> None:
     """The DataError that prepare_faces would raise about cfg's raw source before decoding any image, from
-    names, headers and HDF5 metadata only (a folder is listed, a zip's directory read)."""
-    _open_checked(cfg, Skipped())
-    if cfg.split == "official":
-        assert cfg.partition_file is not None  # checked with the params
-        read_partition(Path(cfg.partition_file))
+    names, headers and HDF5 metadata only (a folder is listed, a zip's directory read), and about its
+    partition and identity files (readable, well-formed, naming every image)."""
+    _, names = _open_checked(cfg, Skipped())
+    split_names(cfg, names, identities_of(cfg, names))  # the partition and identity files, read and matched
 
 
 def _split_error(
-    where: str, cfg: FaceDataConfig, counts: dict[str, int], skipped: Skipped, n: int
+    where: str, cfg: FaceDataConfig, counts: dict[str, int], skipped: Skipped, n: int, n_people: int
 ) -> DataError:
-    """Why the split has an empty side, with what on_bad_image: skip left out and, when images were too small
-    for the crop, the crop_size that would keep them."""
+    """Why the split has an empty side, with how many identities a split by identity had to share out, what
+    on_bad_image: skip left out and, when images were too small for the crop, the crop_size that would keep
+    them."""
     message = (
         f"{where}: the {cfg.split} split gives {counts['train']} train and {counts['test']} test images "
         "(each needs at least 1)"
     )
+    if cfg.split == "seeded" and cfg.identity_file is not None:
+        message += f"; it moves whole identities, and {cfg.identity_file} gives these images {n_people}"
     if skipped.counts:
         left_out = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.counts.items()))
         message += f"; on_bad_image: skip left out {sum(skipped.counts.values())} of {n} images ({left_out})"
@@ -384,14 +430,16 @@ def prepare_faces(cfg: FaceDataConfig, out_h5: str | Path, out_stats: str | Path
     start = time.perf_counter()
     skipped = Skipped()
     raw, names = _open_checked(cfg, skipped)
-    train_names, test_names = split_names(cfg, names)
+    identities = identities_of(cfg, names)
+    train_names, test_names = split_names(cfg, names, identities)
     size = cfg.image_size
     with atomic_path(out_h5) as tmp:
         with h5py.File(tmp, "w") as f:
             splits = {"train": train_names, "test": test_names}
             kept, counts, digest = _write_images(f, raw, cfg, splits, skipped)
             if counts["train"] == 0 or counts["test"] == 0:
-                raise _split_error(raw.where, cfg, counts, skipped, len(names) + len(raw.bad))
+                n_people = len(set(identities or ()))
+                raise _split_error(raw.where, cfg, counts, skipped, len(names) + len(raw.bad), n_people)
             digest.update(f"n_train={counts['train']}".encode())
             f.create_dataset("names", data=np.array(kept, dtype=h5py.string_dtype()))
             f.attrs.update(
@@ -408,6 +456,8 @@ def prepare_faces(cfg: FaceDataConfig, out_h5: str | Path, out_stats: str | Path
             "crop_size": cfg.crop_size,
             "skipped": dict(sorted(skipped.counts.items())),
             "content_hash": f"sha256:{digest.hexdigest()}",
+            "identity_file": cfg.identity_file,
+            **_identity_stats(identities, names, kept, counts["train"]),
         }
         write_json(out_stats, stats)
     seconds = time.perf_counter() - start
@@ -418,4 +468,39 @@ def prepare_faces(cfg: FaceDataConfig, out_h5: str | Path, out_stats: str | Path
         f"in {seconds:.2f} s ({stats['images_per_s']:,.0f} images/s, {cfg.decode_workers} decode workers)"
         f"{skipped_note} -> {out_h5}"
     )
+    if identities is not None:
+        _say_identities(cfg, stats)
     return stats
+
+
+IDENTITY_KEYS = ("n_identities_train", "n_identities_test", "identities_shared")
+
+
+def _identity_stats(identities: list[str] | None, names: list[str], kept: list[str], n_train: int) -> dict:
+    """IDENTITY_KEYS of the images kept (train rows first): the identities on each side and how many are on
+    both; null without an identity file."""
+    if identities is None:
+        return dict.fromkeys(IDENTITY_KEYS)
+    person = dict(zip(names, identities, strict=True))
+    train, test = ({person[n] for n in side} for side in (kept[:n_train], kept[n_train:]))
+    return dict(zip(IDENTITY_KEYS, (len(train), len(test), len(train & test)), strict=True))
+
+
+def _say_identities(cfg: FaceDataConfig, stats: dict) -> None:
+    """One line on the identities of each side: a seeded split by identity shares none by construction; an
+    official one is only checked, and a shared identity is a warning (CelebA's own split is
+    identity-disjoint, so a partition file of another origin would put test people in training)."""
+    train, test, shared = (stats[k] for k in IDENTITY_KEYS)
+    sides = f"{train} identities in train, {test} in test"
+    if cfg.split == "seeded":
+        print(f"prepare: split by identity ({cfg.identity_file}): {sides}, none in both")
+    elif shared == 0:
+        print(f"prepare: {sides}, none in both: the official split is identity-disjoint, as CelebA's is")
+    else:
+        print(
+            f"warning: {cfg.partition_file}: {shared} of the identities in {cfg.identity_file} have faces in "
+            f"both train ({train} identities) and test ({test}): the official split is not identity-disjoint "
+            "(CelebA's is: is the partition file from another dataset?), so test faces show people seen in "
+            "training (split: seeded with the identity file keeps each person on one side)",
+            file=sys.stderr,
+        )
