@@ -46,12 +46,10 @@ from gan_pipeline.provenance import file_md5  # noqa: E402
 DEFAULT_VARIANTS = [
     "baseline",
     "ema=train.ema_decay=0.999,train.ema_warmup_steps=500",
-    "sn=model.spectral_norm=true",
     "hinge_sn=train.loss=hinge,model.spectral_norm=true",
     "r1=train.r1_gamma=0.1,train.r1_every=16",
     "rpgan=train.loss=rpgan,train.r1_gamma=0.1,train.r1_every=16,train.betas=[0.0,0.99]",
     "diffaugment=train.diffaugment=color,translation,cutout",
-    "ttur=train.lr=0.0001,train.lr_d=0.0004,train.betas=[0.0,0.9]",
     "hinge_sn_ema_da=train.loss=hinge,model.spectral_norm=true,train.ema_decay=0.999,"
     "train.ema_warmup_steps=500,train.diffaugment=translation,cutout",
 ]
@@ -64,7 +62,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", action="append", help="NAME=KEY=VALUE[,...] (repeatable; default: a set)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed values")
     p.add_argument("--images", type=int, help="training images seen (default: params.yaml's epochs)")
-    p.add_argument("--n", type=int, default=1000, help="samples scored (sample.n_samples, inception_n)")
+    p.add_argument("--n", type=int, default=1000, help="samples scored (sample.n_samples; >= inception_n)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once, one torch thread each")
     p.add_argument("--cache", type=Path, default=Path("benchmarks/quality.cache.json"))
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -87,8 +85,7 @@ def variant_params(
         exp.setdefault(section, {})[name] = value
     if epochs is not None:
         exp.setdefault("train", {})["epochs"] = epochs
-    raw["sample"]["n_samples"] = args.n
-    raw["evaluate"]["inception_n"] = args.n
+    raw["sample"]["n_samples"] = args.n  # fid_inception takes the first evaluate.inception_n of them
     return parse_params(raw, f"{args.params} ({args.experiment}, {overrides}, seed {seed})")
 
 

@@ -49,13 +49,21 @@ COLUMNS = (
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """'name=a.b=1,c=[0.0,0.9]' -> ('name', {'a.b': 1, 'c': [0.0, 0.9]}); 'baseline' -> ('baseline', {})."""
+    """'name=a.b=1,c=[0.0,0.9]' -> ('name', {'a.b': 1, 'c': [0.0, 0.9]}); 'baseline' -> ('baseline', {});
+    a comma item without '=' belongs to the value before it ('d=x.y=color,cutout' -> {'x.y':
+    'color,cutout'})."""
     name, _, rest = text.partition("=")
-    overrides = {}
+    raw: dict[str, str] = {}
     for item in re.split(r",(?![^\[]*\])", rest) if rest else []:  # commas outside [...]
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    return name, overrides
+        key, sep, value = item.partition("=")
+        if sep:
+            raw[key] = value
+        elif raw:  # no '=': the previous value goes on (train.diffaugment=color,translation)
+            last = next(reversed(raw))
+            raw[last] += f",{item}"
+        else:
+            raise ValueError(f"variant {text!r}: expected NAME=KEY=VALUE[,KEY=VALUE...], got {item!r} first")
+    return name, {key: yaml.safe_load(value) for key, value in raw.items()}
 
 
 def apply(raw_experiment: dict, overrides: dict) -> dict:
