@@ -220,19 +220,19 @@ def test_keeps_the_best_check_and_its_weights_and_warns_when_the_score_stays_wor
     ]
 
 
-def test_more_digits_covered_outrank_a_better_score():
+def test_the_score_alone_ranks_the_checks_whatever_their_coverage():
+    """Coverage is the collapse alarm's: a check whose few hundred samples read one digit fewer but whose
+    FID is lower is the better one."""
     monitor, classifier = _scored_monitor()
     generator, _ = build_gan("mlp_gan", 8)
-    classifier.shift, classifier.diverse = 0.1, False  # fid 0.04, but every sample a 0: coverage 1
+    classifier.shift = 2.0  # fid 16, all 10 digits
     monitor(1, 10, generator)
-    classifier.shift, classifier.diverse = 2.0, True  # fid 16, all 10 digits
+    classifier.shift, classifier.diverse = 1.0, False  # fid 4, every sample a 0: coverage 1
     monitor(2, 20, generator)
-    classifier.shift = 0.5  # fid 1, all 10 digits
+    classifier.shift, classifier.diverse = 1.5, True  # fid 9, all 10 digits
     monitor(3, 30, generator)
-    assert [r["best"] for r in monitor.rows] == [1, 1, 1]
-    classifier.diverse = False
-    monitor(4, 40, generator)  # fid 1 again, coverage 1: not the best
-    assert [r["best"] for r in monitor.rows] == [1, 1, 1, 0] and monitor.best["step"] == 30
+    assert [r["coverage"] for r in monitor.rows] == [10, 1, 10]
+    assert [r["best"] for r in monitor.rows] == [1, 1, 0] and monitor.best["step"] == 20
 
 
 def test_without_keep_best_the_checks_are_scored_but_no_weights_are_kept():

@@ -221,7 +221,6 @@ class MonitorConfig:
     # The score that ranks the checks (lower is better): fid_classifier, the FID in the digit classifier's
     # features of the n_samples samples against as many seeded training digits (training data: choosing a
     # snapshot by the test digits would bias evaluate's scores), or kl_from_uniform of the class histogram.
-    # Checks with more digits covered (up to min_coverage) rank first, then the score.
     score: Literal["fid_classifier", "kl_from_uniform"]
     # Keep the best-ranked check's generator as the stage's generator.safetensors (the last one stays in
     # the checkpoint); false: the generator at the last step.
