@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seed_spread import identity, run_once  # noqa: E402 -- the benchmarks' folder, put on the path above
+from seed_spread import add_input_args, identity, run_once  # noqa: E402 -- the benchmarks' folder, put on the path above
 from variants import parse_variant  # noqa: E402
 
 from gan_pipeline.config import Params, parse_params  # noqa: E402
@@ -65,12 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="samples scored (sample.n_samples; >= inception_n)")
     p.add_argument("--jobs", type=int, default=1, help="runs at once, one torch thread each")
     p.add_argument("--cache", type=Path, default=Path("benchmarks/quality.cache.json"))
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
-    p.add_argument("--data", type=Path, default=Path("data/prepared/mnist.h5"))
-    p.add_argument("--stats", type=Path, default=Path("data/prepared/mnist.stats.json"))
-    p.add_argument("--classifier", type=Path, default=Path("models/classifier.safetensors"))
-    p.add_argument("--classifier-metrics", type=Path, default=Path("metrics/classifier.json"))
-    p.add_argument("--inception-reference", type=Path, default=Path("data/reference/inception_test.npz"))
+    add_input_args(p)
     return p
 
 

@@ -47,13 +47,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cache", type=Path, default=Path("benchmarks/seed_spread.cache.json"),
                    help="finished runs, written after each one")  # fmt: skip
+    add_input_args(p)
+    return p
+
+
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    """The params file and the pipeline's outputs that a run trains and is scored with (run_once's args)."""
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--data", type=Path, default=Path("data/prepared/mnist.h5"))
     p.add_argument("--stats", type=Path, default=Path("data/prepared/mnist.stats.json"))
     p.add_argument("--classifier", type=Path, default=Path("models/classifier.safetensors"))
     p.add_argument("--classifier-metrics", type=Path, default=Path("metrics/classifier.json"))
     p.add_argument("--inception-reference", type=Path, default=Path("data/reference/inception_test.npz"))
-    return p
 
 
 def seeded_params(args: argparse.Namespace, name: str, seed: int) -> Params:
