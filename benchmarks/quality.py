@@ -45,13 +45,16 @@ from gan_pipeline.provenance import file_md5  # noqa: E402
 # Each stabiliser alone, at the settings their papers use for small images, and two combinations.
 DEFAULT_VARIANTS = [
     "baseline",
-    "ema=train.ema_decay=0.999,train.ema_warmup_steps=500",
+    "ema=train.ema_decay=0.995,train.ema_warmup_steps=100",
     "hinge_sn=train.loss=hinge,model.spectral_norm=true",
     "r1=train.r1_gamma=0.1,train.r1_every=16",
     "rpgan=train.loss=rpgan,train.r1_gamma=0.1,train.r1_every=16,train.betas=[0.0,0.99]",
     "diffaugment=train.diffaugment=color,translation,cutout",
-    "hinge_sn_ema_da=train.loss=hinge,model.spectral_norm=true,train.ema_decay=0.999,"
-    "train.ema_warmup_steps=500,train.diffaugment=translation,cutout",
+    "ttur=train.lr=0.0001,train.lr_d=0.0004",
+    "batch32=train.batch_size=32",
+    "bf16=train.precision=auto",
+    "hinge_sn_ema_da=train.loss=hinge,model.spectral_norm=true,train.ema_decay=0.995,"
+    "train.ema_warmup_steps=100,train.diffaugment=translation,cutout",
 ]
 COLUMNS = ("fid_inception", "fid_classifier", "coverage", "label_accuracy", "best_step")
 

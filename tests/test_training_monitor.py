@@ -242,8 +242,8 @@ def test_without_keep_best_the_checks_are_scored_but_no_weights_are_kept():
     assert monitor.rows[0]["best"] == 1 and monitor.best_state is None and monitor.checkpoint_tensors() == {}
 
 
-def _tiny_exp(epochs, **train):
-    return experiment_config("mlp_gan", latent_dim=8, epochs=epochs, lr=2e-4, precision="auto",
+def _tiny_exp(epochs, name="mlp_gan", **train):
+    return experiment_config(name, latent_dim=8, epochs=epochs, lr=2e-4, precision="auto",
                              batch_size=16, checkpoint_every=4, **train)  # fmt: skip
 
 
@@ -273,9 +273,16 @@ def test_on_diverge_stop_ends_training_there_as_a_finished_run_that_a_rerun_does
     assert again.steps == 12 and again.resumed_from == 12 and again.stopped
 
 
-def test_a_resumed_run_keeps_the_same_best_weights_and_rows_as_one_that_never_stopped(tmp_path):
+@pytest.mark.parametrize(
+    "model, train",
+    # dcgan28's EMA: its BatchNorm statistics are measured anew at each check
+    [("mlp_gan", {}), ("dcgan28", {"ema_decay": 0.8})],
+    ids=["mlp_gan", "dcgan28_ema"],
+)
+def test_a_resumed_run_keeps_the_same_best_weights_and_rows_as_one_that_never_stopped(tmp_path, model, train):
     """With a real (untrained) digit classifier and real fid_classifier: a run checkpointed after 2 epochs
-    and resumed to 4 ends with the rows and the kept weights of an uninterrupted 4-epoch run."""
+    (at an epoch's end, before its check) and resumed to 4 ends with the rows and the kept weights of an
+    uninterrupted 4-epoch run."""
     from gan_pipeline.config import flatten
     from gan_pipeline.models.classifier import DigitClassifier
     from gan_pipeline.training.checkpoint import load_checkpoint
@@ -289,22 +296,23 @@ def test_a_resumed_run_keeps_the_same_best_weights_and_rows_as_one_that_never_st
     def monitor(rows=None, best_state=None):
         torch.manual_seed(0)
         classifier = DigitClassifier(8)
-        spec = GAN_MODELS["mlp_gan"]
+        spec = GAN_MODELS[model]
         return TrainingMonitor(cfg, classifier, spec, 8, 0.9, 0.01, rows=rows, real=images[:20],
                                best_state=best_state)  # fmt: skip
 
     straight = monitor()
-    train_gan(_tiny_exp(4), batches, on_epoch=straight)
+    train_gan(_tiny_exp(4, model, **train), batches, on_epoch=straight)
     path = tmp_path / "ckpt.safetensors"
     first = monitor()
-    checkpointing = Checkpointing(path, flatten(_tiny_exp(4)), extra={"monitor_rows": first.rows})
+    identity = flatten(_tiny_exp(4, model, **train))
+    checkpointing = Checkpointing(path, identity, extra={"monitor_rows": first.rows})
     checkpointing.tensors = first.checkpoint_tensors
-    train_gan(_tiny_exp(2), batches, on_epoch=first, checkpointing=checkpointing)
+    train_gan(_tiny_exp(2, model, **train), batches, on_epoch=first, checkpointing=checkpointing)
     resume = load_checkpoint(path)
     second = monitor(resume.extra["monitor_rows"], resume.saved("best") or None)
-    checkpointing = Checkpointing(path, flatten(_tiny_exp(4)), resume, extra={"monitor_rows": second.rows})
+    checkpointing = Checkpointing(path, identity, resume, extra={"monitor_rows": second.rows})
     checkpointing.tensors = second.checkpoint_tensors
-    train_gan(_tiny_exp(4), batches, on_epoch=second, checkpointing=checkpointing)
+    train_gan(_tiny_exp(4, model, **train), batches, on_epoch=second, checkpointing=checkpointing)
     assert second.rows == straight.rows and len(second.rows) == 4
     assert all(r["fid_classifier"] > 0 for r in second.rows)
     assert second.best_state.keys() == straight.best_state.keys()

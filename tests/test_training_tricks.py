@@ -5,6 +5,7 @@ test_models.py, DiffAugment in test_training_augment.py)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -22,7 +23,14 @@ from gan_pipeline.runtime import seed_everything
 from gan_pipeline.training.loop import train_gan
 from gan_pipeline.training.losses import Bce, WassersteinGp, gradient_penalty, noisy_targets
 from gan_pipeline.training.setup import build_training
-from gan_pipeline.training.steps import StepBatch, ema_decay_at, ema_update, gan_step
+from gan_pipeline.training.steps import (
+    STANDING_STATS_SAMPLES,
+    StepBatch,
+    ema_decay_at,
+    ema_update,
+    gan_step,
+    standing_batchnorm_stats,
+)
 
 
 def _grad_norm(module: nn.Module) -> float:
@@ -303,3 +311,43 @@ def test_ttur_gives_d_its_own_learning_rate_and_adam_with_beta1_0_trains_a_step(
             (p - b).abs().max().item() for p, b in zip(modules[name].parameters(), before[name], strict=True)
         ]
         assert max(moved) == pytest.approx(lr, rel=1e-3), name
+
+
+class _NormalisedLatents(nn.Module):
+    """A "generator" whose output is its latents through BatchNorm: its statistics are the latents'."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.norm(z)
+
+
+def test_standing_stats_are_the_mean_of_the_batch_statistics_of_the_seeded_latents():
+    module = _NormalisedLatents(3).eval()
+    module.norm.running_mean.fill_(5.0)  # stale statistics, as copied from another G
+    module.norm.running_var.fill_(9.0)
+    standing_batchnorm_stats(module, latent_dim=3, n_classes=None, batch_size=64, seed=7)
+    z = torch.randn(STANDING_STATS_SAMPLES, 3, generator=torch.Generator().manual_seed(7))
+    batches = z.split(64)
+    assert torch.allclose(module.norm.running_mean, z.mean(0), atol=1e-6)  # equal batches: the overall mean
+    expected_var = torch.stack([b.var(0, unbiased=True) for b in batches]).mean(0)
+    assert torch.allclose(module.norm.running_var, expected_var, atol=1e-6)
+    assert module.norm.num_batches_tracked.item() == len(batches)
+    assert module.norm.momentum == 0.1 and not module.training  # put back as they were
+    again = _NormalisedLatents(3)
+    again.load_state_dict(module.state_dict())
+    standing_batchnorm_stats(again, latent_dim=3, n_classes=None, batch_size=64, seed=7)
+    assert torch.equal(again.norm.running_var, module.norm.running_var)  # a function of weights and seed
+
+
+def test_the_loops_ema_samples_with_batchnorm_statistics_of_its_own_weights():
+    cfg = experiment_config("dcgan28", latent_dim=8, epochs=3, lr=2e-4, batch_size=16, ema_decay=0.5)
+    result = train_gan(cfg, _one_batch_per_epoch())
+    norm = result.ema.net[1]
+    own = copy.deepcopy(result.ema)
+    standing_batchnorm_stats(own, latent_dim=8, n_classes=None, batch_size=16, seed=cfg.train.seed)
+    assert torch.equal(norm.running_mean, own.net[1].running_mean)
+    assert torch.equal(norm.running_var, own.net[1].running_var)
+    assert not torch.allclose(norm.running_mean, result.generator.net[1].running_mean)  # not G's copied

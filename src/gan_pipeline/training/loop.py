@@ -18,7 +18,7 @@ from gan_pipeline.data.loading import BatchSource
 from gan_pipeline.models import GAN_MODELS, GanSpec
 from gan_pipeline.runtime import progress_enabled, to_device
 from gan_pipeline.training import resume as resume_policy
-from gan_pipeline.training.checkpoint import Checkpoint, CheckpointedObjects, TrainState, save_checkpoint
+from gan_pipeline.training.checkpoint import Checkpoint, TrainState, save_checkpoint
 from gan_pipeline.training.guards import (
     StopTraining,
     TrainingDiverged,
@@ -103,7 +103,7 @@ def train_gan(
     setup = build_training(exp)
     if batches.batch_size != cfg.batch_size:
         raise ValueError(f"batches of {batches.batch_size}, but train.batch_size is {cfg.batch_size}")
-    state, epoch_rng = _start(setup.objects, checkpointing, on_epoch)
+    state, epoch_rng = _start(setup, checkpointing, on_epoch)
     run = _Run(exp, setup, len(batches), checkpointing, state, epoch_rng, *setup.step_modules(cfg.compile))
     result = run.result()
     start = time.perf_counter()
@@ -119,7 +119,7 @@ def train_gan(
                     if on_step is not None:
                         on_step(state.step, row)
                 run.end_batch()
-            _end_of_epoch(on_epoch, state, setup.objects)
+            _end_of_epoch(on_epoch, state, setup)
     finally:
         bar.close()
     run.finish()
@@ -127,10 +127,13 @@ def train_gan(
     return _finished(result, state.step, time.perf_counter() - start, cfg.batch_size)
 
 
-def _end_of_epoch(on_epoch: OnEpoch | None, state: TrainState, objects: CheckpointedObjects) -> None:
-    """Run `on_epoch` with the generator that samples; a StopTraining from it marks the run stopped."""
+def _end_of_epoch(on_epoch: OnEpoch | None, state: TrainState, setup: TrainingSetup) -> None:
+    """Run `on_epoch` with the generator that samples (the EMA with its own BatchNorm statistics, if any);
+    a StopTraining from it marks the run stopped."""
     if on_epoch is None:
         return
+    setup.refresh_ema()
+    objects = setup.objects
     sampler = objects.ema if objects.ema is not None else objects.generator
     try:
         on_epoch(state.epoch, state.step, sampler)
@@ -139,18 +142,18 @@ def _end_of_epoch(on_epoch: OnEpoch | None, state: TrainState, objects: Checkpoi
 
 
 def _start(
-    objects: CheckpointedObjects, checkpointing: Checkpointing | None, on_epoch: OnEpoch | None
+    setup: TrainingSetup, checkpointing: Checkpointing | None, on_epoch: OnEpoch | None
 ) -> tuple[TrainState, torch.Tensor]:
     """Where the run starts and its epoch's RNG state: afresh, or restored from the checkpoint to resume
     (then running the `on_epoch` that the checkpoint's epoch end has not run yet)."""
     resume = checkpointing.resume if checkpointing else None
     if resume is None:
-        return TrainState(), objects.rng.get_state()
-    state, epoch_rng = resume.restore(objects)
+        return TrainState(), setup.objects.rng.get_state()
+    state, epoch_rng = resume.restore(setup.objects)
     checkpointing.last_step = state.step
     if state.batch == 0 and state.epoch > 0 and not state.stopped:
         # A checkpoint at an epoch's end is written before that epoch's on_epoch ran: run it now.
-        _end_of_epoch(on_epoch, state, objects)
+        _end_of_epoch(on_epoch, state, setup)
     return state, epoch_rng
 
 
@@ -300,6 +303,8 @@ class _Run:
             self.checkpoint()
         check_weights_finite(self.state.step, self.checkpointing, objects.generator, objects.discriminator)
         self.setup.replicas.plain_batchnorm(objects.generator, objects.discriminator, objects.ema)
+        # the last checkpoint may have been written before the last epoch's end measured the EMA's statistics
+        self.setup.refresh_ema()
 
 
 def _finished(result: TrainResult, steps: int, seconds: float, batch_size: int) -> TrainResult:

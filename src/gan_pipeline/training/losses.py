@@ -217,8 +217,24 @@ class GanLoss(Protocol):
         ...
 
 
+class LazyR1:
+    """For a loss with an optional lazy R1 (fields `r1_gamma`, `r1_every`): with R1 on, D is a critic (its
+    per-sample gradients are the penalty's) and the penalty is R1 on the reals."""
+
+    r1_gamma: float
+    r1_every: int
+
+    @property
+    def critic(self) -> bool:
+        return self.r1_gamma > 0
+
+    @property
+    def penalties(self) -> tuple[Penalty, ...]:
+        return zero_centred_penalties(self.r1_gamma, self.r1_every, ("real",))
+
+
 @dataclass(frozen=True)
-class Bce:
+class Bce(LazyR1):
     """The tutorials' GAN loss: BCE of D on reals (target `real_label`) and fakes (target 0), a fraction
     `label_noise` of the targets flipped at random each step, G's loss in its `g_variant`, and R1 of weight
     `r1_gamma` / 2 every `r1_every` D steps (0: none)."""
@@ -241,14 +257,6 @@ class Bce:
             r1_gamma=cfg.r1_gamma,
             r1_every=cfg.r1_every,
         )
-
-    @property
-    def critic(self) -> bool:
-        return self.r1_gamma > 0
-
-    @property
-    def penalties(self) -> tuple[Penalty, ...]:
-        return zero_centred_penalties(self.r1_gamma, self.r1_every, ("real",))
 
     def d_loss(
         self, real_logits: torch.Tensor, fake_logits: torch.Tensor, rng: torch.Generator | None
@@ -294,7 +302,7 @@ class WassersteinGp:
 
 
 @dataclass(frozen=True)
-class Hinge:
+class Hinge(LazyR1):
     """The hinge loss (Lim & Ye 2017; SN-GAN, Miyato et al. 2018): D's `d_loss_hinge`, G's -E[D(G(z))],
     and R1 of weight `r1_gamma` / 2 every `r1_every` D steps (0: none)."""
 
@@ -307,14 +315,6 @@ class Hinge:
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Hinge:
         return cls(r1_gamma=cfg.r1_gamma, r1_every=cfg.r1_every)
-
-    @property
-    def critic(self) -> bool:
-        return self.r1_gamma > 0
-
-    @property
-    def penalties(self) -> tuple[Penalty, ...]:
-        return zero_centred_penalties(self.r1_gamma, self.r1_every, ("real",))
 
     def d_loss(
         self, real_logits: torch.Tensor, fake_logits: torch.Tensor, rng: torch.Generator | None

@@ -5,6 +5,8 @@ DiffAugment's transforms."""
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +20,7 @@ from gan_pipeline.training.augment import DiffAugment
 from gan_pipeline.training.checkpoint import CheckpointedObjects
 from gan_pipeline.training.distributed import Replicas
 from gan_pipeline.training.losses import GanLoss, loss_from_config
+from gan_pipeline.training.steps import standing_batchnorm_stats
 
 
 @dataclass
@@ -30,6 +33,12 @@ class TrainingSetup:
     loss: GanLoss
     device: torch.device
     augment: DiffAugment | None = None  # train.diffaugment's transforms of D's inputs; None: off
+    ema_stats: Callable[[nn.Module], None] | None = None  # measures the EMA's own BatchNorm statistics
+
+    def refresh_ema(self) -> None:
+        """Give the EMA generator (if any) BatchNorm statistics of its own weights, before it samples."""
+        if self.objects.ema is not None and self.ema_stats is not None:
+            self.ema_stats(self.objects.ema)
 
     def step_modules(self, compile: bool) -> tuple[nn.Module, nn.Module]:
         """G and D as the step calls them: wrapped for DDP in a process group, compiled when `compile`."""
@@ -69,4 +78,11 @@ def build_training(exp: ExperimentConfig) -> TrainingSetup:
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=cfg.betas, fused=True)
     objects = CheckpointedObjects(generator, discriminator, ema, opt_g, opt_d, rng, precision.scaler)
     augment = DiffAugment(cfg.diffaugment, spec.value_range) if cfg.diffaugment is not None else None
-    return TrainingSetup(objects, precision, replicas, loss, dev, augment)
+    ema_stats = functools.partial(
+        standing_batchnorm_stats,
+        latent_dim=exp.model.latent_dim,
+        n_classes=10 if spec.conditional else None,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
+    return TrainingSetup(objects, precision, replicas, loss, dev, augment, ema_stats)

@@ -146,11 +146,46 @@ def _clip_and_step(
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BatchNorm statistics) are copied."""
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BatchNorm statistics) are copied
+    (the loop measures the EMA's own with standing_batchnorm_stats before it samples)."""
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
         e.lerp_(p, 1 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
+
+
+STANDING_STATS_SAMPLES = 2048  # latents that the EMA generator's BatchNorm statistics are measured on
+
+
+@torch.no_grad()
+def standing_batchnorm_stats(
+    generator: nn.Module, latent_dim: int, n_classes: int | None, batch_size: int, seed: int
+) -> None:
+    """Measure `generator`'s BatchNorm statistics anew with its own weights, as BigGAN's "standing
+    statistics" (Brock et al. 2019): the average of the batch statistics of STANDING_STATS_SAMPLES latents
+    drawn with `seed`, in batches of the training's `batch_size` (conditional models: balanced labels of
+    `n_classes`). The EMA's statistics copied from G belong to G's weights, not the EMA's; sampling with
+    them in eval mode ruins the EMA's images. A function of the weights and the seed alone, so a resumed
+    run measures what an unbroken one does; no-op for a generator without BatchNorm."""
+    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training = generator.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    generator.train()
+    rng = torch.Generator().manual_seed(seed)
+    dev = next(generator.parameters()).device
+    for start in range(0, STANDING_STATS_SAMPLES, batch_size):
+        n = min(batch_size, STANDING_STATS_SAMPLES - start)
+        z = torch.randn(n, latent_dim, generator=rng).to(dev)
+        cond = ((torch.arange(start, start + n) % n_classes).to(dev),) if n_classes else ()
+        generator(z, *cond)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    generator.train(was_training)
 
 
 def ema_decay_at(step: int, decay: float, warmup_steps: int) -> float:
