@@ -3,6 +3,8 @@ reduced precision that stays close to fp32 and keeps the losses fp32, and errors
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from configs import experiment_config
@@ -139,3 +141,69 @@ def test_a_progress_line_goes_to_stderr_unless_progress_is_off(capsys, monkeypat
     monkeypatch.setenv("GAN_PIPELINE_PROGRESS", "0")
     progress_line("classifier: 10,000 samples")
     assert capsys.readouterr() == ("", "")
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_in_a_log_progress_is_one_line_per_tenth_of_the_work_with_the_rate_and_the_postfix():
+    from gan_pipeline.runtime import LineProgress
+
+    clock, out = _Clock(), io.StringIO()
+    with LineProgress(200, "train dcgan28", "step", clock=clock, stream=out) as bar:
+        for _ in range(200):
+            clock.now += 0.5  # 2 steps/s
+            bar.update()
+            bar.set_postfix(loss_d="0.693")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10  # 10%, 20%, ..., 100%, and no second line at the close
+    assert lines[0] == "train dcgan28: 20/200 step (10%), 2.0 step/s, loss_d=0.693"
+    assert lines[-1] == "train dcgan28: 200/200 step (100%), 2.0 step/s, loss_d=0.693"
+
+
+def test_in_a_log_slow_progress_still_says_something_every_30_seconds_and_where_it_stopped():
+    from gan_pipeline.runtime import LineProgress
+
+    clock, out = _Clock(), io.StringIO()
+    bar = LineProgress(10_000, "inception", "image", initial=1_000, clock=clock, stream=out)
+    for _ in range(100):  # 100 images in 100 s: under a tenth, three 30-second lines
+        clock.now += 1.0
+        bar.update()
+    bar.close()
+    bar.close()  # a second close prints nothing
+    assert out.getvalue().splitlines() == [
+        "inception: 1030/10000 image (10%), 1.0 image/s",
+        "inception: 1060/10000 image (10%), 1.0 image/s",
+        "inception: 1090/10000 image (10%), 1.0 image/s",
+        "inception: 1100/10000 image (11%), 1.0 image/s",
+    ]
+
+
+def test_progress_is_a_bar_on_a_terminal_lines_in_a_log_and_nothing_when_off(monkeypatch):
+    from tqdm import tqdm
+
+    from gan_pipeline.runtime import LineProgress, progress
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal
+    monkeypatch.delenv("GAN_PIPELINE_PROGRESS", raising=False)
+    assert isinstance(progress(10, "x", "step"), LineProgress)
+    assert progress(10, "x", "step", enabled=False).disable
+    monkeypatch.setenv("GAN_PIPELINE_PROGRESS", "0")
+    assert progress(10, "x", "step").disable
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    monkeypatch.setenv("GAN_PIPELINE_PROGRESS", "1")
+    bar = progress(10, "x", "step")
+    assert isinstance(bar, tqdm) and not bar.disable
+    bar.close()
+    monkeypatch.setenv("GAN_PIPELINE_PROGRESS", "lines")
+    assert isinstance(progress(10, "x", "step"), LineProgress)

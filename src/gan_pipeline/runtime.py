@@ -7,6 +7,9 @@ import contextlib
 import os
 import random
 import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -44,8 +47,70 @@ def module_device(module: torch.nn.Module) -> torch.device:
 
 
 def progress_enabled() -> bool:
-    """Progress bars everywhere except where GAN_PIPELINE_PROGRESS=0 turns them off (tests, CI logs)."""
+    """Progress everywhere except where GAN_PIPELINE_PROGRESS=0 turns it off (tests)."""
     return os.environ.get("GAN_PIPELINE_PROGRESS", "1") != "0"
+
+
+class LineProgress:
+    """Progress for a log that is not a terminal (CI, `dvc repro > log`): one line on stderr at each tenth
+    of the work done and at least every `every_s` seconds, instead of a bar's carriage-return redraws.
+    The same calls as tqdm's that the package uses (update, set_postfix, close, a context manager)."""
+
+    def __init__(self, total: int, desc: str, unit: str, initial: int = 0, every_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic, stream: TextIO | None = None):  # fmt: skip
+        self.total, self.desc, self.unit, self.n = max(int(total), 0), desc, unit, initial
+        self.every_s, self.clock, self.stream = every_s, clock, stream or sys.stderr
+        self.start = self.last = clock()
+        self.start_n = initial
+        self.tenth = self._tenth()
+        self.postfix = ""
+        self.closed = False
+
+    def _tenth(self) -> int:
+        return 10 * self.n // self.total if self.total else 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        tenth, now = self._tenth(), self.clock()
+        if tenth > self.tenth or now - self.last >= self.every_s:
+            self.tenth = tenth
+            self._line(now)
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def _line(self, now: float) -> None:
+        self.last = now
+        rate = (self.n - self.start_n) / max(now - self.start, 1e-9)
+        share = f" ({100 * self.n // self.total}%)" if self.total else ""
+        done = f"{self.n}/{self.total} {self.unit}{share}"
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: {done}, {rate:,.1f} {self.unit}/s{extra}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if not self.closed and self.n > self.start_n and self.tenth < 10:
+            self._line(self.clock())  # where it stopped, unless the 100% line said it
+        self.closed = True
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def progress(total: int, desc: str, unit: str, initial: int = 0, enabled: bool = True) -> Any:
+    """The package's progress display of `total` units: tqdm's bar on a terminal, LineProgress's lines in
+    a log (or everywhere with GAN_PIPELINE_PROGRESS=lines), nothing with GAN_PIPELINE_PROGRESS=0 or
+    `enabled` False (e.g. the other processes of a distributed run)."""
+    from tqdm import tqdm
+
+    mode = os.environ.get("GAN_PIPELINE_PROGRESS", "1")
+    if not enabled or mode == "0":
+        return tqdm(total=total, disable=True)
+    if mode != "lines" and sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit)
+    return LineProgress(total, desc, unit, initial)
 
 
 def progress_line(text: str) -> None:

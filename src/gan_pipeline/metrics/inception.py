@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from gan_pipeline.errors import DataError, PipelineError, first_line
-from gan_pipeline.runtime import fast_bf16_cpu, module_device, progress_enabled
+from gan_pipeline.runtime import fast_bf16_cpu, module_device, progress
 
 WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 FID_INCEPTION_IMPLEMENTATION = (
@@ -269,8 +269,6 @@ def inception_features(
     faster on a CPU with native bf16); auto picks as `resolve_precision` says. Features are float64 either
     way.
     """
-    from tqdm import tqdm
-
     images = torch.as_tensor(images)
     if len(images) == 0:
         return torch.empty(0, InceptionFeatures.num_features, dtype=torch.float64)
@@ -279,7 +277,7 @@ def inception_features(
     out = []
     with (
         torch.inference_mode(),
-        tqdm(total=len(images), desc=desc, unit="image", disable=not progress_enabled()) as bar,
+        progress(len(images), desc, "image") as bar,
     ):
         for batch in images.split(batch_size):
             out.append(forward(batch.to(dev)).double().cpu())

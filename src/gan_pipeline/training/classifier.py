@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from gan_pipeline.config import ClassifierConfig
 from gan_pipeline.errors import DataError
 from gan_pipeline.models.classifier import DigitClassifier
-from gan_pipeline.runtime import device, module_device, progress_enabled, seed_everything
+from gan_pipeline.runtime import device, module_device, progress, seed_everything
 
 
 def train_classifier(
@@ -37,9 +36,7 @@ def train_classifier(
     batches_per_epoch = -(-n // cfg.batch_size)
     history = []
     model.train()
-    with tqdm(
-        total=cfg.epochs * batches_per_epoch, desc="classifier", unit="batch", disable=not progress_enabled()
-    ) as bar:
+    with progress(cfg.epochs * batches_per_epoch, "classifier", "batch") as bar:
         for epoch in range(1, cfg.epochs + 1):
             loss_sum = 0.0
             correct = 0

@@ -11,12 +11,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from gan_pipeline.config import ExperimentConfig
 from gan_pipeline.data.loading import BatchSource
 from gan_pipeline.models import GAN_MODELS, GanSpec
-from gan_pipeline.runtime import progress_enabled, to_device
+from gan_pipeline.runtime import progress, to_device
 from gan_pipeline.training import resume as resume_policy
 from gan_pipeline.training.checkpoint import Checkpoint, TrainState, save_checkpoint
 from gan_pipeline.training.guards import (
@@ -193,16 +192,10 @@ class _Run:
             warnings=self.warnings,
         )
 
-    def progress_bar(self) -> tqdm:
-        """The run's progress bar, on the main process where progress bars are on (`progress_enabled`)."""
-        quiet = not (progress_enabled() and self.setup.replicas.is_main)
-        return tqdm(
-            total=self.total,
-            initial=self.state.step,
-            desc=f"train {self.spec.name}",
-            unit="step",
-            disable=quiet,
-        )
+    def progress_bar(self) -> Any:
+        """The run's progress (`runtime.progress`), on the main process only."""
+        name = f"train {self.spec.name}"
+        return progress(self.total, name, "step", self.state.step, enabled=self.setup.replicas.is_main)
 
     def rest_of_epoch(self, batches: BatchSource) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """The current epoch's batches not yet trained on."""
