@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -792,3 +793,31 @@ def test_the_stabilisers_parse_in_their_documented_forms():
     assert (dcgan28.model.spectral_norm, dcgan28.train.lr, dcgan28.train.lr_d) == (True, 1e-4, 4e-4)
     assert (dcgan28.train.betas, dcgan28.train.ema_warmup_steps) == ((0.0, 0.99), 1000)
     assert dcgan28.train.diffaugment == "color, translation,cutout"
+
+
+def _make_overrides(target: str, **variables: str) -> dict[str, object]:
+    """The `-S key=value` overrides of the `dvc exp run` that `make -n <target>` prints, values as YAML."""
+    root = Path(__file__).resolve().parents[1]
+    args = [f"{k}={v}" for k, v in variables.items()]
+    out = subprocess.run(["make", "-n", "--no-print-directory", target, *args], cwd=root, check=True,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    line = next(line for line in out.splitlines() if line.startswith("dvc exp run"))
+    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in re.findall(r"-S (\S+)", line))}
+
+
+def test_make_full_mnist_is_dcgan28_on_the_official_60000_10000_split_scored_on_10000_inception_samples():
+    overrides = _make_overrides("full-mnist", SEED="2")
+    raw = repo_params()
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    params = parse_params(raw)  # which refuses a key that the schema does not know
+    mnist = params.datasets["mnist"]
+    assert (mnist.source, mnist.path, mnist.split) == ("idx", "data/raw/mnist", "official")
+    assert params.evaluate.inception_n == params.sample.n_samples == 10_000
+    dcgan = params.experiments["dcgan28"]
+    assert dcgan.train.seed == 2 and dcgan.train.precision == "auto" and dcgan.monitor.eval_every == 1
+    assert params.runtime.threads == 2
