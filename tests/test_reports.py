@@ -104,7 +104,10 @@ def project(reproduced_project, tmp_path_factory) -> Path:
 def test_plots_definitions_cover_every_experiment():
     experiments = yaml.safe_load((REPO / "params.yaml").read_text())["experiments"]
     conditional = {exp for exp, e in experiments.items() if GAN_MODELS[e["model"]["name"]].conditional}
-    plots = {k: v for p in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"] for k, v in p.items()}
+    entries = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    grids = {p for p in entries if isinstance(p, str)}  # image plots: one grid per experiment
+    assert grids == {f"samples/{exp}/grid.png" for exp in experiments}
+    plots = {k: v for p in entries if isinstance(p, dict) for k, v in p.items()}
     assert set(plots) == set(PLOT_FILES) | set(CONDITIONAL_PLOT_FILES)
     for files, drawn in ((PLOT_FILES, set(experiments)), (CONDITIONAL_PLOT_FILES, conditional)):
         for plot_id, log in files.items():
@@ -128,9 +131,11 @@ def test_dvc_plots_html_loads_nothing_from_the_network(plots_html):
 def test_dvc_plots_render_in_chromium(plots_html, browser):
     browser.resize(1400, 1300)
     browser.goto(plots_html.as_uri())
-    # ours, then the train stage's own plot of each train_log.csv
+    # ours and nothing else (no stage-level plot adds a chart of a log's last column), and the grids
     ours = len(PLOT_FILES) + len(CONDITIONAL_PLOT_FILES)
-    browser.wait_for(f"document.querySelectorAll('svg.marks').length === {ours + len(EXPERIMENTS)}")
+    browser.wait_for(f"document.querySelectorAll('svg.marks').length === {ours}")
+    grids = "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 100).length"
+    browser.wait_for(f"{grids} === {len(EXPERIMENTS)}")
     charts = browser.js(
         "Array.from(document.querySelectorAll('div.vega-embed')).map(div => ({id: div.id,"
         " width: +div.querySelector('svg.marks').getAttribute('width'), text: div.textContent,"
@@ -145,6 +150,14 @@ def test_dvc_plots_render_in_chromium(plots_html, browser):
     expected["monitor_fid"] = (n, "fid_classifier over training")
     for plot_id, (lines, title) in expected.items():
         assert by_id[plot_id]["lines"] >= lines and title in by_id[plot_id]["text"], by_id[plot_id]
+    # each experiment's curves in a colour of their own: one stroke colour per experiment and curve
+    colours = browser.js(
+        "new Set(Array.from(document.querySelectorAll('div.vega-embed#losses .mark-line path'))"
+        ".map(p => p.getAttribute('stroke'))).size"
+    )
+    assert colours == 2 * n
+    for exp in EXPERIMENTS:
+        assert f"{exp} loss_d" in by_id["losses"]["text"] and f"{exp} coverage" in by_id["coverage"]["text"]
     # one bar per digit and experiment; per-class FID for the conditional cgan only
     assert (
         by_id["class_histogram"]["bars"] == 10 * n and "Samples per digit" in by_id["class_histogram"]["text"]
