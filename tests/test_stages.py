@@ -367,6 +367,23 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
     assert f"dcgan64: {note}" in out and f"(5 samples vs 4 test faces of {reference}, " in out
     assert "inception_images_per_s" not in info and list(info["feature_backend"]) == ["inception"]
     assert info["environment"]["device"] in ("cpu", "cuda")
+    # the evaluated generator is the first version of its experiment's registered model, and the champion
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run = json.loads((model / "run.json").read_text())
+    champion = client.get_model_version_by_alias("gan-pipeline-dcgan64", "champion")
+    assert (str(champion.version), champion.run_id, champion.source) == ("1", run["run_id"], run["model_uri"])
+    assert float(champion.tags["fid_inception"]) == pytest.approx(metrics["fid_inception"])
+    logged = client.get_run(run["run_id"])
+    assert (
+        logged.data.params["evaluate.inception_n"] == "5" and logged.data.params["sample.n_samples"] == "70"
+    )
+    contexts = {
+        i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
+        for i in logged.inputs.dataset_inputs
+    }
+    assert contexts == {"celeba64-train": "training", "other64-test": "evaluation"}
 
 
 def test_evaluate_of_digits_without_a_class_histogram_path_is_a_usage_error(tmp_path):
