@@ -11,8 +11,10 @@ set and how many of its images were scored and, beside an FID of 2,048 images a 
 it is rank-deficient. Writes the scores as DVC metrics, what describes them (sample sizes, feature
 backends, the environment; no timings, since info files are kept in git) as an info file and, for digits,
 the class histogram (with each digit's intra-class FID for conditional models) as a DVC plot; logs the
-scores to the MLflow run as metrics, the info (throughput included) as tags and the histogram as an
-artifact."""
+scores to the MLflow run as metrics (linked to its generator model and the reference set, a dataset input of
+the run), the evaluate params, the info (throughput included) as tags and the histogram as an artifact, and
+registers the generator as a version of the experiment's registered model, moving its `champion` alias when
+the score beats the champion's (README: "MLflow")."""
 
 from __future__ import annotations
 
@@ -64,10 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     with tracking.attach(params.tracking, run["run_id"], journal=journal, source=str(args.run)) as mlflow_run:
         from gan_pipeline.evaluation import summary  # the metrics' libraries: seconds, once they are needed
 
+        reference = prepared_dataset(args.data, "test")  # the reference set's name and hash, no images
         mlflow_run.log_stage_params(flatten(params.evaluate, "evaluate."))
-        result, info = _evaluate_and_write(args, params, run)
-        reference = prepared_dataset(args.data, "test")
         mlflow_run.log_dataset(reference, "evaluation")
+        result, info = _evaluate_and_write(args, params, run)
         # the scores go to the run and its generator model, which is then registered (see tracking.py)
         mlflow_run.log_scores(result.metrics, run["steps"], reference)
         mlflow_run.set_tags(tracking.info_tags(info))

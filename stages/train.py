@@ -1,7 +1,9 @@
 """train: train one experiment's D and G (model and hyperparameters from experiments.<name> in params.yaml),
 log params, per-step losses, D(x), D(G(z)) and the generator to MLflow, and write the weights, the loss
-log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log into). Checkpoints every
-train.checkpoint_every steps; run again after a crash, it resumes from the checkpoint (and its MLflow run).
+log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log into). The run is named
+`<experiment>-<DVC experiment or short commit>` and has the prepared train split as its dataset input.
+Checkpoints every train.checkpoint_every steps; run again after a crash, it resumes from the checkpoint (and
+its MLflow run), its time and speed counted over the whole training.
 With monitor.eval_every set, a fixed batch of samples is scored every eval_every epochs (digit coverage,
 the class-histogram KL, fid_classifier against training digits; MLflow and --eval-log): the best check's
 generator is the one written (monitor.keep_best), and the mode-collapse and divergence alarms warn or stop.

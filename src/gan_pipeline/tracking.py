@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -223,12 +224,11 @@ class _Store:
         return created.info.run_id
 
     def _unique(self, name: str) -> str:
-        taken = {
-            r.info.run_name
-            for r in self.client.search_runs(
-                [self.experiment_id], f"attributes.run_name LIKE '{name}%'", run_view_type=ViewType.ALL
-            )
-        }
+        prefix = re.match(r"[\w.-]*", name).group()  # no quote or wildcard in the filter; exact match below
+        found = self.client.search_runs(
+            [self.experiment_id], f"attributes.run_name LIKE '{prefix}%'", run_view_type=ViewType.ALL
+        )
+        taken = {r.info.run_name for r in found}
         if name not in taken:
             return name
         return next(f"{name}-{n}" for n in range(2, len(taken) + 3) if f"{name}-{n}" not in taken)
