@@ -11,8 +11,10 @@ set and how many of its images were scored and, beside an FID of 2,048 images a 
 it is rank-deficient. Writes the scores as DVC metrics, what describes them (sample sizes, feature
 backends, the environment; no timings, since info files are kept in git) as an info file and, for digits,
 the class histogram (with each digit's intra-class FID for conditional models) as a DVC plot; logs the
-scores to the MLflow run as metrics, the info (throughput included) as tags and the histogram as an
-artifact."""
+scores to the MLflow run as metrics (linked to its generator model and the reference set, a dataset input of
+the run), the evaluate params, the info (throughput included) as tags and the histogram as an artifact, and
+registers the generator as a version of the experiment's registered model, moving its `champion` alias when
+the score beats the champion's (README: "MLflow")."""
 
 from __future__ import annotations
 
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--class-histogram: digits (--classifier) need a CSV to write their class histogram to")
     # torch and mlflow load after parsing, so that --help answers at once.
     from gan_pipeline import tracking
-    from gan_pipeline.config import load_params
+    from gan_pipeline.config import flatten, load_params
+    from gan_pipeline.data.loading import prepared_dataset
     from gan_pipeline.runtime import use_threads
 
     params = load_params(args.params)
@@ -63,9 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     with tracking.attach(params.tracking, run["run_id"], journal=journal, source=str(args.run)) as mlflow_run:
         from gan_pipeline.evaluation import summary  # the metrics' libraries: seconds, once they are needed
 
+        reference = prepared_dataset(args.data, "test")  # the reference set's name and hash, no images
+        mlflow_run.log_stage_params(flatten(params.evaluate, "evaluate."))
+        mlflow_run.log_dataset(reference, "evaluation")
         result, info = _evaluate_and_write(args, params, run)
-        mlflow_run.log_metrics(result.metrics, step=run["steps"])
+        # the scores go to the run and its generator model, which is then registered (see tracking.py)
+        mlflow_run.log_scores(result.metrics, run["steps"], reference)
         mlflow_run.set_tags(tracking.info_tags(info))
+        mlflow_run.register_generator(tracking.registered_model_name(params.tracking, run["experiment"]),
+                                      result.metrics)  # fmt: skip
         if result.classes is not None:
             mlflow_run.log_artifact(args.class_histogram)
         for line in summary(run["experiment"], result, params.evaluate.inception_n):

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     # torch and mlflow load after parsing, so that --help answers at once.
     from gan_pipeline import tracking
-    from gan_pipeline.config import load_params
+    from gan_pipeline.config import flatten, load_params
     from gan_pipeline.runtime import use_threads
     from gan_pipeline.sampling import generate, grid_samples, load_generator, save_grid, save_samples
 
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     run_id = tracking.read_run_record(record)["run_id"]
     journal = args.model / tracking.JOURNAL_NAME
     with tracking.attach(params.tracking, run_id, journal=journal, source=str(record)) as mlflow_run:
+        mlflow_run.log_stage_params(flatten(cfg, "sample."))
         generator, spec, model = load_generator(args.model / "generator.safetensors")
         images, labels = generate(generator, spec, model["latent_dim"], cfg.n_samples, cfg.seed)
         save_samples(args.samples, images, labels)

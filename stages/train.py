@@ -1,7 +1,9 @@
 """train: train one experiment's D and G (model and hyperparameters from experiments.<name> in params.yaml),
 log params, per-step losses, D(x), D(G(z)) and the generator to MLflow, and write the weights, the loss
-log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log into). Checkpoints every
-train.checkpoint_every steps; run again after a crash, it resumes from the checkpoint (and its MLflow run).
+log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log into). The run is named
+`<experiment>-<DVC experiment or short commit>` and has the prepared train split as its dataset input.
+Checkpoints every train.checkpoint_every steps; run again after a crash, it resumes from the checkpoint (and
+its MLflow run), its time and speed counted over the whole training.
 With monitor.eval_every set, a fixed batch of samples is scored every eval_every epochs (digit coverage,
 the class-histogram KL, fid_classifier against training digits; MLflow and --eval-log): the best check's
 generator is the one written (monitor.keep_best), and the mode-collapse and divergence alarms warn or stop.
@@ -70,20 +72,24 @@ def main(argv: list[str] | None = None) -> None:
 def _train_and_log(params, plan, paths) -> None:
     """Train the planned experiment in its MLflow run (reopened when resuming), and write run.json."""
     from gan_pipeline import tracking
+    from gan_pipeline.data.loading import prepared_dataset
     from gan_pipeline.io import write_json
-    from gan_pipeline.provenance import environment, run_tags
+    from gan_pipeline.provenance import environment, run_name, run_tags
     from gan_pipeline.training.experiment import train_experiment
 
     print(plan.note)
+    root = tracking.repo_root()
     tags = {
-        **run_tags(tracking.repo_root(), [str(paths.data)], plan.content_hash),
+        **run_tags(root, [str(paths.data)], plan.content_hash, "stages/train.py"),
         **tracking.info_tags({"environment": environment()}),  # env.torch, env.threads, ...
         "experiment": plan.name,
     }
     journal = paths.out / tracking.JOURNAL_NAME  # what the store does not take waits here
     earlier = plan.earlier_run_id
-    with tracking.run(params.tracking, plan.name, plan.run_params, tags, earlier, journal=journal) as run:
+    name = run_name(root, plan.name)
+    with tracking.run(params.tracking, name, plan.run_params, tags, earlier, journal=journal) as run:
         print(f"MLflow run {run.id} in {run.uri}{' (resumed)' if run.resumed else ''}")
+        run.log_dataset(prepared_dataset(paths.data, "train"), "training")
         # each in-training check is a LoggedModel of the run, its scores linked to it
         on_check = lambda step, scores: run.log_snapshot(f"{plan.name}-step{step}", step, scores)  # noqa: E731
         result = train_experiment(plan, paths, run.log_step, {"mlflow_run_id": run.id}, on_check=on_check)
@@ -96,7 +102,8 @@ def _train_and_log(params, plan, paths) -> None:
 
 
 def _log_result(run, plan, paths, result) -> dict:
-    """Log the loss plot, the speed, the generator and its md5 to the run; return run.json's record."""
+    """Log the loss plot, the speed, the generator and its md5 to the run; return run.json's record. A
+    resumed run with no step left to train keeps the generator model it logged (no second copy)."""
     from gan_pipeline.provenance import file_md5
     from gan_pipeline.training.experiment import kept_metrics, run_record
 
@@ -105,9 +112,11 @@ def _log_result(run, plan, paths, result) -> dict:
     run.log_metrics(speed, result.steps)
     if result.kept is not None:  # the check whose generator is the stage's (monitor.keep_best)
         run.log_metrics(kept_metrics(result.kept, plan.exp.monitor.score), result.steps)
-    model_uri = run.log_generator(
-        result.sampling_generator, plan.exp.model.latent_dim, plan.spec.conditional, paths.generator
-    )
+    model_uri = run.generator_model_uri() if run.resumed and result.steps == result.resumed_from else None
+    if model_uri is None:
+        model_uri = run.log_generator(
+            result.sampling_generator, plan.exp.model.latent_dim, plan.spec.conditional, paths.generator
+        )
     generator_md5 = file_md5(paths.generator)
     model_tag = {"generator_model_uri": model_uri} if model_uri else {}
     run.set_tags({"generator_md5": generator_md5, "precision": result.precision, **model_tag})

@@ -167,12 +167,14 @@ def test_mlflow_run_per_experiment_with_params_metrics_and_model(repo):
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("gan-pipeline")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(EXPERIMENTS)
+    assert sorted(r.data.tags["experiment"] for r in runs) == sorted(EXPERIMENTS)
     logged_models = client.search_logged_models([experiment.experiment_id])
     stats = json.loads((repo / "data/prepared/mnist.stats.json").read_text())
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for r in runs:
-        exp = r.info.run_name
+        exp = r.data.tags["experiment"]
+        assert r.info.run_name == f"{exp}-{r.data.tags['mlflow.source.git.commit'][:7]}"
+        assert r.data.tags["mlflow.source.name"] == "stages/train.py"
         assert r.info.run_id == json.loads((repo / "models" / exp / "run.json").read_text())["run_id"]
         assert r.data.params["train.lr"] == str(params["experiments"][exp]["train"]["lr"])
         assert r.data.params["model.name"] == exp
@@ -189,6 +191,9 @@ def test_mlflow_run_per_experiment_with_params_metrics_and_model(repo):
         assert snapshot.name == f"{exp}-step{4000 // 256}"
         assert {x.key for x in snapshot.metrics} >= {"monitor_fid_classifier", "monitor_coverage"}
         assert r.data.metrics["fid_inception"] == pytest.approx(metrics["fid_inception"])
+        # evaluate registered the run's generator as a version of the experiment's model, with its score
+        (version,) = client.search_model_versions(f"name='gan-pipeline-{exp}' and run_id='{r.info.run_id}'")
+        assert float(version.tags["fid_inception"]) == pytest.approx(metrics["fid_inception"])
         assert set(r.data.metrics) >= set(metrics) and "fid_classifier_n_fake" not in r.data.metrics
         assert r.data.tags["sample_sizes.fid_classifier_n_fake"] == "200"
         assert r.data.tags["feature_backend.inception"].startswith("TF inception-2015-12-05")
@@ -252,7 +257,7 @@ def test_exp_run_setting_one_experiments_param_reruns_only_that_experiment(repo)
     diff = json.loads(run(["dvc", "metrics", "diff", "--json", "HEAD"], repo).stdout)
     assert "fid_classifier" in diff.get("metrics/cgan.json", {})
     runs = _exp_runs(repo, "cgan-lr")
-    assert [(r.info.run_name, r.data.params["train.lr"]) for r in runs] == [("cgan", "0.0003")]
+    assert [(r.info.run_name, r.data.params["train.lr"]) for r in runs] == [("cgan-cgan-lr", "0.0003")]
 
 
 def test_exp_run_setting_a_default_reruns_every_experiment_with_it(repo):
@@ -264,7 +269,8 @@ def test_exp_run_setting_a_default_reruns_every_experiment_with_it(repo):
     status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
     assert experiment_stages(*EXPERIMENTS) - set(trains) <= set(status)
     runs = _exp_runs(repo, "seed-3")
-    assert sorted((r.info.run_name, r.data.params["train.seed"]) for r in runs) == sorted(
+    assert sorted((r.data.tags["experiment"], r.data.params["train.seed"]) for r in runs) == sorted(
         (exp, "3") for exp in EXPERIMENTS
     )
-    assert {r.data.params["train.lr"] for r in runs if r.info.run_name == "cgan"} == {"0.0003"}  # kept
+    kept = {r.data.params["train.lr"] for r in runs if r.data.tags["experiment"] == "cgan"}
+    assert kept == {"0.0003"}  # the earlier experiment's lr stays

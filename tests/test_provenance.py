@@ -51,13 +51,21 @@ def test_run_tags_name_the_commit_the_dvc_experiment_and_the_data(tmp_path, monk
     )
     monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-1")
     monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
-    assert provenance.run_tags(tmp_path, ["data/prepared/mnist.h5"], "h") == {
+    monkeypatch.setenv("USER", "ada")
+    monkeypatch.setenv("LOGNAME", "ada")
+    assert provenance.run_tags(tmp_path, ["data/prepared/mnist.h5"], "h", "stages/train.py") == {
         "mlflow.source.git.commit": head.stdout.strip(),
+        "mlflow.source.name": "stages/train.py",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": "ada",
         "data_content_hash": "h",
         "dvc_exp_name": "lr-sweep-1",
         "dvc_md5:data/prepared/mnist.h5": "abc123",
     }
     assert provenance.git_commit(tmp_path / "not-a-repo") == "unknown"
+    assert provenance.run_name(tmp_path, "cgan") == "cgan-lr-sweep-1"  # under dvc exp run
+    monkeypatch.delenv("DVC_EXP_NAME")
+    assert provenance.run_name(tmp_path, "cgan") == f"cgan-{head.stdout.strip()[:7]}"
 
 
 def test_provenance_does_not_import_mlflow():

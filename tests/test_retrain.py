@@ -397,8 +397,8 @@ def test_queued_sweep_with_two_workers_lands_each_run_in_mlflow(reproduced_proje
     runs = client.search_runs([experiment_id], "tags.dvc_exp_name != ''")
     assert sorted(r.data.tags["dvc_exp_name"] for r in runs) == sorted(experiments)
     for r in runs:
-        assert r.info.run_name == "mlp_gan" and r.info.status == "FINISHED"
         name = r.data.tags["dvc_exp_name"]
+        assert r.info.run_name == f"mlp_gan-{name}" and r.info.status == "FINISHED"
         assert (
             float(r.data.params["train.lr"])
             == experiments[name]["params"]["experiments"]["mlp_gan"]["train"]["lr"]

