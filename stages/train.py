@@ -75,6 +75,7 @@ def _train_and_log(params, plan, paths) -> None:
     from gan_pipeline.data.loading import prepared_dataset
     from gan_pipeline.io import write_json
     from gan_pipeline.provenance import environment, run_name, run_tags
+    from gan_pipeline.sampling import grid_image
     from gan_pipeline.training.experiment import train_experiment
 
     print(plan.note)
@@ -92,7 +93,10 @@ def _train_and_log(params, plan, paths) -> None:
         run.log_dataset(prepared_dataset(paths.data, "train"), "training")
         # each in-training check is a LoggedModel of the run, its scores linked to it
         on_check = lambda step, scores: run.log_snapshot(f"{plan.name}-step{step}", step, scores)  # noqa: E731
-        result = train_experiment(plan, paths, run.log_step, {"mlflow_run_id": run.id}, on_check=on_check)
+        # and its samples of the same latents a 10x10 grid, an image over steps
+        on_samples = lambda step, images: run.log_image("samples", grid_image(images, 10), step)  # noqa: E731
+        extra = {"mlflow_run_id": run.id}
+        result = train_experiment(plan, paths, run.log_step, extra, on_check=on_check, on_samples=on_samples)
         record = {**_log_result(run, plan, paths, result), "environment": environment()}
         write_json(paths.out / "run.json", record)
         print(

@@ -190,6 +190,9 @@ def test_mlflow_run_per_experiment_with_params_metrics_and_model(repo):
         (snapshot,) = [m for m in logged_models if m.source_run_id == r.info.run_id and m.tags.get("step")]
         assert snapshot.name == f"{exp}-step{4000 // 256}"
         assert {x.key for x in snapshot.metrics} >= {"monitor_fid_classifier", "monitor_coverage"}
+        # and its samples a 10x10 grid, the run's image `samples` at that step (MLflow's images over steps)
+        images = [f.path for f in client.list_artifacts(r.info.run_id, "images") if f.path.endswith(".png")]
+        assert [Path(p).name.split("+")[:3] for p in images] == [["samples", "step", str(4000 // 256)]]
         assert r.data.metrics["fid_inception"] == pytest.approx(metrics["fid_inception"])
         # evaluate registered the run's generator as a version of the experiment's model, with its score
         (version,) = client.search_model_versions(f"name='gan-pipeline-{exp}' and run_id='{r.info.run_id}'")

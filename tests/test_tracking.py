@@ -16,9 +16,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from gan_pipeline import tracking
 from gan_pipeline.config import TrackingConfig
@@ -367,6 +369,34 @@ def test_each_in_training_check_is_a_logged_model_ranked_by_its_score_directly_o
     }
     history = client.get_metric_history(run.id, "monitor_fid_classifier")
     assert sorted((m.step, m.value) for m in history) == [(100, 40.0), (200, 20.0), (300, 30.0)]
+
+
+def test_each_checks_samples_are_an_image_over_steps_logged_once_directly_or_from_the_journal(
+    tmp_path, monkeypatch
+):
+    """Grids at steps 100 and 200 through the run, the one at 300 kept in the journal and replayed twice
+    (a replay after a partial send): the run has one image of key `samples` per step, the PNG's pixels
+    those logged, and the UI's images-over-steps list (`images/` artifacts named <key>+step+<step>+...)."""
+    client = _local_store(tmp_path, monkeypatch)
+    grids = {step: np.full((8, 12), step % 251, dtype=np.uint8) for step in (100, 200, 300)}
+    with tracking.run(UNIT, "dcgan28", {}, {}, root=tmp_path) as run:
+        run.log_image("samples", grids[100], 100)
+        run.log_image("samples", Image.fromarray(grids[200]), 200)  # a PIL picture, as the stage passes
+        offline = tracking.Run(run._store, run.id, tracking.Journal(tmp_path / "journal.jsonl"))
+        offline.offline = "the store is away"  # as after failed retries: the record goes to the journal
+        offline._retry_at = float("inf")
+        offline.log_image("samples", grids[300], 300)
+    journal = tracking.Journal(tmp_path / "journal.jsonl")
+    (kept,) = journal.records()
+    assert journal.replay(client) == 1
+    journal.append(kept)
+    assert journal.replay(client) == 1  # sent again: already there, not logged twice
+    names = sorted(Path(f.path).name for f in client.list_artifacts(run.id, "images"))
+    pngs = [n for n in names if n.endswith(".png")]
+    assert [n.split("+")[:3] for n in pngs] == [["samples", "step", str(s)] for s in (100, 200, 300)]
+    for name, step in zip(pngs, (100, 200, 300), strict=True):
+        local = client.download_artifacts(run.id, f"images/{name}", str(tmp_path / "out"))
+        assert np.array_equal(np.asarray(Image.open(local)), grids[step]), step
 
 
 def _free_port() -> int:

@@ -17,8 +17,10 @@ run, or when the next stage opens it). `check_store` tells cheaply whether the s
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import io
 import json
 import os
 import re
@@ -51,6 +53,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
+from PIL import Image
 from sqlalchemy.exc import SQLAlchemyError
 from torch import nn
 
@@ -490,9 +493,21 @@ def _send_kept_model(client: MlflowClient, run_id: str, record: dict[str, Any]) 
 
 
 # The journal's ops that one function sends (op -> sender(client, run_id, record)).
+def _send_image(client: MlflowClient, run_id: str, record: dict[str, Any]) -> None:
+    """An image of the run at a step (MLflow's images over steps: the UI's step slider), once: an image of
+    that key and step already in the run (a replay after a partial send) is not logged again."""
+    key, step = record["key"], record["step"]
+    prefix = f"{key}+step+{step}+"  # MLflow names them images/<key>+step+<step>+timestamp+<ms>+<uuid>
+    if any(Path(f.path).name.startswith(prefix) for f in client.list_artifacts(run_id, "images")):
+        return
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(record["png"]))))
+    client.log_image(run_id, image, key=key, step=step, timestamp=record["time"], synchronous=True)
+
+
 _SENDERS: dict[str, Callable[[MlflowClient, str, dict[str, Any]], None]] = {
     "model": _send_kept_model,
     "snapshot": _send_snapshot,
+    "image": _send_image,
     "stage_params": _send_stage_params,
     "dataset": _send_dataset,
     "scores": _send_scores,
@@ -640,6 +655,23 @@ class Run:
             "time": int(time.time() * 1000),
         }
         self._record(f"snapshot {name}", record)
+
+    def log_image(self, key: str, image: np.ndarray | Image.Image, step: int) -> None:
+        """A picture (PIL, or uint8 (H, W) or (H, W, 3)) as the run's image `key` at `step`, which the
+        MLflow UI shows with a step slider; journaled as PNG bytes; skipped up to `logged_until`, like
+        log_step."""
+        if step <= self.logged_until:
+            return
+        png = io.BytesIO()
+        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(png, format="PNG")
+        record = {
+            "op": "image",
+            "key": key,
+            "step": step,
+            "png": base64.b64encode(png.getvalue()).decode("ascii"),
+            "time": int(time.time() * 1000),
+        }
+        self._record(f"image {key} at step {step}", record)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         record = {"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path}

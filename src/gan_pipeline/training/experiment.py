@@ -9,9 +9,12 @@ the resumed checkpoint names, and each checkpoint then names the run it logs int
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gan_pipeline.config import Params, check_fits_data, experiment, flatten
 from gan_pipeline.config.schema import ExperimentConfig
@@ -116,17 +119,19 @@ def train_experiment(
     extra: dict[str, Any] | None = None,
     write_outputs: bool = True,
     on_check: OnStep | None = None,
+    on_samples: Callable[[int, np.ndarray], None] | None = None,
 ) -> TrainResult:
     """Train the planned experiment, checkpointing with `extra` (e.g. the MLflow run id) in each checkpoint,
     and, with `write_outputs` (the main process), write its weights, logs and loss plot. The loop's stats go
     to `on_step(step, stats)`, each in-training check's `monitor_*` scores to `on_check(step, scores)`
-    (default: on_step).
+    (default: on_step) and its first monitor.SHOWN samples (uint8, the same latents at every check) to
+    `on_samples(step, images)`.
 
     The generator written (the one sample and evaluate use) is the best check's with monitor.keep_best,
     else G's EMA with train.ema_decay, else G at the last step.
     """
     checkpointing = Checkpointing(paths.checkpoint, plan.identity, plan.resume, dict(extra or {}))
-    monitor = _monitor(plan, paths, on_check or on_step)
+    monitor = _monitor(plan, paths, on_check or on_step, on_samples)
     if monitor is not None:
         checkpointing.extra["monitor_rows"] = monitor.rows  # each checkpoint carries the checks so far
         checkpointing.tensors = monitor.checkpoint_tensors  # and the kept generator's weights
@@ -182,7 +187,8 @@ def _write_outputs(
     plot_training(result.history, plan.name, paths.plot)
 
 
-def _monitor(plan: TrainingPlan, paths: ExperimentPaths, log: OnStep | None) -> TrainingMonitor | None:
+def _monitor(plan: TrainingPlan, paths: ExperimentPaths, log: OnStep | None,
+             show: Callable[[int, np.ndarray], None] | None = None) -> TrainingMonitor | None:  # fmt: skip
     """The in-training checks when monitor.eval_every is set (every rank runs them, so all stop together),
     going on from the checks and the kept generator that the resumed checkpoint carries. fid_classifier
     compares the samples with `monitor.n_samples` training digits picked with `monitor.seed`."""
@@ -204,4 +210,5 @@ def _monitor(plan: TrainingPlan, paths: ExperimentPaths, log: OnStep | None) -> 
         digits=sorted(set(train_labels.tolist())),
         real=to_float(train_images[pick.numpy()], (-1.0, 1.0)),
         best_state=(resume.saved("best") or None) if resume else None,
+        show=show,
     )

@@ -27,6 +27,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,6 +63,7 @@ MONITOR_COLUMNS = [
     "diverged",
 ]
 FEATURE_BATCH = 1000  # samples per classifier-feature batch
+SHOWN = 100  # samples of each check that `show` gets (a 10x10 grid)
 
 
 class TrainingMonitor:
@@ -80,16 +82,19 @@ class TrainingMonitor:
         digits: Sequence[int] = tuple(range(10)),
         real: torch.Tensor | None = None,
         best_state: dict[str, torch.Tensor] | None = None,
+        show: Callable[[int, np.ndarray], None] | None = None,
     ):
         """`rows` and `best_state`: the checks and the kept weights of the run so far, when it resumes (so
         the logs and the alarms go on); `digits`: those the training data holds (coverage counts only
         them); `real`: training digits (N, 1, 28, 28) in [-1, 1] for fid_classifier (needed when it is
-        the score)."""
+        the score); `show(step, images)`: gets the first SHOWN samples of each check (uint8 (n, H, W), the
+        same latents every time), e.g. to log them as an image over steps."""
         if cfg.eval_every is None:
             raise ValueError("monitor.eval_every is null: the monitor is off")
         if real is None and cfg.score == "fid_classifier":
             raise ValueError("monitor.score fid_classifier needs real digits to compare the samples with")
         self.cfg, self.classifier, self.spec, self.latent_dim = cfg, classifier, spec, latent_dim
+        self.show = show
         self.confidence, self.min_fraction, self.log = confidence, min_fraction, log
         self.digits = sorted(digits)
         self.min_coverage = min(cfg.min_coverage, len(self.digits))
@@ -123,6 +128,8 @@ class TrainingMonitor:
         was_training = generator.training
         images, _ = generate(generator, self.spec, self.latent_dim, self.cfg.n_samples, self.cfg.seed)
         generator.train(was_training)
+        if self.show is not None:
+            self.show(step, images[:SHOWN])
         samples = to_float(images, (-1.0, 1.0))
         probs = predict_proba(self.classifier, samples)
         report = digit_report(probs, self.confidence, self.min_fraction)
