@@ -219,3 +219,61 @@ def test_mlflow_ui_lists_the_runs_with_a_metric_column(project, browser):
             "document.querySelector('[role=columnheader][col-id=\"metrics.`fid_classifier`\"]').scrollIntoView()"
         )
         screenshot(browser, "mlflow_ui.png")
+
+
+def _runs_to_compare(root: Path, monkeypatch) -> list[str]:
+    """Two runs in a real local store, as the train stage makes them: cgan with lr 2e-4 checked at steps
+    100, 200, 300 and lr 1e-3 checked at 100 and 250, each check's grid a different gray."""
+    from gan_pipeline import tracking
+    from gan_pipeline.config import TrackingConfig
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (root / "dvc.yaml").write_text("stages: {}\n")
+    cfg = TrackingConfig(experiment_name="gan-pipeline", retries=1, retry_backoff_s=1)
+    ids = []
+    for lr, steps, fid in (("0.0002", (100, 200, 300), 79.1), ("0.001", (100, 250), 120.5)):
+        params = {"train.lr": lr, "train.epochs": 130, "model.name": "cgan"}
+        with tracking.run(cfg, f"cgan-lr{lr}", params, {"dvc_exp_name": f"lr-{lr}"}, root=root) as run:
+            for step in steps:
+                run.log_image("samples", np.full((120, 120), step // 2, dtype=np.uint8), step)
+            run.log_metrics({"fid_inception": fid, "coverage": 10}, step=steps[-1])
+        ids.append(run.id)
+    return ids
+
+
+def test_the_comparison_page_puts_the_runs_grids_at_matching_steps_side_by_side(tmp_path, monkeypatch):
+    from gan_pipeline.reports.compare import main
+
+    first, second = _runs_to_compare(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    main(["cgan-lr0.0002", "dvc:lr-0.001", "--out", "compare.html"])  # by run name, by DVC experiment
+    page = (tmp_path / "compare.html").read_text()
+    assert first in page and second in page
+    assert "<tr><td>cgan-lr0.0002</td><td>79.1</td>" in page and "<td>120.5</td>" in page
+    # the one param that differs, with both values; the two that agree are only counted
+    assert "<tr><td>train.lr</td><td>0.0002</td><td>0.001</td></tr>" in page
+    assert "2 other params are the same in every run" in page and "<td>train.epochs</td>" not in page
+    grids = page[page.index('<table class="grids">') :]
+    assert [row.split("</th>")[0] for row in grids.split("<tr><th>")[2:]] == [
+        "step 100", "step 200", "step 250", "step 300"
+    ]  # fmt: skip
+    assert "step 100</figcaption>" in grids and "step 250 (no check at 300)" in grids  # its last before
+    assert grids.count('src="data:image/png;base64,') == 8
+    with pytest.raises(DataError, match=r"no run of experiment 'gan-pipeline' is 'nope'"):
+        main(["nope", "--out", "compare.html"])
+
+
+def test_the_comparison_page_renders_in_chromium(tmp_path, monkeypatch, browser):
+    from gan_pipeline import tracking
+    from gan_pipeline.reports.compare import render_comparison
+
+    ids = _runs_to_compare(tmp_path, monkeypatch)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    page = tmp_path / "compare.html"
+    page.write_text(render_comparison([tracking.run_summary(uri, run_id) for run_id in ids]))
+    browser.resize(1400, 1100)
+    browser.goto(page.as_uri())
+    loaded = "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 100).length"
+    browser.wait_for(f"{loaded} === 8")
+    screenshot(browser, "compare.png")

@@ -925,6 +925,64 @@ def info_tags(info: Mapping[str, Any]) -> dict[str, str]:
     return tags
 
 
+# --- reading runs back (the comparison page) -------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """What the comparison page shows of a run: its name, params, latest metrics and its images over steps
+    (`images[key][step]`: PNG bytes, as log_image logged them)."""
+
+    run_id: str
+    name: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    images: dict[str, dict[int, bytes]]
+
+
+def find_runs(uri: str, experiment_name: str, selector: str) -> list[str]:
+    """The ids of the runs that `selector` names: a run id, a run name, or `dvc:<name>` (the runs that the
+    DVC experiment <name> made: its `dvc_exp_name` tag). DataError when none matches."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise DataError(f"{uri}: no MLflow experiment {experiment_name!r} (has a train stage run?)")
+    if selector.startswith("dvc:"):
+        name = selector.removeprefix("dvc:")
+        found = [
+            r
+            for r in client.search_runs([experiment.experiment_id])
+            if r.data.tags.get("dvc_exp_name") == name
+        ]
+    else:
+        runs = client.search_runs([experiment.experiment_id])
+        found = [r for r in runs if selector in (r.info.run_id, r.info.run_name)]
+    if not found:
+        raise DataError(
+            f"{uri}: no run of experiment {experiment_name!r} is {selector!r} (expected a run id, a run name "
+            "or dvc:<DVC experiment name>)"
+        )
+    return [r.info.run_id for r in sorted(found, key=lambda r: r.info.start_time)]
+
+
+def run_summary(uri: str, run_id: str) -> RunSummary:
+    """The run's name, params, metrics and images over steps, read from the store at `uri`."""
+    import tempfile
+
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    images: dict[str, dict[int, bytes]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for entry in client.list_artifacts(run_id, "images"):
+            name = Path(entry.path).name
+            parts = name.split("+")  # <key>+step+<step>+timestamp+<ms>+<uuid>.png
+            if not name.endswith(".png") or len(parts) < 3 or parts[1] != "step":
+                continue
+            local = client.download_artifacts(run_id, entry.path, tmp)
+            images.setdefault(parts[0], {})[int(parts[2])] = Path(local).read_bytes()
+    return RunSummary(run_id, run.info.run_name, dict(run.data.params), dict(run.data.metrics), images)
+
+
 # --- the generator as an MLflow model --------------------------------------------------------------------
 
 

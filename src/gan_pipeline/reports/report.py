@@ -33,7 +33,7 @@ PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<title>gan-pipeline report</title>
+<title>{heading}</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
@@ -46,7 +46,7 @@ figure img {{ height: 340px; image-rendering: pixelated; }}
 </style>
 </head>
 <body>
-<h1>gan-pipeline: {n} experiments</h1>
+<h1>{heading}</h1>
 {body}
 </body>
 </html>
@@ -75,7 +75,7 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str) -> str:
+def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_format(cell))}</td>" for cell in row) + "</tr>" for row in rows
@@ -83,7 +83,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str) -> st
     return f'<table class="{cls}"><tr>{head}</tr>{body}</table>'
 
 
-def _img(png: bytes, alt: str) -> str:
+def html_img(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
@@ -102,12 +102,12 @@ def _experiment_tables(exp: str, metrics: Mapping[str, Any], metrics_dir: Path, 
     info = metrics_dir / "info" / f"{exp}.json"
     if info.exists():
         rows += sorted(read_json(info).get("sample_sizes", {}).items())
-    tables = _table(["metric", "value"], rows, "metrics")
+    tables = html_table(["metric", "value"], rows, "metrics")
     histogram = plots_dir / exp / "class_histogram.csv"
     if histogram.exists():
         classes = _read_csv(histogram)
         header = list(classes[0]) if classes else ["digit", "count"]
-        tables += _table(header, [[row[k] for k in header] for row in classes], "classes")
+        tables += html_table(header, [[row[k] for k in header] for row in classes], "classes")
     return tables
 
 
@@ -118,25 +118,25 @@ def render_report(experiments: Sequence[str], metrics_dir: Path, samples_dir: Pa
     metrics = {exp: read_json(metrics_dir / f"{exp}.json") for exp in experiments}
     parts = ["<h2>Metrics</h2>"]
     rows = [[exp, *(metrics[exp].get(key, "–") for key in HEADLINE)] for exp in experiments]
-    parts.append(_table(["experiment", *HEADLINE], rows, "summary"))
+    parts.append(html_table(["experiment", *HEADLINE], rows, "summary"))
     classifier = metrics_dir / "classifier.json"
     if classifier.exists():
         parts.append(
             "<p>The <code>_classifier</code> metrics are computed in the digit classifier's features, "
             "<code>fid_inception</code> in the standard TF Inception's; the classifier:</p>"
         )
-        parts.append(_table(["metric", "value"], list(read_json(classifier).items()), "classifier"))
+        parts.append(html_table(["metric", "value"], list(read_json(classifier).items()), "classifier"))
     for exp in experiments:
         grid = _existing(samples_dir / exp / "grid.png").read_bytes()
         losses = _loss_plot_png(plots_dir / exp / "train_log.csv", exp)
         parts.append(
             f'<section id="{html.escape(exp)}"><h2>{html.escape(exp)}</h2><div class="images">'
-            f"<figure>{_img(grid, f'{exp} samples')}<figcaption>samples</figcaption></figure>"
-            f"<figure>{_img(losses, f'{exp} losses')}<figcaption>training</figcaption></figure></div>"
+            f"<figure>{html_img(grid, f'{exp} samples')}<figcaption>samples</figcaption></figure>"
+            f"<figure>{html_img(losses, f'{exp} losses')}<figcaption>training</figcaption></figure></div>"
             + _experiment_tables(exp, metrics[exp], metrics_dir, plots_dir)
             + "</section>"
         )
-    return PAGE.format(n=len(experiments), body="\n".join(parts))
+    return PAGE.format(heading=f"gan-pipeline: {len(experiments)} experiments", body="\n".join(parts))
 
 
 def write_report(path: str | Path, experiments: Sequence[str], **dirs: Path) -> None:
