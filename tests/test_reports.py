@@ -277,3 +277,30 @@ def test_the_comparison_page_renders_in_chromium(tmp_path, monkeypatch, browser)
     loaded = "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 100).length"
     browser.wait_for(f"{loaded} === 8")
     screenshot(browser, "compare.png")
+
+
+def test_mlflow_ui_shows_the_champion_alias_and_each_runs_samples_over_steps(project, browser):
+    """The registry page of a reproduced project lists cgan's version with its `@ champion` alias, and the
+    runs' chart view draws each run's image `samples` (the in-training check's grid; a step slider when
+    there are several checks)."""
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    experiment_id = MlflowClient(uri).get_experiment_by_name("gan-pipeline").experiment_id
+    with mlflow_server(["ui", "--backend-store-uri", uri], project) as url:
+        browser.resize(1600, 900)
+        browser.goto(f"{url}/#/models/gan-pipeline-cgan")
+        browser.wait_for("document.body.innerText.includes('champion')")  # the alias tag: @ champion
+        if browser.js("document.querySelector('button[aria-label=Close]') !== null"):
+            browser.click("button[aria-label=Close]")  # the MLflow Assistant's side panel
+        screenshot(browser, "mlflow_registry.png")
+        browser.goto(f"{url}/#/experiments/{experiment_id}/runs?compareRunsMode=CHART")
+        scroll = (  # the charts render as they scroll into view
+            "document.querySelectorAll('*').forEach(e => {"
+            " if (e.scrollHeight > e.clientHeight + 50) e.scrollTop = e.scrollHeight; })"
+        )
+        grids = (
+            "Array.from(document.images).filter(i => i.src.includes('samples%2Bstep%2B')"
+            " && i.complete && i.naturalWidth > 0)"
+        )
+        browser.wait_for(f"({scroll}, {grids}.length >= {len(EXPERIMENTS)})")
+        browser.js(f"{grids}[0].scrollIntoView()")
+        screenshot(browser, "mlflow_images_over_steps.png")
