@@ -31,7 +31,7 @@ repro: $(STAMP)
 SMOKE_EXPERIMENTS = $(shell $(BIN)/python -c "import yaml; print(*yaml.safe_load(open('params.yaml'))['experiments'])")
 SMOKE_SET = -S classifier.epochs=1 -S sample.n_samples=200 -S train_defaults.batch_size=256 \
 	-S monitor_defaults.n_samples=100 -S evaluate.inception_n=20 \
-	$(foreach exp,$(SMOKE_EXPERIMENTS),-S experiments.$(exp).train.epochs=1)
+	$(foreach exp,$(SMOKE_EXPERIMENTS),-S experiments.$(exp).train.epochs=1 -S experiments.$(exp).train.batch_size=256)
 smoke: $(STAMP)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		dvc exp run --temp --name smoke-$$(date +%Y%m%d-%H%M%S) $(SMOKE_SET)
