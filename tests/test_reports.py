@@ -178,10 +178,15 @@ def test_report_has_each_experiments_grid_losses_and_metrics(project, browser):
         assert f"<td>fid_classifier</td><td>{fid:.4g}</td>" in section
     assert "http" not in page.replace("http-equiv", "")
     browser.resize(1400, 1200)
-    browser.goto(report.as_uri())
+    _screenshot_with_images(browser, report, 2 * len(EXPERIMENTS), "report.png")
+
+
+def _screenshot_with_images(browser: Browser, page: Path, images: int, name: str) -> None:
+    """Open `page` and save a screenshot as `name` once its `images` pictures (over 100 px wide) loaded."""
+    browser.goto(page.as_uri())
     loaded = "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 100).length"
-    browser.wait_for(f"{loaded} === {2 * len(EXPERIMENTS)}")
-    screenshot(browser, "report.png")
+    browser.wait_for(f"{loaded} === {images}")
+    screenshot(browser, name)
 
 
 def test_mlflow_ui_lists_the_runs_with_a_metric_column(project, browser):
@@ -273,10 +278,7 @@ def test_the_comparison_page_renders_in_chromium(tmp_path, monkeypatch, browser)
     page = tmp_path / "compare.html"
     page.write_text(render_comparison([tracking.run_summary(uri, run_id) for run_id in ids]))
     browser.resize(1400, 1100)
-    browser.goto(page.as_uri())
-    loaded = "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 100).length"
-    browser.wait_for(f"{loaded} === 8")
-    screenshot(browser, "compare.png")
+    _screenshot_with_images(browser, page, 8, "compare.png")
 
 
 def test_mlflow_ui_shows_the_champion_alias_and_each_runs_samples_over_steps(project, browser):
