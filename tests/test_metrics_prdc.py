@@ -106,3 +106,30 @@ def test_features_of_runs_in_batches_under_inference_mode_and_returns_cpu_float6
     assert module.batches == [(3, True), (3, True), (1, True)]
     assert features.dtype == torch.float64 and features.device.type == "cpu"
     assert torch.equal(features, images.flatten(1)[:, :2].double())
+
+
+def _prdc_by_direct_differences(real, fake, k):
+    """The definitions, on exact (direct-difference) distances, all pairs at once: the reference."""
+    d_rr = torch.cdist(real, real, compute_mode="donot_use_mm_for_euclid_dist").fill_diagonal_(torch.inf)
+    d_ff = torch.cdist(fake, fake, compute_mode="donot_use_mm_for_euclid_dist").fill_diagonal_(torch.inf)
+    d_rf = torch.cdist(real, fake, compute_mode="donot_use_mm_for_euclid_dist")
+    r_real, r_fake = d_rr.kthvalue(k, dim=1).values, d_ff.kthvalue(k, dim=1).values
+    inside = d_rf < r_real[:, None]  # (real, fake): fake j in real i's ball
+    return {
+        "precision": inside.any(0).double().mean().item(),
+        "recall": (d_rf < r_fake[None, :]).any(1).double().mean().item(),
+        "density": inside.sum(0).double().mean().item() / k,
+        "coverage": inside.any(1).double().mean().item(),
+    }
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_matmul_distances_give_the_exact_results_also_on_ties_and_duplicates(seed):
+    """Features on a grid, (i + 1/3) / 10 for i in {0, 1, 2} (many equal distances, radii equal to other
+    points' distances), a third of the fakes duplicates of reals: the fast path's counts are those of
+    torch.cdist's exact mode, where the bare matmul's last bits (a duplicate ~1e-8 away instead of 0)
+    flip strict "< radius" tests (it gets all four seeds wrong)."""
+    g = torch.Generator().manual_seed(seed)
+    real = (torch.randint(0, 3, (300, 8), generator=g).double() + 1 / 3) / 10
+    fake = torch.cat([real[:100], (torch.randint(0, 3, (200, 8), generator=g).double() + 1 / 3) / 10])
+    assert prdc(real, fake, nearest_k=5) == _prdc_by_direct_differences(real, fake, 5)

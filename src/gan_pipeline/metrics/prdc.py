@@ -28,8 +28,16 @@ from gan_pipeline.runtime import module_device
 
 PRDC_IMPLEMENTATION = (
     "k-NN balls (self excluded, strict <) on DigitClassifier penultimate features, float64 Euclidean "
-    "distances by direct differences (torch.cdist without the matmul shortcut)"
+    "distances by torch.cdist's matmul, every comparison within rounding of its radius decided again on "
+    "the direct-difference distance (the results of torch.cdist's exact mode)"
 )
+
+# The matmul distances (|x|^2 + |y|^2 - 2 x.y) are several times faster than direct differences but off in
+# their last bits: a duplicate's distance comes out ~1e-8 |x| instead of 0. Each comparison whose squared
+# distance lies within this share of |x|^2 + |y|^2 of its radius squared (some 200 times the worst float64
+# rounding of a 2,048-wide dot product) is decided again on the exact distance, so that every "< radius"
+# comes out as with exact distances, ties included.
+_UNSURE = 1e-10
 
 # Elements of one float64 block of distances: 2**23 * 8 bytes = 64 MiB, whatever the set sizes.
 _BLOCK_ELEMENTS = 2**23
@@ -47,9 +55,26 @@ def features_of(module: nn.Module, images: torch.Tensor, batch_size: int = 500) 
 
 
 def _distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # The matmul shortcut (|x|^2 + |y|^2 - 2 x.y) leaves self-distances around 1e-7 and can break the exact
-    # ties that the strict "< radius" tests rely on; direct differences give 0 and symmetric values.
-    return torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
+    """(len(x), len(y)) distances by the matmul |x|^2 + |y|^2 - 2 x.y: fast, right to within _UNSURE (see
+    `_settled`)."""
+    return torch.cdist(x, y, compute_mode="use_mm_for_euclid_dist")
+
+
+def _exact(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(P,) distances of the pairs x[i], y[i] by direct differences, the same kernel (and bits) as
+    torch.cdist's exact mode on whole sets."""
+    return torch.cdist(x[:, None], y[:, None], compute_mode="donot_use_mm_for_euclid_dist").flatten()
+
+
+def _settled(block: torch.Tensor, x: torch.Tensor, y: torch.Tensor, radii: torch.Tensor,
+             bound: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """`block` (distances of x's rows to y's) with each entry whose square lies within `bound` (_UNSURE
+    times the largest |x|^2 + |y|^2) of its radius squared (`radii`, broadcast against the block: (rows, 1)
+    or (1, cols)) replaced by the direct-difference distance, in place."""
+    rows, cols = ((block.square() - radii.square()).abs_() <= bound).nonzero(as_tuple=True)
+    if len(rows):
+        block[rows, cols] = _exact(x[rows], y[cols])
+    return block
 
 
 def _row_blocks(n_rows: int, n_cols: int) -> list[tuple[int, int]]:
@@ -57,8 +82,8 @@ def _row_blocks(n_rows: int, n_cols: int) -> list[tuple[int, int]]:
     return [(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
-def _knn_radii(features: torch.Tensor, nearest_k: int) -> torch.Tensor:
-    """(N,) distance of each row to its nearest_k-th nearest other row."""
+def _knn_radii(features: torch.Tensor, sq: torch.Tensor, nearest_k: int) -> torch.Tensor:
+    """(N,) distance of each row to its nearest_k-th nearest other row (`sq`: the rows' squared norms)."""
     n = len(features)
     radii = torch.empty(n, dtype=features.dtype, device=features.device)
     for start, stop in _row_blocks(n, n):
@@ -66,6 +91,10 @@ def _knn_radii(features: torch.Tensor, nearest_k: int) -> torch.Tensor:
         # (rows, N); a point is not its own neighbour (a duplicate of it is).
         rows = torch.arange(stop - start, device=features.device)
         block[rows, rows + start] = torch.inf
+        # the entries near each row's k-th are made exact; the rest keep their order around it
+        kth = block.kthvalue(nearest_k, dim=1).values
+        bound = _UNSURE * (sq[start:stop].max() + sq.max())
+        block = _settled(block, features[start:stop], features, kth[:, None], bound)
         radii[start:stop] = block.kthvalue(nearest_k, dim=1).values
     return radii
 
@@ -93,8 +122,9 @@ def prdc(real_features: torch.Tensor, fake_features: torch.Tensor, nearest_k: in
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"real and fake features differ in width: {real.shape[1]} vs {fake.shape[1]}")
 
-    real_radii = _knn_radii(real, nearest_k)
-    fake_radii = _knn_radii(fake, nearest_k)
+    real_sq, fake_sq = real.square().sum(1), fake.square().sum(1)
+    real_radii = _knn_radii(real, real_sq, nearest_k)
+    fake_radii = _knn_radii(fake, fake_sq, nearest_k)
     # Per fake point, how many real balls hold it; per real point, whether a fake ball holds it and
     # whether its own ball holds a fake point.
     real_balls_holding = torch.zeros(len(fake), dtype=torch.int64, device=real.device)
@@ -102,9 +132,12 @@ def prdc(real_features: torch.Tensor, fake_features: torch.Tensor, nearest_k: in
     ball_holds_fake = torch.empty(len(real), dtype=torch.bool, device=real.device)
     for start, stop in _row_blocks(len(real), len(fake)):
         block = _distances(real[start:stop], fake)
-        # (rows, M)
+        # (rows, M), each entry exact where it is near the radius it is compared with
+        bound = _UNSURE * (real_sq[start:stop].max() + fake_sq.max())
+        block = _settled(block, real[start:stop], fake, real_radii[start:stop, None], bound)
         in_real_ball = block < real_radii[start:stop, None]
         real_balls_holding += in_real_ball.sum(dim=0)
+        block = _settled(block, real[start:stop], fake, fake_radii[None, :], bound)
         in_fake_ball[start:stop] = (block < fake_radii[None, :]).any(dim=1)
         ball_holds_fake[start:stop] = in_real_ball.any(dim=1)
 
