@@ -31,7 +31,7 @@ repro: $(STAMP)
 SMOKE_EXPERIMENTS = $(shell $(BIN)/python -c "import yaml; print(*yaml.safe_load(open('params.yaml'))['experiments'])")
 SMOKE_SET = -S classifier.epochs=1 -S sample.n_samples=200 -S train_defaults.batch_size=256 \
 	-S monitor_defaults.n_samples=100 -S evaluate.inception_n=20 \
-	$(foreach exp,$(SMOKE_EXPERIMENTS),-S experiments.$(exp).train.epochs=1 -S experiments.$(exp).train.batch_size=256)
+	$(foreach exp,$(SMOKE_EXPERIMENTS),-S experiments.$(exp).train.epochs=1 -S ++experiments.$(exp).train.batch_size=256)
 smoke: $(STAMP)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		dvc exp run --temp --name smoke-$$(date +%Y%m%d-%H%M%S) $(SMOKE_SET)
@@ -46,7 +46,7 @@ FULL_MNIST_SET = -S datasets.mnist.source=idx -S datasets.mnist.path=data/raw/mn
 	-S datasets.mnist.split=official -S sample.n_samples=10000 -S evaluate.inception_n=10000 \
 	-S runtime.threads=2 -S experiments.dcgan28.train.precision=auto \
 	-S experiments.dcgan28.train.epochs=30 -S experiments.dcgan28.monitor.eval_every=1 \
-	-S experiments.dcgan28.train.seed=$(SEED)
+	-S ++experiments.dcgan28.train.seed=$(SEED)
 full-mnist: $(STAMP)
 	@test -f data/raw/mnist/train-images-idx3-ubyte.gz || test -f data/raw/mnist/train-images-idx3-ubyte \
 		|| { mkdir -p data/raw/mnist && cp $(MNIST_IDX)/*-ubyte* data/raw/mnist/; }

@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
         run = run_once(args, params, args.experiment, Path(work))
         with open(Path(work) / "eval_log.csv", newline="") as f:
             kept = [row for row in csv.DictReader(f) if row["best"] == "1"]
-    metrics = dict(run["metrics"].metrics)
+    metrics = dict(run["metrics"])
     if kept:
         metrics["best_step"] = int(kept[-1]["step"])
     return {

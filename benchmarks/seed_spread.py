@@ -100,7 +100,7 @@ def run_once(args: argparse.Namespace, params: Params, name: str, work: Path) ->
     metrics = evaluate_samples(args.data, work / "samples.npz", params.evaluate, params.sample.seed,
                                args.classifier, floor, args.inception_reference)  # fmt: skip
     return {
-        "metrics": metrics,
+        "metrics": dict(metrics.metrics),  # the scores alone, as evaluate's metrics file holds them
         "train_seconds": round(trained - start, 1),
         "evaluate_seconds": round(time.perf_counter() - trained, 1),
     }
