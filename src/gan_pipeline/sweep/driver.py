@@ -83,6 +83,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
                            name, args.pull)  # fmt: skip
         results = _tune(args, setup, axes, _reports_per_trial(raw, args.experiment, axes), storage, name)
         trials = [_trial_row(r, axes) for r in results]
+        _end_trial_runs(params.tracking, root, trials)
         metric = exp.monitor.score
         best = _best(trials, metric)
         command = _promote_command(raw, args.experiment, name, best, args.targets)
@@ -106,6 +107,32 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
     if args.promote and best is not None:
         _promote(command, root)
     return summary
+
+
+class _TrialFailed(Exception):
+    """Raised inside a reopened trial run so that it ends FAILED."""
+
+
+def _end_trial_runs(cfg: Any, root: Path, trials: list[dict[str, Any]]) -> None:
+    """End the runs of the trials that did not finish: Tune ends a stopped trial's process soon after its
+    last report, and a failed trial's process died, sometimes before its run was marked ended. Reopened,
+    tagged, and ended FINISHED (stopped by the scheduler) or FAILED."""
+    from gan_pipeline import tracking
+
+    for trial in trials:
+        if trial["completed"] or not trial["run_id"]:
+            continue
+        stopped = trial["stopped_early"]
+        tags = {"sweep.stopped_early": str(stopped).lower()}
+        if stopped:
+            tags["sweep.stopped_at_step"] = str(trial["steps"])
+        try:
+            with tracking.run(cfg, trial["trial_id"], {}, {}, trial["run_id"], root) as run:
+                run.set_tags(tags)
+                if not stopped:
+                    raise _TrialFailed
+        except _TrialFailed:
+            pass
 
 
 def _check_store_reachable(uri: str, address: str) -> None:
