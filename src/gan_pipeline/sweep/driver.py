@@ -8,6 +8,7 @@ import argparse
 import math
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -187,7 +188,7 @@ def _tune(args: argparse.Namespace, setup: TrialSetup, axes: list[Axis], max_t: 
     import ray
     from ray import tune
 
-    started_here = _start_ray(args)
+    temp = _start_ray(args)
     try:
         threads = parse_params(setup.raw_params, setup.params_source).runtime.threads
         gpus = args.gpus_per_trial
@@ -208,24 +209,26 @@ def _tune(args: argparse.Namespace, setup: TrialSetup, axes: list[Axis], max_t: 
                                run_config=_run_config(args, storage, name))  # fmt: skip
         return list(tuner.fit())
     finally:
-        if started_here:
-            ray.shutdown()
+        ray.shutdown()
+        if temp is not None:  # the local Ray's sessions and logs; the sweep's state is in `storage`
+            shutil.rmtree(temp, ignore_errors=True)
 
 
-def _start_ray(args: argparse.Namespace) -> bool:
-    """Connect to the cluster at --address, or start a Ray on this machine (local): whether it started one."""
+def _start_ray(args: argparse.Namespace) -> str | None:
+    """Connect to the cluster at --address, or start a Ray on this machine (local): the local Ray's
+    temporary folder, None for a cluster."""
     import ray
 
     passed = {k: os.environ[k] for k in ("GAN_PIPELINE_PROGRESS", CRASH_ENV) if k in os.environ}
     runtime_env = {"env_vars": passed}
     if args.address != "local":
         ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
-        return True
+        return None
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, runtime_env=runtime_env,
              object_store_memory=LOCAL_OBJECT_STORE_BYTES, _temp_dir=temp, _node_ip_address="127.0.0.1",
              log_to_driver=False)  # fmt: skip
-    return True
+    return temp
 
 
 def _tune_config(args: argparse.Namespace, max_t: int) -> Any:
