@@ -27,12 +27,11 @@ import torch
 import yaml
 
 from gan_pipeline.config import Params, flatten, load_params, parse_params
-from gan_pipeline.evaluation import evaluate_samples
 from gan_pipeline.io import read_json, write_json
 from gan_pipeline.provenance import file_md5
 from gan_pipeline.reports.gate import TOLERANCE_RULE, scalar_metrics, tolerance_from_spread, worse_when
 from gan_pipeline.runtime import device
-from gan_pipeline.sampling import generate, load_generator, save_samples
+from gan_pipeline.scoring import sample_and_score
 from gan_pipeline.training.experiment import ExperimentPaths, plan_training, train_experiment
 
 
@@ -91,14 +90,8 @@ def run_once(args: argparse.Namespace, params: Params, name: str, work: Path) ->
     start = time.perf_counter()
     train_experiment(plan_training(params, str(args.params), name, paths), paths)
     trained = time.perf_counter()
-    generator, spec, model = load_generator(paths.generator)
-    images, labels = generate(
-        generator, spec, model["latent_dim"], params.sample.n_samples, params.sample.seed
-    )
-    save_samples(work / "samples.npz", images, labels)
-    floor = read_json(args.classifier_metrics)["fid_classifier_real_floor"]
-    metrics = evaluate_samples(args.data, work / "samples.npz", params.evaluate, params.sample.seed,
-                               args.classifier, floor, args.inception_reference)  # fmt: skip
+    metrics = sample_and_score(params, paths.generator, work / "samples.npz", args.data, args.classifier,
+                               args.classifier_metrics, args.inception_reference)  # fmt: skip
     return {
         "metrics": dict(metrics.metrics),  # the scores alone, as evaluate's metrics file holds them
         "train_seconds": round(trained - start, 1),

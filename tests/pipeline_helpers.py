@@ -123,6 +123,22 @@ def clone_reproduced(source: Path, dest: Path) -> Path:
     return dest
 
 
+def help_imports(argv0: str, run: str, modules: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """A fresh interpreter that answers `--help` by `run` (e.g. `runpy.run_path(sys.argv[0],
+    run_name='__main__')`, with sys.argv [argv0, '--help']) and prints, as its last line, which of `modules`
+    that imported."""
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{argv0!r}, '--help']\n"
+        "try:\n"
+        f"    {run}\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(m for m in {modules!r} if m in sys.modules))\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

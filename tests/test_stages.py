@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from pipeline_helpers import help_imports
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["prepare", "classifier", "reference", "train", "sample", "evaluate", "report"]
@@ -43,16 +44,8 @@ def test_help_explains_the_stage(name):
 def test_help_loads_none_of_the_heavy_libraries(name):
     """--help answers before torch, mlflow, matplotlib, torchmetrics or h5py are imported (each costs
     seconds), so it is fast; the imports come after argument parsing."""
-    probe = (
-        "import runpy, sys\n"
-        f"sys.argv = [{str(REPO / 'stages' / f'{name}.py')!r}, '--help']\n"
-        "try:\n"
-        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    script = str(REPO / "stages" / f"{name}.py")
+    proc = help_imports(script, "runpy.run_path(sys.argv[0], run_name='__main__')", HEAVY)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
