@@ -1,5 +1,6 @@
-"""report: write one self-contained HTML page with every experiment's sample grid, loss curves and
-metrics (the experiments are those in params.yaml), for people who do not run the MLflow UI."""
+"""report: write one self-contained HTML page for people who do not run the MLflow UI: the experiments of
+params.yaml side by side (headline metrics, the params that differ, the in-training checks' sample grids at
+matching steps), then each one's sample grid, loss curves and metrics."""
 
 from __future__ import annotations
 
@@ -20,12 +21,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="HTML file to write")
     args = parser.parse_args(argv)
     # matplotlib loads after parsing, so that --help answers at once.
-    from gan_pipeline.config import load_params
+    from gan_pipeline.config import experiment, flatten, load_params
     from gan_pipeline.reports.report import write_report
 
-    experiments = list(load_params(args.params).experiments)
+    params = load_params(args.params)
+    experiments = list(params.experiments)
+    flat = {name: flatten(experiment(params, name)) for name in experiments}
     write_report(
-        args.out, experiments, metrics_dir=args.metrics, samples_dir=args.samples, plots_dir=args.plots
+        args.out,
+        experiments,
+        metrics_dir=args.metrics,
+        samples_dir=args.samples,
+        plots_dir=args.plots,
+        params=flat,
     )
     print(f"wrote {args.out} ({len(experiments)} experiments)")
 

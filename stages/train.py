@@ -37,6 +37,9 @@ def parser() -> argparse.ArgumentParser:
         "--classifier", type=Path, help="digit classifier weights, for the in-training checks (monitor)"
     )
     p.add_argument("--eval-log", type=Path, help="log CSV (dvc plots) of the in-training checks to write")
+    p.add_argument(
+        "--steps", type=Path, help="folder for each in-training check's sample grid (step_<step>.png)"
+    )
     return p
 
 
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     use_threads(params.runtime.threads)
     checkpoint = args.checkpoint or args.out / "checkpoint.safetensors"
     paths = ExperimentPaths(
-        args.data, args.stats, args.out, args.log, checkpoint, args.classifier, args.eval_log
+        args.data, args.stats, args.out, args.log, checkpoint, args.classifier, args.eval_log, args.steps
     )
     processes.end_with_dvc()  # killing dvc alone must not leave the trainer running
     replicas = distributed.start()

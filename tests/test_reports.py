@@ -85,6 +85,42 @@ def test_report_renders_a_table_per_experiment_and_names_a_missing_file(tmp_path
         render_report(["a", "b"], **dirs)
 
 
+def test_the_report_opens_with_the_experiments_side_by_side_params_and_grids_at_matching_steps(tmp_path):
+    """Headline metrics, the params that differ between the experiments (the rest counted), and each
+    check's grid (plots/<exp>/samples_over_steps/step_<step>.png) in rows of matching steps; an
+    experiment without a check at a row's step shows its last one before it, or "–"."""
+    grays = {("a", 10): 40, ("a", 20): 80, ("b", 15): 160}
+    for exp in ("a", "b"):
+        (tmp_path / "samples" / exp).mkdir(parents=True)
+        Image.new("L", (30, 30), 128).save(tmp_path / "samples" / exp / "grid.png")
+        (tmp_path / "plots" / exp / "samples_over_steps").mkdir(parents=True)
+        (tmp_path / "plots" / exp / "train_log.csv").write_text(
+            "step,epoch,loss_d,loss_g,d_real,d_fake\n5,1,1.2,0.8,0.6,0.4\n"
+        )
+        (tmp_path / "metrics").mkdir(exist_ok=True)
+        (tmp_path / "metrics" / f"{exp}.json").write_text(json.dumps({"fid_inception": 40.5}))
+    for (exp, step), gray in grays.items():
+        Image.new("L", (120, 120), gray).save(
+            tmp_path / "plots" / exp / "samples_over_steps" / f"step_{step:07d}.png"
+        )
+    params = {"a": {"train.lr": 0.0002, "train.epochs": 9}, "b": {"train.lr": 0.001, "train.epochs": 9}}
+    page = render_report(["a", "b"], tmp_path / "metrics", tmp_path / "samples", tmp_path / "plots", params)
+    assert "<tr><td>train.lr</td><td>0.0002</td><td>0.001</td></tr>" in page
+    assert "1 other params are the same in every experiment" in page and "<td>train.epochs</td>" not in page
+    grids = page[page.index('<table class="grids">') :]
+    grids = grids[: grids.index("</table>")]
+    rows = grids.split("<tr><th>step ")[1:]
+    assert [row.split("</th>")[0] for row in rows] == ["10", "15", "20"]
+    assert (
+        "<td>–</td>" in rows[0]
+        and "step 10 (no check at 15)" in rows[1]
+        and "step 15</figcaption>" in rows[1]
+    )
+    assert "step 15 (no check at 20)" in rows[2]
+    assert grids.count('src="data:image/png;base64,') == 5
+    assert page.index('<table class="grids">') < page.index('<section id="a">')  # the page opens with it
+
+
 @pytest.fixture(scope="module")
 def project(reproduced_project, tmp_path_factory) -> Path:
     """The reproduced project with a log of five in-training checks per experiment (the monitor's columns
@@ -105,8 +141,10 @@ def test_plots_definitions_cover_every_experiment():
     experiments = yaml.safe_load((REPO / "params.yaml").read_text())["experiments"]
     conditional = {exp for exp, e in experiments.items() if GAN_MODELS[e["model"]["name"]].conditional}
     entries = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
-    grids = {p for p in entries if isinstance(p, str)}  # image plots: one grid per experiment
-    assert grids == {f"samples/{exp}/grid.png" for exp in experiments}
+    grids = {p for p in entries if isinstance(p, str)}  # image plots: each experiment's grid and checks'
+    assert grids == {f"samples/{exp}/grid.png" for exp in experiments} | {
+        f"plots/{exp}/samples_over_steps" for exp in experiments
+    }
     plots = {k: v for p in entries if isinstance(p, dict) for k, v in p.items()}
     assert set(plots) == set(PLOT_FILES) | set(CONDITIONAL_PLOT_FILES)
     for files, drawn in ((PLOT_FILES, set(experiments)), (CONDITIONAL_PLOT_FILES, conditional)):
@@ -134,8 +172,12 @@ def test_dvc_plots_render_in_chromium(plots_html, browser):
     # ours and nothing else (no stage-level plot adds a chart of a log's last column), and the grids
     ours = len(PLOT_FILES) + len(CONDITIONAL_PLOT_FILES)
     browser.wait_for(f"document.querySelectorAll('svg.marks').length === {ours}")
+    # each experiment's grid and each of its checks' grids
+    checks = sum(len(list((plots_html.parents[1] / "plots" / exp / "samples_over_steps").glob("*.png")))
+                 for exp in EXPERIMENTS)  # fmt: skip
+    assert checks >= len(EXPERIMENTS)
     grids = "Array.from(document.images).filter(i => i.complete && i.naturalWidth > 100).length"
-    browser.wait_for(f"{grids} === {len(EXPERIMENTS)}")
+    browser.wait_for(f"{grids} === {len(EXPERIMENTS) + checks}")
     charts = browser.js(
         "Array.from(document.querySelectorAll('div.vega-embed')).map(div => ({id: div.id,"
         " width: +div.querySelector('svg.marks').getAttribute('width'), text: div.textContent,"
@@ -177,8 +219,11 @@ def test_report_has_each_experiments_grid_losses_and_metrics(project, browser):
         fid = json.loads((project / "metrics" / f"{exp}.json").read_text())["fid_classifier"]
         assert f"<td>fid_classifier</td><td>{fid:.4g}</td>" in section
     assert "http" not in page.replace("http-equiv", "")
+    # each experiment's grid and loss plot, and the grids over training side by side at the top
+    assert page.index('<table class="grids">') < page.index("<section")
+    assert page.count("<figcaption>step ") >= len(EXPERIMENTS)
     browser.resize(1400, 1200)
-    _screenshot_with_images(browser, report, 2 * len(EXPERIMENTS), "report.png")
+    _screenshot_with_images(browser, report, page.count("data:image/png;base64,"), "report.png")
 
 
 def _screenshot_with_images(browser: Browser, page: Path, images: int, name: str) -> None:

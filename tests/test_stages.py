@@ -158,12 +158,15 @@ def _tiny_train(tmp_path: Path, epochs: int) -> Path:
     return _params(tmp_path, edit)
 
 
-def _train_in(folder: Path, prepared: Path, params: Path, **env) -> subprocess.CompletedProcess:
-    """The train stage for mlp_gan run from `folder` (a DVC root, so the MLflow store lands there)."""
+def _train_in(
+    folder: Path, prepared: Path, params: Path, *extra: str, **env: str
+) -> subprocess.CompletedProcess:
+    """The train stage for mlp_gan run from `folder` (a DVC root, so the MLflow store lands there), with
+    `extra` arguments."""
     (folder / "dvc.yaml").write_text("stages: {}\n")
     args = ["--params", str(params), "--experiment", "mlp_gan", "--data", str(prepared / "mnist.h5"),
             "--stats", str(prepared / "stats.json"), "--out", "m", "--log", "l.csv",
-            "--checkpoint", "m/ck"]  # fmt: skip
+            "--checkpoint", "m/ck", *extra]  # fmt: skip
     full_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     # One thread: a tiny model trains much faster so on a busy shared CPU.
     full_env.update(GAN_PIPELINE_PROGRESS="0", OMP_NUM_THREADS="1", **env)
@@ -225,6 +228,48 @@ def test_more_epochs_resume_the_checkpoint_and_its_mlflow_run(tmp_path, prepared
     experiment = runs[0].info.experiment_id
     generators = [m for m in client.search_logged_models([experiment]) if m.name == "generator"]
     assert len(generators) == 2  # the first run's and the resumed one's
+
+
+def test_each_checks_grid_is_a_file_that_a_fresh_run_replaces_and_a_resumed_one_adds_to(
+    tmp_path, prepared_digits
+):
+    """--steps gets each in-training check's 10x10 grid as step_<step>.png: a run from scratch first
+    removes what an earlier run left; a resumed run adds its checks' grids to those before the checkpoint."""
+    from gan_pipeline.io import save_weights
+    from gan_pipeline.models.classifier import DigitClassifier
+
+    save_weights(tmp_path / "classifier.safetensors", DigitClassifier(8), {"feature_dim": 8})
+
+    def params(epochs):
+        def edit(p):
+            p["experiments"]["mlp_gan"]["train"].update(epochs=epochs, batch_size=500, checkpoint_every=3)
+            p["experiments"]["mlp_gan"]["monitor"] = {"eval_every": 1, "n_samples": 100}
+
+        return _params(tmp_path, edit)
+
+    steps = tmp_path / "steps"
+    steps.mkdir()
+    (steps / "step_0099999.png").write_bytes(b"an earlier run's")
+    extra = (
+        "--classifier",
+        str(tmp_path / "classifier.safetensors"),
+        "--eval-log",
+        "e.csv",
+        "--steps",
+        "steps",
+    )
+    first = _train_in(tmp_path, prepared_digits, params(1), *extra)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in steps.iterdir()) == ["step_0000008.png"]
+    grid = Image.open(steps / "step_0000008.png")
+    assert grid.size == (604, 604) and grid.mode == "L"  # 10 x 10 digits of 28 + 2 px, scaled 2x
+    before = (steps / "step_0000008.png").read_bytes()
+    second = _train_in(tmp_path, prepared_digits, params(2), *extra)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.startswith("resuming from m/ck at step 8 of 16")
+    assert sorted(p.name for p in steps.iterdir()) == ["step_0000008.png", "step_0000016.png"]
+    assert (steps / "step_0000008.png").read_bytes() == before
+    assert (steps / "step_0000016.png").read_bytes() != before
 
 
 def _earlier_outputs(folder: Path) -> dict[Path, bytes]:

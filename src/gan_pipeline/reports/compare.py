@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gan_pipeline.reports.report import HEADLINE, PAGE, html_img, html_table
+from gan_pipeline.reports.report import PAGE, side_by_side
 
 if TYPE_CHECKING:
     from gan_pipeline.tracking import RunSummary
@@ -27,69 +27,20 @@ MAX_STEP_ROWS = 12  # grid rows at most: evenly chosen steps, the first and last
 IMAGE_KEY = "samples"
 
 
-def matching_steps(steps_per_run: Sequence[Sequence[int]], rows: int = MAX_STEP_ROWS) -> list[int]:
-    """The steps that the page shows a row of grids for: every step some run has an image at, thinned to
-    `rows` evenly spaced ones (first and last kept) when there are more."""
-    steps = sorted({s for steps in steps_per_run for s in steps})
-    if len(steps) <= rows:
-        return steps
-    picks = {round(i * (len(steps) - 1) / (rows - 1)) for i in range(rows)}
-    return [steps[i] for i in sorted(picks)]
-
-
-def image_at(images: dict[int, bytes], step: int) -> tuple[int, bytes] | None:
-    """A run's image at `step`, else its last one before it (runs check at other steps); None before its
-    first."""
-    earlier = [s for s in images if s <= step]
-    return (max(earlier), images[max(earlier)]) if earlier else None
-
-
-def differing_params(runs: Sequence[RunSummary]) -> tuple[list[str], int]:
-    """The param keys whose values are not the same in every run (missing counts as a value), and how many
-    keys are the same everywhere."""
-    keys = sorted({k for run in runs for k in run.params})
-    differ = [k for k in keys if len({run.params.get(k) for run in runs}) > 1]
-    return differ, len(keys) - len(differ)
-
-
 def render_comparison(runs: Sequence[RunSummary]) -> str:
     """The page for `runs`, in their order."""
     names = [run.name for run in runs]
     parts = [f"<h2>Runs</h2><p>{len(runs)} MLflow runs: " + ", ".join(
         f"<code>{html.escape(run.name)}</code> ({html.escape(run.run_id)})" for run in runs
     ) + "</p>"]  # fmt: skip
-    parts.append("<h2>Headline metrics</h2>")
-    rows = [[run.name, *(run.metrics.get(key, "–") for key in HEADLINE)] for run in runs]
-    parts.append(html_table(["run", *HEADLINE], rows, "summary"))
-    differ, same = differing_params(runs)
-    parts.append(f"<h2>Params that differ</h2><p>{same} other params are the same in every run.</p>")
-    rows = [[key, *(run.params.get(key, "–") for run in runs)] for key in differ]
-    parts.append(html_table(["param", *names], rows, "params"))
     images = [run.images.get(IMAGE_KEY, {}) for run in runs]
-    steps = matching_steps([list(i) for i in images])
-    parts.append(
-        "<h2>Samples over training</h2><p>Each in-training check's grid of the same 100 latents; a run "
-        "without a check at a row's step shows its last one before it (its step in the caption).</p>"
+    parts += side_by_side(
+        "run", names, [run.metrics for run in runs], [run.params for run in runs], images, MAX_STEP_ROWS
     )
-    if not steps:
+    if not any(images):
         parts.append(
             f"<p>None of the runs has images <code>{IMAGE_KEY}</code> (monitor.eval_every off?).</p>"
         )
-    head = "".join(f"<th>{html.escape(name)}</th>" for name in names)
-    body = []
-    for step in steps:
-        cells = []
-        for run, by_step in zip(runs, images, strict=True):
-            found = image_at(by_step, step)
-            if found is None:
-                cells.append("<td>–</td>")
-                continue
-            at, png = found
-            caption = f"step {at}" + ("" if at == step else f" (no check at {step})")
-            picture = html_img(png, f"{run.name} step {at}")
-            cells.append(f"<td><figure>{picture}<figcaption>{caption}</figcaption></figure></td>")
-        body.append(f"<tr><th>step {step}</th>{''.join(cells)}</tr>")
-    parts.append(f'<table class="grids"><tr><th>step</th>{head}</tr>{"".join(body)}</table>')
     return PAGE.format(heading=f"gan-pipeline: {len(runs)} runs compared", body="\n".join(parts))
 
 

@@ -26,6 +26,7 @@ from gan_pipeline.metrics.suite import seeded_pick
 from gan_pipeline.models import GAN_MODELS, GanSpec
 from gan_pipeline.models.classifier import DigitClassifier
 from gan_pipeline.runtime import device
+from gan_pipeline.sampling import save_grid
 from gan_pipeline.training.checkpoint import Checkpoint
 from gan_pipeline.training.loop import Checkpointing, OnStep, TrainResult, train_gan
 from gan_pipeline.training.monitor import MONITOR_COLUMNS, TrainingMonitor
@@ -43,6 +44,7 @@ class ExperimentPaths:
     checkpoint: Path  # the training checkpoint, resumed from and written
     classifier: Path | None = None  # digit classifier weights, for the in-training checks (monitor)
     eval_log: Path | None = None  # the checks' log CSV (coverage, fid_classifier, alarms)
+    steps: Path | None = None  # folder of each check's 10x10 sample grid, step_<step>.png
 
     @property
     def generator(self) -> Path:
@@ -125,12 +127,14 @@ def train_experiment(
     and, with `write_outputs` (the main process), write its weights, logs and loss plot. The loop's stats go
     to `on_step(step, stats)`, each in-training check's `monitor_*` scores to `on_check(step, scores)`
     (default: on_step) and its first monitor.SHOWN samples (uint8, the same latents at every check) to
-    `on_samples(step, images)`.
+    `on_samples(step, images)` (and, with `paths.steps`, as a grid to `<paths.steps>/step_<step>.png`).
 
     The generator written (the one sample and evaluate use) is the best check's with monitor.keep_best,
     else G's EMA with train.ema_decay, else G at the last step.
     """
     checkpointing = Checkpointing(paths.checkpoint, plan.identity, plan.resume, dict(extra or {}))
+    if write_outputs and paths.steps is not None:
+        on_samples = _step_grids(paths.steps, plan.resume.state.step if plan.resume else 0, on_samples)
     monitor = _monitor(plan, paths, on_check or on_step, on_samples)
     if monitor is not None:
         checkpointing.extra["monitor_rows"] = monitor.rows  # each checkpoint carries the checks so far
@@ -185,6 +189,28 @@ def _write_outputs(
     if paths.eval_log is not None:
         write_csv(paths.eval_log, monitor.rows if monitor else [], MONITOR_COLUMNS)
     plot_training(result.history, plan.name, paths.plot)
+
+
+def step_grid_name(step: int) -> str:
+    """The file of the in-training check's sample grid at `step` (zero-padded: names sort as steps do)."""
+    return f"step_{step:07d}.png"
+
+
+def _step_grids(folder: Path, start: int, show: Callable[[int, np.ndarray], None] | None):
+    """`show` that also writes each check's 10x10 grid into `folder`. The grids of steps after `start`, the
+    step training goes on from (0: from scratch), are removed first: they belong to a run that went past
+    the checkpoint, or to an earlier run's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("step_*.png"):
+        if not old.stem[5:].isdigit() or int(old.stem[5:]) > start:
+            old.unlink()
+
+    def write_and_show(step: int, images: np.ndarray) -> None:
+        save_grid(images, 10, folder / step_grid_name(step))
+        if show is not None:
+            show(step, images)
+
+    return write_and_show
 
 
 def _monitor(plan: TrainingPlan, paths: ExperimentPaths, log: OnStep | None,
