@@ -24,14 +24,15 @@ repro: $(STAMP)
 	dvc repro
 	dvc metrics show
 
-# The whole pipeline on tiny settings (1 epoch per GAN, a 1-epoch classifier, 200 samples, 20 Inception
-# images), as a DVC experiment in a temporary copy: the workspace's outputs stay as they are. Its MLflow
-# runs land in this folder's store; `dvc exp show` lists it, `dvc exp apply <name>` brings its outputs
-# (grids, reports/index.html) into the workspace.
+# The whole pipeline on tiny settings (1 epoch per GAN with one in-training check at its end, a 1-epoch
+# classifier, 200 samples, 20 Inception images), as a DVC experiment in a temporary copy: the workspace's
+# outputs stay as they are. Its MLflow runs land in this folder's store; `dvc exp show` lists it,
+# `dvc exp apply <name>` brings its outputs (grids, reports/index.html) into the workspace.
 SMOKE_EXPERIMENTS = $(shell $(BIN)/python -c "import yaml; print(*yaml.safe_load(open('params.yaml'))['experiments'])")
 SMOKE_SET = -S classifier.epochs=1 -S sample.n_samples=200 -S train_defaults.batch_size=256 \
 	-S monitor_defaults.n_samples=100 -S evaluate.inception_n=20 \
-	$(foreach exp,$(SMOKE_EXPERIMENTS),-S experiments.$(exp).train.epochs=1 -S ++experiments.$(exp).train.batch_size=256)
+	$(foreach exp,$(SMOKE_EXPERIMENTS),-S experiments.$(exp).train.epochs=1 -S ++experiments.$(exp).train.batch_size=256 \
+		-S ++experiments.$(exp).monitor.eval_every=1)
 smoke: $(STAMP)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		dvc exp run --temp --name smoke-$$(date +%Y%m%d-%H%M%S) $(SMOKE_SET)

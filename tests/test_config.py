@@ -829,10 +829,11 @@ def test_make_full_mnist_is_dcgan28_on_the_official_60000_10000_split_scored_on_
     assert params.runtime.threads == 2
 
 
-def test_make_smoke_trains_every_experiment_one_epoch_at_batch_256_on_tiny_settings(tmp_path):
+def test_make_smoke_trains_every_experiment_one_epoch_at_batch_256_with_a_check_on_tiny_settings(tmp_path):
     params = _params_of_make("smoke", tmp_path)
     assert params.classifier.epochs == 1 and params.sample.n_samples == 200
     assert params.evaluate.inception_n == 20
     for name in params.experiments:
         exp = experiment(params, name)
         assert (exp.train.epochs, exp.train.batch_size, exp.monitor.n_samples) == (1, 256, 100), name
+        assert exp.monitor.eval_every == 1, name  # one in-training check, so its grid and row are shown
