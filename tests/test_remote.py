@@ -59,13 +59,30 @@ def test_dvc_s3_remote_push_then_pull_into_an_empty_cache(reproduced_project, tm
         cached
     )
 
+    assert any(md5.endswith(".dir") for md5 in cached.values())  # a folder out: the check grids
+    before = _contents(repo, cached)
+
     run(["dvc", "push", "-r", "s3"], repo)
     assert len(_objects(s3_endpoint, "dvc/")) >= len(cached)
     shutil.rmtree(repo / ".dvc" / "cache")
     for path in cached:
-        (repo / path).unlink()
+        target = repo / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
     run(["dvc", "pull", "-r", "s3"], repo)
-    assert {path: file_md5(repo / path) for path in cached} == cached
+    assert _contents(repo, cached) == before
+    assert {p: file_md5(repo / p) for p, md5 in cached.items() if not md5.endswith(".dir")} == {
+        p: md5 for p, md5 in cached.items() if not md5.endswith(".dir")
+    }
+
+
+def _contents(repo, paths) -> dict[str, object]:
+    """Each output's md5, or for a folder the md5 of each file in it."""
+    return {
+        path: {f.name: file_md5(f) for f in sorted((repo / path).iterdir())}
+        if (repo / path).is_dir()
+        else file_md5(repo / path)
+        for path in paths
+    }
 
 
 def test_mlflow_artifacts_go_to_s3_through_a_tracking_server(tmp_path, s3_endpoint, monkeypatch):

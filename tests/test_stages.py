@@ -233,8 +233,9 @@ def test_more_epochs_resume_the_checkpoint_and_its_mlflow_run(tmp_path, prepared
 def test_each_checks_grid_is_a_file_that_a_fresh_run_replaces_and_a_resumed_one_adds_to(
     tmp_path, prepared_digits
 ):
-    """--steps gets each in-training check's 10x10 grid as step_<step>.png: a run from scratch first
-    removes what an earlier run left; a resumed run adds its checks' grids to those before the checkpoint."""
+    """--steps gets each in-training check's 10x10 grid as step_<step>.png once training has finished: a
+    run from scratch replaces what an earlier run left; a resumed run adds its checks' grids to those
+    before the checkpoint; a run that fails leaves the folder as it was."""
     from gan_pipeline.io import save_weights
     from gan_pipeline.models.classifier import DigitClassifier
 
@@ -270,6 +271,16 @@ def test_each_checks_grid_is_a_file_that_a_fresh_run_replaces_and_a_resumed_one_
     assert sorted(p.name for p in steps.iterdir()) == ["step_0000008.png", "step_0000016.png"]
     assert (steps / "step_0000008.png").read_bytes() == before
     assert (steps / "step_0000016.png").read_bytes() != before
+    assert not (tmp_path / "steps.partial").exists()  # the run's staging folder, moved in at its end
+    grids = {p.name: p.read_bytes() for p in steps.iterdir()}
+
+    def diverging(p):
+        p["experiments"]["mlp_gan"]["train"].update(epochs=1, batch_size=500, lr=1e8)
+        p["experiments"]["mlp_gan"]["monitor"] = {"eval_every": 1, "n_samples": 100}
+
+    failed = _train_in(tmp_path, prepared_digits, _params(tmp_path, diverging), *extra)
+    assert failed.returncode == 1 and "training diverged" in failed.stderr
+    assert {p.name: p.read_bytes() for p in steps.iterdir()} == grids
 
 
 def _earlier_outputs(folder: Path) -> dict[Path, bytes]:

@@ -9,6 +9,8 @@ the resumed checkpoint names, and each checkpoint then names the run it logs int
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +129,8 @@ def train_experiment(
     and, with `write_outputs` (the main process), write its weights, logs and loss plot. The loop's stats go
     to `on_step(step, stats)`, each in-training check's `monitor_*` scores to `on_check(step, scores)`
     (default: on_step) and its first monitor.SHOWN samples (uint8, the same latents at every check) to
-    `on_samples(step, images)` (and, with `paths.steps`, as a grid to `<paths.steps>/step_<step>.png`).
+    `on_samples(step, images)` (and, with `paths.steps`, as a grid to `<paths.steps>/step_<step>.png` once
+    training has finished).
 
     The generator written (the one sample and evaluate use) is the best check's with monitor.keep_best,
     else G's EMA with train.ema_decay, else G at the last step.
@@ -147,6 +150,8 @@ def train_experiment(
         result.kept = monitor.best
     if write_outputs:
         _write_outputs(plan, paths, result, monitor)
+        if paths.steps is not None:
+            _publish_grids(paths.steps)
     return result
 
 
@@ -196,21 +201,54 @@ def step_grid_name(step: int) -> str:
     return f"step_{step:07d}.png"
 
 
+def _staged_grids(folder: Path) -> Path:
+    """Where a run writes its check grids until it finishes: `<folder>.partial` (ignored by git)."""
+    return folder.with_name(folder.name + ".partial")
+
+
+def _grid_steps(folder: Path) -> dict[int, Path]:
+    grids = folder.glob("step_*.png") if folder.is_dir() else ()
+    return {int(g.stem[5:]): g for g in grids if g.stem[5:].isdigit()}
+
+
 def _step_grids(folder: Path, start: int, show: Callable[[int, np.ndarray], None] | None):
-    """`show` that also writes each check's 10x10 grid into `folder`. The grids of steps after `start`, the
-    step training goes on from (0: from scratch), are removed first: they belong to a run that went past
-    the checkpoint, or to an earlier run's."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("step_*.png"):
-        if not old.stem[5:].isdigit() or int(old.stem[5:]) > start:
-            old.unlink()
+    """`show` that also writes each check's 10x10 grid, first into `<folder>.partial`: `folder` keeps the
+    last finished run's grids until `_publish_grids` moves this run's in, so a run that fails leaves them
+    as they were. Training from `start` (0: from scratch), the staged grids of later steps are dropped
+    (a killed run went past its checkpoint); those up to `start` come from the staging folder of the run
+    being resumed, else from `folder` (a finished run re-run with nothing left to train)."""
+    staged = _staged_grids(folder)
+    staged.mkdir(parents=True, exist_ok=True)
+    kept = _grid_steps(staged)
+    for step, grid in kept.items():
+        if step > start:
+            grid.unlink()
+    for step, grid in _grid_steps(folder).items():
+        if step <= start and step not in kept:
+            shutil.copyfile(grid, staged / grid.name)
 
     def write_and_show(step: int, images: np.ndarray) -> None:
-        save_grid(images, 10, folder / step_grid_name(step))
+        save_grid(images, 10, staged / step_grid_name(step))
         if show is not None:
             show(step, images)
 
     return write_and_show
+
+
+def _publish_grids(folder: Path) -> None:
+    """Moves a finished run's staged grids into `folder` (file by file, each move atomic) and removes
+    the grids of steps it did not reach; a crash in between leaves the staging folder to finish from."""
+    staged = _staged_grids(folder)
+    if not staged.is_dir():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    new = _grid_steps(staged)
+    for grid in new.values():
+        os.replace(grid, folder / grid.name)
+    for step, grid in _grid_steps(folder).items():
+        if step not in new:
+            grid.unlink()
+    shutil.rmtree(staged)
 
 
 def _monitor(plan: TrainingPlan, paths: ExperimentPaths, log: OnStep | None,
