@@ -228,6 +228,14 @@ def test_more_epochs_resume_the_checkpoint_and_its_mlflow_run(tmp_path, prepared
     experiment = runs[0].info.experiment_id
     generators = [m for m in client.search_logged_models([experiment]) if m.name == "generator"]
     assert len(generators) == 2  # the first run's and the resumed one's
+    # Another thread count: the finished run's bits are not those that count makes, so it trains afresh.
+    threads = _tiny_train(tmp_path, 2)
+    threads.write_text(threads.read_text().replace("threads: 1", "threads: 2"))
+    assert "threads: 2" in threads.read_text()
+    fourth = _train_in(tmp_path, prepared_digits, threads)
+    assert fourth.returncode == 0, fourth.stderr
+    note = "m/ck: a finished run with runtime.threads 1 (now 2): training from scratch"
+    assert fourth.stdout.startswith(note), fourth.stdout
 
 
 def test_each_checks_grid_is_a_file_that_a_fresh_run_replaces_and_a_resumed_one_adds_to(

@@ -102,6 +102,8 @@ def plan_training(
     content_hash = read_json(paths.stats)["content_hash"]
     identity = {f"{key}.{k}": v for k, v in flatten(exp).items()}
     identity["data content hash"] = content_hash
+    # The thread count decides the bits too: a run resumed at another count matches neither run's bits.
+    identity["runtime.threads"] = params.runtime.threads
     resume, note = resume_point(paths.checkpoint, identity, exp.train.epochs * len(batches))
     return TrainingPlan(
         name=name,
