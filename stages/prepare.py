@@ -5,8 +5,12 @@ file plus a stats JSON (counts, content hash)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+# This checkout's own package first: the editable install points at the workspace's src/, which a
+# `dvc exp run --temp/--queue` copy must not run (README, "Sweeps with the DVC queue").
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from gan_pipeline.cli import run_stage
 from gan_pipeline.errors import exit_on_error
 

@@ -50,8 +50,29 @@ def test_help_loads_none_of_the_heavy_libraries(name):
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.parametrize("name", [*STAGES, "check"])
+def test_a_copy_of_the_repo_runs_its_own_package_not_the_installed_one(name, tmp_path):
+    """A `dvc exp run --temp/--queue` copy runs its stages with the venv's python, whose editable install
+    points at the workspace's src/: each stage script must import the package of its own checkout, or a
+    queued experiment runs whatever the workspace holds when it starts."""
+    copy = tmp_path / "copy"
+    shutil.copytree(REPO / "stages", copy / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    init = copy / "src" / "gan_pipeline" / "__init__.py"
+    init.write_text(init.read_text() + "\nprint('the copy of the package')\n")
+    proc = subprocess.run(
+        [sys.executable, str(copy / "stages" / f"{name}.py"), "--help"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("the copy of the package\n"), proc.stdout[:200]
+
+
 def _params(tmp_path: Path, edit) -> Path:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["runtime"]["threads"] = 1  # tiny models: one thread is faster
     edit(raw)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
