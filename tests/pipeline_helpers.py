@@ -27,6 +27,7 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 256, "log_every": 5},
     "monitor": {"eval_every": 1, "n_samples": 100},
     "evaluate": {"inception_n": 20},
+    "runtime": {"threads": 1},  # tiny models: one thread is faster, and parallel stages don't fight
 }
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
@@ -76,6 +77,7 @@ def shrink(params: dict) -> None:
     params["classifier"].update(TINY["classifier"])
     params["sample"].update(TINY["sample"])
     params["evaluate"].update(TINY["evaluate"])
+    params["runtime"].update(TINY["runtime"])
     for section in ("train", "monitor"):
         homes = [params[f"{section}_defaults"]] + [
             exp.get(section) or {} for exp in params["experiments"].values()

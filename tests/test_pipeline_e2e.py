@@ -143,7 +143,7 @@ def test_no_output_names_a_path_of_this_machine(repo, reproduced_project):
     for run_json in runs:
         record = json.loads(run_json.read_text())
         assert record["tracking_uri"] == "sqlite:///mlflow.db"
-        assert record["environment"]["threads"] == 1  # params.yaml's runtime.threads
+        assert record["environment"]["threads"] == 1  # the tiny params' runtime.threads
         texts.append(json.dumps(record))
     for path, text in zip([*outputs, *runs], texts, strict=True):
         assert str(source) not in text and str(repo) not in text and "/.venv/" not in text, path
