@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from pipeline_helpers import help_imports
+from pipeline_helpers import TINY, help_imports
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["prepare", "classifier", "reference", "train", "sample", "evaluate", "report"]
@@ -72,7 +72,7 @@ def test_a_copy_of_the_repo_runs_its_own_package_not_the_installed_one(name, tmp
 
 def _params(tmp_path: Path, edit) -> Path:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["runtime"]["threads"] = 1  # tiny models: one thread is faster
+    raw["runtime"].update(TINY["runtime"])
     edit(raw)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
