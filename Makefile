@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (first time: a few minutes)"
 	@$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
-	@set -o pipefail; $(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]' 2>&1 \
-		| { grep -v "is ignored" || true; }
+	@( set -o pipefail; $(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev]' \
+		2>&1 | { grep -v "is ignored" || true; } ) & pip=$$!; \
+	t=0; while kill -0 $$pip 2>/dev/null; do sleep 1; t=$$((t + 1)); \
+		if [ $$((t % 15)) = 0 ] && kill -0 $$pip 2>/dev/null; then echo "  still installing ($$t s)"; fi; done; \
+	wait $$pip
 	@touch $@
 
 repro: $(STAMP)
