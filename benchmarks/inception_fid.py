@@ -86,6 +86,8 @@ def main() -> None:
     if "celeba64" in args.sets:
         if (args.celeba / "img_align_celeba").is_dir():
             sets["celeba64"] = celeba_halves(args.n, args.celeba)
+        elif "mnist" not in args.sets:
+            parser.error(f"--sets celeba64: {args.celeba} has no img_align_celeba folder of faces")
         else:
             print(f"{args.celeba}: no CelebA faces there; only the MNIST figures", file=sys.stderr)
     kid_subset = min(500, args.n // 2)
