@@ -44,17 +44,23 @@ smoke: $(STAMP)
 # digits and scored by TF Inception FID of 10,000 samples against the 10,000 test digits, as a DVC
 # experiment in the workspace (`dvc exp show` lists it; `git checkout . && dvc checkout` goes back to the
 # committed outputs). MNIST_IDX: a folder with the four idx files, copied into data/raw/mnist once.
+# MONITOR_SCORE=fid_inception MONITOR_N=2000: keep-best ranks the checks by the Inception FID of MONITOR_N
+# samples against the reference's 10,000 training digits (MONITOR_N images through Inception per check).
 MNIST_IDX ?= ../shared/data/mnist
 SEED ?= 0
+MONITOR_SCORE ?= fid_classifier
+MONITOR_N ?= 500
 FULL_MNIST_SET = -S datasets.mnist.source=idx -S datasets.mnist.path=data/raw/mnist \
 	-S datasets.mnist.split=official -S sample.n_samples=10000 -S evaluate.inception_n=10000 \
 	-S runtime.threads=2 -S experiments.dcgan28.train.precision=auto \
 	-S experiments.dcgan28.train.epochs=30 -S experiments.dcgan28.monitor.eval_every=1 \
-	-S ++experiments.dcgan28.train.seed=$(SEED)
+	-S ++experiments.dcgan28.train.seed=$(SEED) -S ++experiments.dcgan28.monitor.score=$(MONITOR_SCORE) \
+	-S ++experiments.dcgan28.monitor.n_samples=$(MONITOR_N)
+FULL_MNIST_NAME = full-mnist-s$(SEED)$(if $(filter-out fid_classifier,$(MONITOR_SCORE)),-$(MONITOR_SCORE))
 full-mnist: $(STAMP)
 	@test -f data/raw/mnist/train-images-idx3-ubyte.gz || test -f data/raw/mnist/train-images-idx3-ubyte \
 		|| { mkdir -p data/raw/mnist && cp $(MNIST_IDX)/*-ubyte* data/raw/mnist/; }
-	dvc exp run --name full-mnist-s$(SEED) $(FULL_MNIST_SET) evaluate@dcgan28
+	dvc exp run --name $(FULL_MNIST_NAME) $(FULL_MNIST_SET) evaluate@dcgan28
 
 # In CI (CI set, as root with apt) the real Fashion-MNIST idx files are installed for the 60,000-image
 # test, and Debian's chromium for the browser checks of the plots, the report and the MLflow UI; elsewhere

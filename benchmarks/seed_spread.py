@@ -85,7 +85,7 @@ def run_once(args: argparse.Namespace, params: Params, name: str, work: Path) ->
     stage does and score it as the evaluate stage does; return the metrics and the seconds each part took."""
     paths = ExperimentPaths(
         args.data, args.stats, work / "model", work / "train_log.csv", work / "checkpoint.safetensors",
-        args.classifier, work / "eval_log.csv",
+        args.classifier, work / "eval_log.csv", inception_reference=args.inception_reference,
     )  # fmt: skip
     start = time.perf_counter()
     train_experiment(plan_training(params, str(args.params), name, paths), paths)

@@ -1,6 +1,7 @@
 """reference: standard Inception features of the real test split, computed once for every evaluate, and the
 real-vs-real floor of the Inception metrics (as many seeded train images as evaluate scores samples, vs
-the same test images), and beside them an info file of the sample sizes, the network, its weights (file
+the same test images; their features are kept too, for the in-training checks that rank by
+fid_inception), and beside them an info file of the sample sizes, the network, its weights (file
 name and sha256) and the environment (its throughput is printed, not kept). evaluate.inception_n = 0
 writes an empty reference and skips the network."""
 
@@ -35,15 +36,14 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     use_threads(params.runtime.threads)
-    features, test_indices, metrics, info = inception_reference(
-        args.data, params.evaluate, params.sample.seed
-    )
-    if len(features):
-        rate = info["inception_images_per_s"]
-        print(f"reference: {len(features)} test images at {rate:.1f} images/s; {metrics}")
-    save_reference(args.features, features, test_indices, info.get("inception_precision", "fp32"))
-    write_json(args.metrics, metrics)
-    write_json(args.info, {**without_timings(info), "environment": environment()})
+    ref = inception_reference(args.data, params.evaluate, params.sample.seed)
+    if len(ref.features):
+        rate = ref.info["inception_images_per_s"]
+        print(f"reference: {len(ref.features)} test images at {rate:.1f} images/s; {ref.metrics}")
+    precision = ref.info.get("inception_precision", "fp32")
+    save_reference(args.features, ref.features, ref.test_indices, precision, ref.train_features)
+    write_json(args.metrics, ref.metrics)
+    write_json(args.info, {**without_timings(ref.info), "environment": environment()})
 
 
 if __name__ == "__main__":

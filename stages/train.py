@@ -5,7 +5,8 @@ log for `dvc plots` and run.json (the MLflow run id that sample and evaluate log
 Checkpoints every train.checkpoint_every steps; run again after a crash, it resumes from the checkpoint (and
 its MLflow run), its time and speed counted over the whole training.
 With monitor.eval_every set, a fixed batch of samples is scored every eval_every epochs (digit coverage,
-the class-histogram KL, fid_classifier against training digits; MLflow and --eval-log): the best check's
+the class-histogram KL, fid_classifier against training digits, or with monitor.score fid_inception the
+Inception FID against the reference's training-digit features; MLflow and --eval-log): the best check's
 generator is the one written (monitor.keep_best), and the mode-collapse and divergence alarms warn or stop.
 Under `torchrun --nproc_per_node N` it trains data-parallel (README: "Distributed training"):
 each process takes its share of every train.batch_size batch; rank 0 alone writes outputs and logs to MLflow.
@@ -44,6 +45,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", type=Path, help="folder for each in-training check's sample grid (step_<step>.png)"
     )
+    p.add_argument(
+        "--inception-reference",
+        type=Path,
+        help="the reference stage's features file, for the checks of monitor.score fid_inception",
+    )
     return p
 
 
@@ -60,7 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     use_threads(params.runtime.threads)
     checkpoint = args.checkpoint or args.out / "checkpoint.safetensors"
     paths = ExperimentPaths(
-        args.data, args.stats, args.out, args.log, checkpoint, args.classifier, args.eval_log, args.steps
+        args.data,
+        args.stats,
+        args.out,
+        args.log,
+        checkpoint,
+        args.classifier,
+        args.eval_log,
+        args.steps,
+        args.inception_reference,
     )
     processes.end_with_dvc()  # killing dvc alone must not leave the trainer running
     replicas = distributed.start()

@@ -694,6 +694,15 @@ def test_the_committed_params_names_match_the_pattern(enable_faces):
             "needs k + 1 samples per side), got 1000",
         ),
         (
+            lambda p: (
+                p["evaluate"].update(inception_n=0),
+                p["monitor_defaults"].update(score="fid_inception"),
+            ),
+            "experiments.mlp_gan.monitor.score: fid_inception compares the checks' samples with the "
+            "reference stage's Inception features of training digits, but evaluate.inception_n is 0 (it "
+            "computes none): set evaluate.inception_n > 0 or another monitor.score",
+        ),
+        (
             lambda p: p["evaluate"].update(inception_n=10001),
             "evaluate.inception_n: expected at most sample.n_samples 10000 (the Inception metrics score the "
             "first inception_n samples), got 10001",
@@ -826,7 +835,11 @@ def test_make_full_mnist_is_dcgan28_on_the_official_60000_10000_split_scored_on_
     assert params.evaluate.inception_n == params.sample.n_samples == 10_000
     dcgan = params.experiments["dcgan28"]
     assert dcgan.train.seed == 2 and dcgan.train.precision == "auto" and dcgan.monitor.eval_every == 1
+    assert (dcgan.monitor.score, dcgan.monitor.n_samples) == ("fid_classifier", 500)
     assert params.runtime.threads == 2
+    inception = _params_of_make("full-mnist", tmp_path, MONITOR_SCORE="fid_inception", MONITOR_N="2000")
+    monitor = inception.experiments["dcgan28"].monitor
+    assert (monitor.score, monitor.n_samples) == ("fid_inception", 2000)
 
 
 def test_make_smoke_trains_every_experiment_one_epoch_at_batch_256_with_a_check_on_tiny_settings(tmp_path):

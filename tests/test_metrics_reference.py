@@ -9,7 +9,7 @@ import torch
 from configs import evaluate_config
 
 from gan_pipeline.errors import DataError
-from gan_pipeline.metrics.reference import load_reference, save_reference
+from gan_pipeline.metrics.reference import load_reference, load_train_features, save_reference
 
 CFG = evaluate_config(inception_n=10, prdc_nearest_k=3)
 
@@ -80,4 +80,29 @@ def test_reference_features_of_another_precision_than_the_samples_are_refused(tm
     assert str(err.value) == (
         f"{path}: reference features computed in bf16, but the samples' features are fp32 "
         "(evaluate.inception_precision resolves differently on this machine; re-run the reference stage)"
+    )
+
+
+def test_the_floors_training_digit_features_are_read_back_for_the_in_training_checks(tmp_path):
+    path, train = tmp_path / "r.npz", _features(7) + 1
+    save_reference(path, _features(), np.arange(10), "bf16", train)
+    assert torch.equal(load_train_features(path, "bf16"), torch.from_numpy(train).double())
+    with pytest.raises(DataError, match="computed in bf16, but the samples' features are fp32"):
+        load_train_features(path, "fp32")
+
+
+def test_a_reference_without_training_digit_features_is_one_line_saying_to_rerun_the_stage(tmp_path):
+    old, empty = tmp_path / "old.npz", tmp_path / "empty.npz"
+    np.savez(old, features=_features(), test_indices=np.arange(10), precision=np.array("fp32"))
+    save_reference(empty, _features(), np.arange(10))  # no train_features given: none kept
+    with pytest.raises(DataError) as err:
+        load_train_features(old, "fp32")
+    assert str(err.value) == (
+        f"{old}: no 'train_features' in it (a file from before they were kept? re-run the reference stage)"
+    )
+    with pytest.raises(DataError) as err:
+        load_train_features(empty, "fp32")
+    assert str(err.value) == (
+        f"{empty}: 0 training-digit features, expected evaluate.inception_n of them (at least 2) for "
+        "monitor.score fid_inception (re-run the reference stage)"
     )

@@ -312,6 +312,71 @@ def test_each_checks_grid_is_a_file_that_a_fresh_run_replaces_and_a_resumed_one_
     assert {p.name: p.read_bytes() for p in steps.iterdir()} == grids
 
 
+def test_a_monitor_ranking_by_fid_inception_keeps_the_check_nearest_the_references_training_digits(
+    tmp_path, prepared_digits
+):
+    """monitor.score fid_inception: each check's samples through Inception against the reference stage's
+    training-digit features; the kept generator is the check with the lowest, and its score is the Inception
+    FID of that generator's check samples recomputed here. Without --inception-reference: one line, before
+    training."""
+    from gan_pipeline.config import load_params
+    from gan_pipeline.errors import ParamsError
+    from gan_pipeline.io import save_weights
+    from gan_pipeline.metrics.fid import fid_from_features
+    from gan_pipeline.metrics.inception import InceptionFeatures, inception_features
+    from gan_pipeline.metrics.reference import load_train_features
+    from gan_pipeline.models.classifier import DigitClassifier
+    from gan_pipeline.sampling import generate, load_generator
+    from gan_pipeline.training.experiment import ExperimentPaths, plan_training
+
+    save_weights(tmp_path / "classifier.safetensors", DigitClassifier(8), {"feature_dim": 8})
+
+    def edit(p):
+        p["evaluate"].update(inception_n=8, prdc_nearest_k=3, inception_precision="fp32")
+        p["experiments"]["mlp_gan"]["train"].update(epochs=2, batch_size=500, checkpoint_every=100)
+        p["experiments"]["mlp_gan"]["monitor"] = {"eval_every": 1, "n_samples": 10, "score": "fid_inception"}
+
+    params = _params(tmp_path, edit)
+    reference = tmp_path / "reference.npz"
+    proc = stage("reference", "--params", str(params), "--data", str(prepared_digits / "mnist.h5"),
+                 "--features", str(reference), "--metrics", str(tmp_path / "floor.json"),
+                 "--info", str(tmp_path / "info.json"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    paths = ExperimentPaths(prepared_digits / "mnist.h5", prepared_digits / "stats.json", tmp_path / "m",
+                            tmp_path / "l.csv", tmp_path / "m" / "ck", tmp_path / "classifier.safetensors",
+                            tmp_path / "e.csv")  # fmt: skip
+    with pytest.raises(ParamsError) as err:
+        plan_training(load_params(params), str(params), "mlp_gan", paths)
+    assert str(err.value) == (
+        f"{params}: experiments.mlp_gan.monitor.score: fid_inception needs --inception-reference (the "
+        "reference stage's features file), got none"
+    )
+    extra = (
+        "--classifier",
+        str(paths.classifier),
+        "--eval-log",
+        "e.csv",
+        "--inception-reference",
+        str(reference),
+    )
+    proc = _train_in(tmp_path, prepared_digits, params, *extra)
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "e.csv") as f:
+        header, *rows = [line.split(",") for line in f.read().splitlines()]
+    assert header[4:6] == ["fid_classifier", "fid_inception"] and len(rows) == 2
+    scores = [float(row[5]) for row in rows]
+    run = json.loads((tmp_path / "m" / "run.json").read_text())
+    kept = scores.index(min(scores))
+    assert run["best"]["step"] == int(rows[kept][0])
+    assert run["best_metrics"]["best_monitor_fid_inception"] == pytest.approx(min(scores), rel=1e-5)
+    generator, spec, config = load_generator(tmp_path / "m" / "generator.safetensors")
+    images, _ = generate(generator, spec, config["latent_dim"], 10, 0)
+    fake = inception_features(InceptionFeatures(), images, 50, "fp32")
+    assert fid_from_features(load_train_features(reference, "fp32"), fake) == pytest.approx(
+        run["best"]["fid_inception"], rel=1e-3
+    )
+
+
 def _earlier_outputs(folder: Path) -> dict[Path, bytes]:
     outputs = {folder / "m" / "generator.safetensors": b"earlier G", folder / "l.csv": b"step\n"}
     for path, data in outputs.items():

@@ -3,6 +3,7 @@ training alone."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from configs import experiment_config, monitor_config
@@ -10,6 +11,7 @@ from torch import nn
 
 from gan_pipeline.data.loading import TensorBatches, to_float
 from gan_pipeline.models import GAN_MODELS, build_gan
+from gan_pipeline.sampling import generate
 from gan_pipeline.training.loop import train_gan
 from gan_pipeline.training.monitor import ModeCollapse, TrainingMonitor
 
@@ -180,14 +182,14 @@ class ScoredClassifier(ScriptedClassifier):
         return base + self.shift
 
 
-def _scored_monitor(**cfg):
+def _scored_monitor(log=None, fid_inception=None, **cfg):
     settings = dict(eval_every=1, n_samples=50, min_coverage=10, score="fid_classifier", keep_best=True)
     settings.update(diverge_margin=0.5, diverge_checks=2, on_diverge="warn")
     settings.update(cfg)
     classifier = ScoredClassifier()
-    real = torch.zeros(50, 1, 28, 28)
+    real = torch.zeros(settings["n_samples"], 1, 28, 28)
     monitor = TrainingMonitor(monitor_config(**settings), classifier, GAN_MODELS["mlp_gan"], 8, 0.9, 0.01,
-                              real=real)  # fmt: skip
+                              log, real=real, fid_inception=fid_inception)  # fmt: skip
     return monitor, classifier
 
 
@@ -240,6 +242,55 @@ def test_without_keep_best_the_checks_are_scored_but_no_weights_are_kept():
     generator, _ = build_gan("mlp_gan", 8)
     monitor(1, 10, generator)
     assert monitor.rows[0]["best"] == 1 and monitor.best_state is None and monitor.checkpoint_tensors() == {}
+
+
+class ScriptedInception:
+    """fid_inception(images) that returns the next of `values` and keeps the images it was given."""
+
+    def __init__(self, values):
+        self.values, self.seen = list(values), []
+
+    def __call__(self, images: np.ndarray) -> float:
+        self.seen.append(images.copy())
+        return self.values[len(self.seen) - 1]
+
+
+def test_with_score_fid_inception_the_inception_fid_of_the_checks_uint8_samples_ranks_them(capsys):
+    """Inception FID 30, 10 (best), 20, 20 (worse than 10 x 1.5 twice: the alarm): the checks' own
+    samples, as uint8 from the same latents, are what it scores, and fid_classifier no longer ranks."""
+    inception, logged = ScriptedInception([30.0, 10.0, 20.0, 20.0]), []
+    monitor, classifier = _scored_monitor(
+        score="fid_inception", n_samples=20, log=lambda step, m: logged.append(m), fid_inception=inception
+    )
+    generator, _ = build_gan("mlp_gan", 8)
+    for epoch, shift in enumerate([1.0, 3.0, 1.0, 1.0], start=1):
+        classifier.shift = shift  # fid_classifier 4, 36, 4, 4: it would rank otherwise
+        with torch.no_grad():
+            for p in generator.parameters():
+                p.fill_(epoch / 100)
+        monitor(epoch, epoch * 10, generator)
+        expected, _ = generate(generator, GAN_MODELS["mlp_gan"], 8, 20, monitor.cfg.seed)
+        assert inception.seen[-1].dtype == np.uint8 and np.array_equal(inception.seen[-1], expected)
+    rows = monitor.rows
+    assert [r["fid_inception"] for r in rows] == [30.0, 10.0, 20.0, 20.0]
+    assert [r["fid_classifier"] for r in rows] == pytest.approx([4, 36, 4, 4], abs=1e-6)
+    assert [r["best"] for r in rows] == [1, 1, 0, 0] and monitor.best["step"] == 20
+    assert [r["diverged"] for r in rows] == [0, 0, 0, 1]
+    assert logged[1]["monitor_fid_inception"] == 10.0
+    assert monitor.columns[4:6] == ["fid_classifier", "fid_inception"]
+    assert "warning: training is diverging at epoch 4 (step 40): fid_inception 20 is more than " in (
+        capsys.readouterr().err
+    )
+
+
+def test_fid_inception_is_computed_only_when_it_is_the_score_and_needed_then():
+    inception = ScriptedInception([1.0])
+    monitor, _ = _scored_monitor(fid_inception=inception)
+    monitor(1, 10, build_gan("mlp_gan", 8)[0])
+    assert inception.seen == [] and "fid_inception" not in monitor.rows[0]
+    assert "fid_inception" not in monitor.columns  # the eval log's columns stay those of its score
+    with pytest.raises(ValueError, match="monitor.score fid_inception needs the Inception FID"):
+        _scored_monitor(score="fid_inception")
 
 
 def _tiny_exp(epochs, name="mlp_gan", **train):

@@ -237,7 +237,8 @@ def _check_loss_keys(key: str, train: TrainConfig) -> None:
 
 def _check_sample_sizes(params: Params) -> None:
     """The metrics' needs in samples: PRDC's k-NN balls need more than prdc_nearest_k points on each side,
-    and the Inception metrics score the first inception_n of the sample.n_samples samples."""
+    the Inception metrics score the first inception_n of the sample.n_samples samples, and a monitor that
+    ranks by fid_inception needs the reference's Inception features (inception_n > 0)."""
     n_samples, cfg = params.sample.n_samples, params.evaluate
     k = cfg.prdc_nearest_k
     if k >= n_samples:
@@ -255,6 +256,17 @@ def _check_sample_sizes(params: Params) -> None:
             f"evaluate.inception_n: expected 0 or more than prdc_nearest_k {k} (PRDC on Inception features "
             f"needs k + 1 samples per side), got {cfg.inception_n}"
         )
+    for name, exp in params.experiments.items():
+        if (
+            exp.monitor.eval_every is not None
+            and exp.monitor.score == "fid_inception"
+            and not cfg.inception_n
+        ):
+            raise ParamsError(
+                f"experiments.{name}.monitor.score: fid_inception compares the checks' samples with the "
+                "reference stage's Inception features of training digits, but evaluate.inception_n is 0 "
+                "(it computes none): set evaluate.inception_n > 0 or another monitor.score"
+            )
 
 
 def check_fits_test_split(cfg: EvaluateConfig, n_test: int, source: str) -> None:

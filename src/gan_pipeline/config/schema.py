@@ -220,8 +220,11 @@ class MonitorConfig:
     seed: int = _seed()
     # The score that ranks the checks (lower is better): fid_classifier, the FID in the digit classifier's
     # features of the n_samples samples against as many seeded training digits (training data: choosing a
-    # snapshot by the test digits would bias evaluate's scores), or kl_from_uniform of the class histogram.
-    score: Literal["fid_classifier", "kl_from_uniform"]
+    # snapshot by the test digits would bias evaluate's scores); fid_inception, the standard Inception FID
+    # of the n_samples samples against the training digits whose features the reference stage keeps
+    # (evaluate.inception_n of them, in evaluate.inception_precision; each check costs n_samples images
+    # through Inception); or kl_from_uniform of the class histogram.
+    score: Literal["fid_classifier", "fid_inception", "kl_from_uniform"]
     # Keep the best-ranked check's generator as the stage's generator.safetensors (the last one stays in
     # the checkpoint); false: the generator at the last step.
     keep_best: bool

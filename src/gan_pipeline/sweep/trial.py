@@ -81,7 +81,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         # The checkpoint comes from Tune's copy alone, so that a trial resumes on any node.
         checkpoint = Path(scratch) / CHECKPOINT_FILE
         paths = ExperimentPaths(setup.data, setup.stats, out / "model", out / "train_log.csv", checkpoint,
-                                setup.classifier, out / "eval_log.csv")  # fmt: skip
+                                setup.classifier, out / "eval_log.csv",
+                                inception_reference=setup.inception_reference)  # fmt: skip
         reported = _restore(tune.get_checkpoint(), paths.checkpoint)
         plan = plan_training(params, source, setup.experiment, paths)
         crash = os.environ.get(CRASH_ENV) is not None and trial_id.endswith(

@@ -9,6 +9,7 @@ the resumed checkpoint names, and each checkpoint then names the run it logs int
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gan_pipeline.config import Params, check_fits_data, experiment, flatten
 from gan_pipeline.config.schema import ExperimentConfig
@@ -24,6 +26,9 @@ from gan_pipeline.data.loading import BatchSource, load_split, to_float
 from gan_pipeline.data.streaming import train_batches, train_size
 from gan_pipeline.errors import ParamsError
 from gan_pipeline.io import load_module, read_json, save_weights, write_csv
+from gan_pipeline.metrics.fid import fid_from_features
+from gan_pipeline.metrics.inception import InceptionFeatures, inception_features, resolve_precision
+from gan_pipeline.metrics.reference import load_train_features
 from gan_pipeline.metrics.suite import seeded_pick
 from gan_pipeline.models import GAN_MODELS, GanSpec
 from gan_pipeline.models.classifier import DigitClassifier
@@ -47,6 +52,8 @@ class ExperimentPaths:
     classifier: Path | None = None  # digit classifier weights, for the in-training checks (monitor)
     eval_log: Path | None = None  # the checks' log CSV (coverage, fid_classifier, alarms)
     steps: Path | None = None  # folder of each check's 10x10 sample grid, step_<step>.png
+    # the reference stage's features file, whose training-digit features monitor.score fid_inception uses
+    inception_reference: Path | None = None
 
     @property
     def generator(self) -> Path:
@@ -55,6 +62,21 @@ class ExperimentPaths:
     @property
     def plot(self) -> Path:
         return self.out / "training.png"
+
+
+@dataclass(frozen=True)
+class InceptionCheck:
+    """What the in-training checks need to score by fid_inception: the reference stage's training-digit
+    features (float64 (N, 2048)) and the network, batch size and precision that computed them."""
+
+    real: torch.Tensor
+    weights: str | None  # evaluate.inception_weights (null: the bundled weights)
+    batch_size: int
+    precision: str  # fp32 | bf16, as the reference file records
+
+    def digest(self) -> str:
+        """The features' sha256 (float64 bytes): a checkpoint scored against other ones is not resumed."""
+        return hashlib.sha256(self.real.numpy().tobytes()).hexdigest()
 
 
 @dataclass
@@ -70,6 +92,7 @@ class TrainingPlan:
     content_hash: str  # the prepared data's
     resume: Checkpoint | None
     note: str  # what resume_point decided, for the log
+    inception: InceptionCheck | None = None  # with monitor.score fid_inception
 
     @property
     def spec(self) -> GanSpec:
@@ -104,6 +127,10 @@ def plan_training(
     identity["data content hash"] = content_hash
     # The thread count decides the bits too: a run resumed at another count matches neither run's bits.
     identity["runtime.threads"] = params.runtime.threads
+    inception = _inception_check(params, source, key, exp, paths)
+    if inception is not None:  # the score that picks the kept generator depends on them
+        identity["inception reference sha256"] = inception.digest()
+        identity["evaluate.inception_weights"] = inception.weights
     resume, note = resume_point(paths.checkpoint, identity, exp.train.epochs * len(batches))
     return TrainingPlan(
         name=name,
@@ -115,7 +142,26 @@ def plan_training(
         content_hash=content_hash,
         resume=resume,
         note=note,
+        inception=inception,
     )
+
+
+def _inception_check(
+    params: Params, source: str, key: str, exp: ExperimentConfig, paths: ExperimentPaths
+) -> InceptionCheck | None:
+    """The reference's training-digit features when the checks rank by fid_inception (ParamsError
+    without --inception-reference, DataError when the file is unreadable or of another precision)."""
+    if exp.monitor.eval_every is None or exp.monitor.score != "fid_inception":
+        return None
+    if paths.inception_reference is None:
+        raise ParamsError(
+            f"{source}: {key}.monitor.score: fid_inception needs --inception-reference (the reference "
+            "stage's features file), got none"
+        )
+    cfg = params.evaluate
+    precision = resolve_precision(cfg.inception_precision, device())
+    real = load_train_features(paths.inception_reference, precision)
+    return InceptionCheck(real, cfg.inception_weights, cfg.inception_batch_size, precision)
 
 
 def train_experiment(
@@ -194,7 +240,9 @@ def _write_outputs(
     save_weights(paths.out / "discriminator.safetensors", result.discriminator, config)
     write_csv(paths.log, result.history)
     if paths.eval_log is not None:
-        write_csv(paths.eval_log, monitor.rows if monitor else [], MONITOR_COLUMNS)
+        write_csv(
+            paths.eval_log, monitor.rows if monitor else [], monitor.columns if monitor else MONITOR_COLUMNS
+        )
     plot_training(result.history, plan.name, paths.plot)
 
 
@@ -277,4 +325,17 @@ def _monitor(plan: TrainingPlan, paths: ExperimentPaths, log: OnStep | None,
         real=to_float(train_images[pick.numpy()], (-1.0, 1.0)),
         best_state=(resume.saved("best") or None) if resume else None,
         show=show,
+        fid_inception=_fid_inception(plan.inception) if plan.inception is not None else None,
     )
+
+
+def _fid_inception(check: InceptionCheck) -> Callable[[np.ndarray], float]:
+    """The checks' fid_inception: uint8 samples (n, H, W) through the standard Inception network (loaded
+    once), in the reference's precision, against its training-digit features."""
+    model = InceptionFeatures(check.weights).to(device())
+
+    def score(images: np.ndarray) -> float:
+        fake = inception_features(model, images, check.batch_size, check.precision, "monitor: inception")
+        return fid_from_features(check.real, fake)
+
+    return score

@@ -4,8 +4,9 @@ that keeps the best generator, and the alarms that say when training turns.
 An `on_epoch` hook for the training loop. Every `monitor.eval_every` epochs it draws the same latent batch
 (its own seed, so training's random stream is untouched), classifies the samples with the digit
 classifier exactly as evaluate does (uint8 round trip, [-1, 1]), and records coverage, the class
-histogram's KL from uniform and, given real digits, `fid_classifier` of the samples against as many seeded
-training digits. Then:
+histogram's KL from uniform, given real digits `fid_classifier` of the samples against as many seeded
+training digits, and with monitor.score fid_inception the standard Inception FID of the same uint8 samples
+against the reference stage's training-digit features. Then:
 - the mode-collapse alarm: coverage falls below `min_coverage` after having reached it → warn or stop
   (`on_collapse`). Coverage counts the digits that the training data holds, and the threshold is at most
   their number: with a digit missing, min_coverage 10 could never be reached, and so the alarm never fire.
@@ -50,7 +51,8 @@ class ModeCollapse(PipelineError):
 
 # best: 1 where the check became the best so far; worse_checks: checks in a row, up to this one, worse
 # than the best by more than diverge_margin; alarm / diverged: 1 where the collapse / divergence alarm went
-# off. fid_classifier is None without real digits to compare with.
+# off. fid_classifier is None without real digits to compare with. With monitor.score fid_inception the
+# rows and columns have fid_inception too, after fid_classifier (`TrainingMonitor.columns`).
 MONITOR_COLUMNS = [
     "step",
     "epoch",
@@ -83,16 +85,22 @@ class TrainingMonitor:
         real: torch.Tensor | None = None,
         best_state: dict[str, torch.Tensor] | None = None,
         show: Callable[[int, np.ndarray], None] | None = None,
+        fid_inception: Callable[[np.ndarray], float] | None = None,
     ):
         """`rows` and `best_state`: the checks and the kept weights of the run so far, when it resumes (so
         the logs and the alarms go on); `digits`: those the training data holds (coverage counts only
         them); `real`: training digits (N, 1, 28, 28) in [-1, 1] for fid_classifier (needed when it is
         the score); `show(step, images)`: gets the first SHOWN samples of each check (uint8 (n, H, W), the
-        same latents every time), e.g. to log them as an image over steps."""
+        same latents every time), e.g. to log them as an image over steps; `fid_inception(images)`: the
+        Inception FID of a check's uint8 samples (n, H, W) against real digits (needed when it is the
+        score, called only then)."""
         if cfg.eval_every is None:
             raise ValueError("monitor.eval_every is null: the monitor is off")
         if real is None and cfg.score == "fid_classifier":
             raise ValueError("monitor.score fid_classifier needs real digits to compare the samples with")
+        if fid_inception is None and cfg.score == "fid_inception":
+            raise ValueError("monitor.score fid_inception needs the Inception FID of the samples")
+        self.fid_inception = fid_inception if cfg.score == "fid_inception" else None
         self.cfg, self.classifier, self.spec, self.latent_dim = cfg, classifier, spec, latent_dim
         self.show = show
         self.confidence, self.min_fraction, self.log = confidence, min_fraction, log
@@ -112,6 +120,14 @@ class TrainingMonitor:
         self.best_state = best_state if cfg.keep_best else None
         # coverage has been >= min_coverage at some check
         self.reached = any(row["coverage"] >= self.min_coverage for row in self.rows)
+
+    @property
+    def columns(self) -> list[str]:
+        """The rows' columns: MONITOR_COLUMNS, with fid_inception after fid_classifier when it is scored."""
+        if self.fid_inception is None:
+            return MONITOR_COLUMNS
+        at = MONITOR_COLUMNS.index("fid_classifier") + 1
+        return [*MONITOR_COLUMNS[:at], "fid_inception", *MONITOR_COLUMNS[at:]]
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -147,6 +163,8 @@ class TrainingMonitor:
             "kl_from_uniform": report["kl_from_uniform"],
         }
         row["fid_classifier"] = fid
+        if self.fid_inception is not None:
+            row["fid_inception"] = self.fid_inception(images)
         row.update(self._judge(row), alarm=int(collapsed))
         self.rows.append(row)
         if row["best"] and self.cfg.keep_best:
