@@ -87,9 +87,9 @@ EMA = {"ema_decay": 0.999, "ema_warmup_steps": 1000}
 DCGAN28 = {"batch_size": 32, "precision": "auto"}
 TODAY = {
     "mlp_gan": _flat("mlp_gan", {"epochs": 90, "lr": 0.0005, "init_std": None, **EMA}),
-    "cgan": _flat("cgan", {"epochs": 130, "lr": 0.0002, "init_std": None, **EMA}),
+    "cgan": _flat("cgan", {"epochs": 130, "lr": 0.0005, "init_std": None, **EMA}),
     "dcgan28": _flat(
-        "dcgan28", {"epochs": 18, "lr": 0.0002, "init_std": 0.02, **DCGAN28}, {**MONITOR, "eval_every": 2}
+        "dcgan28", {"epochs": 18, "lr": 0.0005, "init_std": 0.02, **DCGAN28}, {**MONITOR, "eval_every": 2}
     ),
     "dcgan64": _flat(
         "dcgan64",
@@ -369,7 +369,7 @@ def test_unknown_experiment_lists_the_known_ones():
 
 def test_flatten_gives_dotted_mlflow_keys():
     flat = flatten(load_params(REPO / "params.yaml").experiments["cgan"])
-    assert flat["train.lr"] == 0.0002
+    assert flat["train.lr"] == 0.0005
     assert flat["train.betas"] == [0.5, 0.999]
     assert flat["model.latent_dim"] == 100
     assert flat["model.label_embedding"] == "one_hot"
@@ -579,7 +579,8 @@ def _params_file(tmp_path, old: str, new: str) -> Path:
 
 
 def test_floats_are_read_as_yaml_1_2_reads_them_as_dvc_does(tmp_path):
-    path = _params_file(tmp_path, "      lr: 0.0005 ", "      lr: 5e-4 ")
+    mlp_lr = "      lr: 0.0005           # the tutorial"  # mlp_gan's line
+    path = _params_file(tmp_path, mlp_lr, "      lr: 5e-4 # the tutorial")
     assert load_params(path).experiments["mlp_gan"].train.lr == 5e-4  # YAML 1.1 (PyYAML): the string '5e-4'
     path = _params_file(tmp_path, "  compile: false ", "  compile: no ")  # YAML 1.1: false; 1.2: a string
     with pytest.raises(ParamsError) as err:
@@ -590,11 +591,12 @@ def test_floats_are_read_as_yaml_1_2_reads_them_as_dvc_does(tmp_path):
 
 
 def test_a_key_twice_is_an_error_naming_the_key_and_both_lines(tmp_path):
-    path = _params_file(
-        tmp_path, "      lr: 0.0002\n      init_std: null\n", "      lr: 0.0002\n      lr: 0.1\n"
-    )
+    text = (REPO / "params.yaml").read_text().splitlines()
+    cgan = text.index("  cgan:")
+    cgan_lr = next(line for line in text[cgan:] if line.startswith("      lr: "))  # with its comment
+    path = _params_file(tmp_path, f"{cgan_lr}\n      init_std: null\n", f"{cgan_lr}\n      lr: 0.1\n")
     lines = path.read_text().splitlines()
-    first = lines.index("      lr: 0.0002") + 1
+    first = lines.index(cgan_lr) + 1
     with pytest.raises(ParamsError) as err:
         load_params(path)
     assert str(err.value) == (
